@@ -1,0 +1,68 @@
+"""The ``bfm`` command group and the ``bfm-train`` script.
+
+A thin layer: each subcommand lives beside the library code it calls and is imported only
+when it runs, so ``bfm --help`` is fast and the inference commands never import torch.
+Errors the user can fix (``BFMError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+import click
+
+from .errors import BFMError
+
+# subcommand -> "module:attribute" of its click command
+COMMANDS = {
+    "train": ("insightface_bfm.train.cli:train", "Train or fine-tune C, E_F and E_P from a recipe."),
+    "data": ("insightface_bfm.data.cli:data", "Build and inspect datasets (RecordIO packing)."),
+    "mask": ("insightface_bfm.masks.cli:mask", "Put synthetic masks on a folder or RecordIO of faces."),
+    "align": ("insightface_bfm.evaluation.cli:align", "Detect and align raw photos to 112x112 crops."),
+    "eval": ("insightface_bfm.evaluation.cli:evaluate", "Verification accuracy per matching case."),
+    "export": ("insightface_bfm.export.cli:export", "Export a checkpoint to three ONNX files."),
+    "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
+    "models": ("insightface_bfm.zoo.cli:models", "List, download, verify and remove model-zoo packs."),
+}
+
+
+def _load(name: str) -> click.Command:
+    target, _ = COMMANDS[name]
+    module, attr = target.split(":")
+    return getattr(import_module(module), attr)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        return _load(name)
+
+    def format_commands(self, ctx, formatter):
+        # Short help from the table, so listing commands imports none of them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BFMError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="insightface-bfm")
+def main():
+    """Balanced Feature Matching (masked-face recognition) for insightface."""
+
+
+def train_main(argv=None):
+    """``bfm-train RECIPE.yaml ...``: the same as ``bfm train``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    main.main(args=["train", *args], prog_name="bfm-train")
