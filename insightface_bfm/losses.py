@@ -1,0 +1,88 @@
+"""The losses of Balanced Feature Matching, one function per equation of the paper (torch).
+
+    eq. 1  mask_loss            mask classifier C: softmax CE, unmasked -> 0, masked -> 1
+    eq. 2  arcface_full_loss    full extractor E_F: ArcFace CE on unmasked faces
+    eq. 4  guided_loss          partial extractor E_P: masked features pulled onto unmasked ones
+    eq. 5  arcface_partial_loss partial extractor E_P: ArcFace CE on x and on masked x
+    eq. 7  total_loss           weighted sum of the terms (weights default to 1)
+
+Margin logits come from ``insightface_bfm.nets.margin`` heads (eqs. 3 and 6 apply the margin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .nets.mask_classifier import MaskClassifier
+
+# names of the terms total_loss accepts; the trainer logs them under these names
+TERMS = ("mask", "full", "guided", "partial")
+
+
+def mask_loss(logits_unmasked: torch.Tensor, logits_masked: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: softmax cross-entropy of C over unmasked (class 0) and masked (class 1) faces,
+    averaged over all samples of both groups."""
+    logits = torch.cat([logits_unmasked, logits_masked]).float()
+    targets = torch.cat(
+        [
+            torch.full((len(logits_unmasked),), MaskClassifier.UNMASKED, dtype=torch.long),
+            torch.full((len(logits_masked),), MaskClassifier.MASKED, dtype=torch.long),
+        ]
+    ).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+def arcface_full_loss(margin_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean softmax cross-entropy of the margin logits s*cos(theta [+ m]) of E_F."""
+    return F.cross_entropy(margin_logits.float(), labels.long())
+
+
+def guided_loss(feat: torch.Tensor, feat_masked: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: batch mean of || f/|f| - f_m/|f_m| ||^2 between L2-normalised features.
+
+    Gradients flow into both arguments; pass ``feat.detach()`` to make ``feat`` a fixed target.
+    """
+    if feat.shape != feat_masked.shape:
+        raise ValueError(
+            f"guided_loss: feature shapes differ: {tuple(feat.shape)} vs {tuple(feat_masked.shape)}"
+        )
+    diff = F.normalize(feat.float(), dim=1) - F.normalize(feat_masked.float(), dim=1)
+    return diff.pow(2).sum(dim=1).mean()
+
+
+def arcface_partial_loss(
+    margin_logits: torch.Tensor, margin_logits_masked: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 5: ArcFace CE of E_P on x plus ArcFace CE on masked x, each a batch mean, averaged.
+
+    We average the two terms (mean over the 2B samples) rather than sum them so that this term has
+    the same scale as eq. 2 and the default weights of eq. 7 (all 1) balance the full and the partial
+    extractor; summing would silently double E_P's identity weight relative to E_F's.
+    """
+    return 0.5 * (arcface_full_loss(margin_logits, labels) + arcface_full_loss(margin_logits_masked, labels))
+
+
+def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None) -> torch.Tensor:
+    """Eq. 7: sum of weights[name] * terms[name]; a missing weight is 1.
+
+    Term names must be among TERMS ("mask", "full", "guided", "partial"); a weight for a term that
+    is not present is allowed (a baseline run has no "mask" term) but an unknown name is an error.
+    """
+    if not terms:
+        raise ValueError("total_loss: no loss terms given")
+    weights = dict(weights or {})
+    for where, names in (("term", terms), ("weight", weights)):
+        unknown = sorted(set(names) - set(TERMS))
+        if unknown:
+            raise ValueError(
+                f"total_loss: unknown {where} name(s) {', '.join(map(repr, unknown))}; "
+                f"expected among {', '.join(TERMS)}"
+            )
+    total = None
+    for name, value in terms.items():
+        weighted = float(weights.get(name, 1.0)) * value
+        total = weighted if total is None else total + weighted
+    return total
