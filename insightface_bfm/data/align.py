@@ -1,0 +1,159 @@
+"""Detect and align raw photos into 112x112 crops, the form every model here takes.
+
+insightface's SCRFD finds faces and their 5 keypoints; ``face_align.norm_crop`` warps the
+keypoints onto the ArcFace template (the paper used MTCNN for this step; the template is the
+same idea). When a photo holds several faces, ``policy`` picks one: ``largest`` (box area) or
+``center`` (box centre nearest the image centre, as for LFW, whose subject is centred).
+
+The folder layout is kept (``SRC/a/b.jpg`` -> ``DST/a/b.jpg``). Each crop is written
+atomically, so a crop that exists is complete and a rerun skips it: the job resumes where it
+stopped. Photos without a face (or unreadable) are listed in ``DST/misses.txt`` and retried on
+the next run; the keypoints used for every crop are appended to ``DST/landmarks.tsv``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import BFMError, ImageError, PackError
+from ..imaging import read_image
+
+POLICIES = ("largest", "center")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MISSES_FILE = "misses.txt"
+LANDMARKS_FILE = "landmarks.tsv"
+
+
+def load_detector(detector=None, det_pack: str | None = None, root: str = "~/.insightface",
+                  det_size: int = 640, threshold: float = 0.5):
+    """insightface's SCRFD from an ONNX file, or the detection model of an insightface pack."""
+    from insightface.model_zoo import get_model
+
+    if (detector is None) == (det_pack is None):
+        raise BFMError("give exactly one of a detector ONNX file (--detector) or an insightface pack "
+                       "(--det-pack)")
+    if detector is not None:
+        path = os.fspath(detector)
+        if not os.path.isfile(path):
+            raise PackError(f"{path}: detector ONNX file not found")
+        candidates = [path]
+    else:
+        pack_dir = Path(os.path.expanduser(root)) / "models" / det_pack
+        if not pack_dir.is_dir():
+            raise PackError(f"{pack_dir}: insightface pack {det_pack!r} not found "
+                            "(download it or give --detector)")
+        candidates = sorted(str(p) for p in pack_dir.glob("*.onnx"))
+    for path in candidates:
+        try:
+            model = get_model(path)
+        except Exception as e:
+            raise PackError(f"{path}: insightface cannot load it ({e})") from None
+        if model is not None and getattr(model, "taskname", None) == "detection":
+            model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+            return model
+    raise PackError(f"{detector or det_pack}: no face detection model found there")
+
+
+def choose_face(bboxes: np.ndarray, image_shape, policy: str) -> int:
+    """Index of the face ``policy`` picks among detector boxes (N x 4+, x1 y1 x2 y2)."""
+    if policy == "largest":
+        area = (bboxes[:, 2] - bboxes[:, 0]) * (bboxes[:, 3] - bboxes[:, 1])
+        return int(np.argmax(area))
+    if policy == "center":
+        h, w = image_shape[:2]
+        cx, cy = (bboxes[:, 0] + bboxes[:, 2]) / 2, (bboxes[:, 1] + bboxes[:, 3]) / 2
+        return int(np.argmin((cx - w / 2) ** 2 + (cy - h / 2) ** 2))
+    raise BFMError(f"policy {policy!r}: expected one of {', '.join(POLICIES)}")
+
+
+def align_image(img: np.ndarray, detector, policy: str = "largest", size: int = 112):
+    """(crop, kps) of the face ``policy`` picks, or (None, None) when no face is found."""
+    from insightface.utils.face_align import norm_crop
+
+    bboxes, kpss = detector.detect(img, max_num=0)
+    if bboxes is None or len(bboxes) == 0 or kpss is None:
+        return None, None
+    k = choose_face(bboxes, img.shape, policy)
+    kps = kpss[k].astype(np.float32)
+    return norm_crop(img, landmark=kps, image_size=size), kps
+
+
+@dataclass
+class AlignSummary:
+    aligned: int = 0
+    skipped: int = 0  # already there from an earlier run
+    misses: list = field(default_factory=list)  # (relative path, reason)
+
+    def __str__(self):
+        return f"{self.aligned} aligned, {self.skipped} already there, {len(self.misses)} missed"
+
+
+def list_images(src: Path) -> list[Path]:
+    return sorted(p.relative_to(src) for p in src.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _encode(crop: np.ndarray, suffix: str) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, crop, params)
+    if not ok:
+        raise ImageError(f"cannot encode a crop as {suffix}")
+    return buf.tobytes()
+
+
+def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, progress: bool = True,
+                 misses_file: str = MISSES_FILE) -> AlignSummary:
+    """Align every image under ``src`` into ``dst`` (same relative paths); resumable.
+
+    ``detector``: an insightface detection model (``load_detector``), anything with
+    ``detect(img, max_num=0) -> (bboxes, kpss)``.
+    """
+    from tqdm import tqdm
+
+    src, dst = Path(src), Path(dst)
+    if policy not in POLICIES:
+        raise BFMError(f"policy {policy!r}: expected one of {', '.join(POLICIES)}")
+    if not src.is_dir():
+        raise BFMError(f"{src}: source folder not found")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise BFMError(f"{dst}: the destination must not be inside the source folder {src}")
+    files = list_images(src)
+    if not files:
+        raise BFMError(f"{src}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    dst.mkdir(parents=True, exist_ok=True)
+    summary = AlignSummary()
+    landmarks = []
+    for rel in tqdm(files, desc="aligning", unit="img", disable=not progress):
+        out = dst / rel
+        if out.exists():
+            summary.skipped += 1
+            continue
+        try:
+            img = read_image(src / rel)
+        except ImageError as e:
+            summary.misses.append((rel.as_posix(), f"unreadable: {e}"))
+            continue
+        crop, kps = align_image(img, detector, policy, size)
+        if crop is None:
+            summary.misses.append((rel.as_posix(), "no face found"))
+            continue
+        atomic_write_bytes(out, _encode(crop, rel.suffix.lower()))
+        landmarks.append(rel.as_posix() + "\t" + " ".join(f"{v:.2f}" for v in kps.reshape(-1)))
+        summary.aligned += 1
+    _append_lines(dst / LANDMARKS_FILE, landmarks, header="image\tkps_x1 y1 ... x5 y5 (source image)")
+    # the misses of this run replace the old list: earlier misses were retried just now
+    atomic_write_text(dst / misses_file, "".join(f"{p}\t{why}\n" for p, why in summary.misses))
+    return summary
+
+
+def _append_lines(path: Path, lines: list[str], header: str) -> None:
+    if not lines:
+        return
+    old = path.read_text(encoding="utf-8") if path.is_file() else header + "\n"
+    atomic_write_text(path, old + "".join(line + "\n" for line in lines))

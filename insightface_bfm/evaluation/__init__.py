@@ -1,0 +1,33 @@
+"""Verification evaluation: the protocol, model embedders, masked pair sets, reports, CLI.
+
+Torch-free; nothing heavy is imported here (a checkpoint's torch is imported only when one is
+evaluated).
+"""
+
+from .verification import (
+    THRESHOLDS,
+    VerificationResult,
+    evaluate_distances,
+    kfold_accuracy,
+    pair_distances,
+    roc_curve,
+    tar_at_far,
+)
+
+__all__ = [
+    "THRESHOLDS",
+    "VerificationResult",
+    "evaluate",
+    "evaluate_distances",
+    "kfold_accuracy",
+    "pair_distances",
+    "roc_curve",
+    "tar_at_far",
+]
+
+
+def evaluate(*args, **kwargs):
+    """``insightface_bfm.evaluation.evaluate.evaluate`` (imported on first use)."""
+    from .evaluate import evaluate as run
+
+    return run(*args, **kwargs)

@@ -1,0 +1,76 @@
+"""``bfm align`` and ``bfm eval``: thin click layers over ``data.align`` and ``evaluation.evaluate``."""
+
+from __future__ import annotations
+
+import click
+
+from ..data.align import POLICIES
+
+
+@click.command("align")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--detector", type=click.Path(exists=True, dir_okay=False), help="SCRFD detector ONNX file.")
+@click.option("--det-pack", help="insightface pack whose detector to use (e.g. buffalo_l), under --root.")
+@click.option("--root", default="~/.insightface", show_default=True, help="insightface model root.")
+@click.option("--policy", type=click.Choice(POLICIES), default="largest", show_default=True,
+              help="Which face to keep when a photo holds several.")
+@click.option("--det-size", type=int, default=640, show_default=True, help="Detector input size.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Detection score threshold.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet):
+    """Detect and align the photos under SRC to 112x112 crops in DST (same layout; resumable).
+
+    Photos without a face are listed in DST/misses.txt and retried on the next run.
+    """
+    from ..data.align import align_folder, load_detector
+
+    model = load_detector(detector, det_pack, root=root, det_size=det_size, threshold=threshold)
+    summary = align_folder(src, dst, model, policy=policy, progress=not quiet)
+    click.echo(f"{dst}: {summary}" + (f" (see {dst}/misses.txt)" if summary.misses else ""))
+
+
+@click.command("eval")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model", required=True, type=click.Path(exists=True),
+              help="BFM pack folder, insightface recognition .onnx, or training checkpoint.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Folder of aligned crops the pairs refer to (default: the pairs file's folder).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "lfw", "mfr2", "csv", "bin"]), default="auto",
+              show_default=True, help="Pairs format; auto: .bin, .csv, else LFW/MFR2 lines.")
+@click.option("--flip/--no-flip", default=False, show_default=True,
+              help="Add the embedding of the mirrored crop (arcface_torch's test-time flip).")
+@click.option("--mask-pairs", type=click.Choice(["one", "both"]),
+              help="Put synthetic masks on the second face (one) or both faces (both) of every pair.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic masks.")
+@click.option("--mask-manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Rebuild the masked set saved in this manifest (from an earlier --out).")
+@click.option("--cases", type=click.Choice(["auto", "classifier", "labels", "none"]), default="auto",
+              show_default=True, help="Where the matching case of each pair comes from.")
+@click.option("--folds", type=int, default=10, show_default=True,
+              help="Folds when the pairs file defines none.")
+@click.option("--mask-threshold", type=float, help="Classifier score above which a face counts as masked.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Keep embeddings here per model, so reruns skip the network.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Write results.json, results.md, roc.png (and mask_manifest.json) here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(pairs, model, images, fmt, flip, mask_pairs, seed, mask_manifest, cases, folds, mask_threshold,
+             batch_size, cache_dir, out_dir, quiet):
+    """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
+    10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
+    from .evaluate import evaluate as run
+    from .report import markdown_table, write_report
+
+    if mask_pairs and mask_manifest:
+        raise click.UsageError("give --mask-pairs or --mask-manifest, not both")
+    results, verification, manifest = run(
+        pairs, model, images=images, fmt=fmt, flip=flip, mask_pairs=mask_pairs, seed=seed,
+        mask_manifest=mask_manifest, cases=cases, n_folds=folds, batch_size=batch_size,
+        cache_dir=cache_dir, mask_threshold=mask_threshold, progress=not quiet,
+    )
+    click.echo(markdown_table([results]), nl=False)
+    if out_dir:
+        paths = write_report(out_dir, results, verification, manifest)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

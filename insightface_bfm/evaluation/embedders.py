@@ -1,0 +1,258 @@
+"""How a model turns aligned 112x112 crops into the embeddings the protocol compares.
+
+Three kinds of model, one interface (``embed(crops) -> dict``):
+
+- ``OnnxRecognizer``: any insightface recognition ONNX (a baseline). insightface's own router
+  (``model_zoo.get_model``) loads it, so the input normalisation is the one insightface applies
+  to that file; batches respect a fixed batch dimension.
+- ``BFMPackEmbedder``: a BFM pack folder: the mask classifier C, E_F (``full``) and E_P
+  (``partial``). Every crop gets both embeddings and a mask score; ``pair_embeddings`` then
+  applies the paper's pair rule (either face masked -> both partial, else both full).
+- ``CheckpointEmbedder``: a training checkpoint, through torch, imported only when used.
+
+With ``flip=True`` each crop's raw output is summed with that of its mirror image before the
+protocol normalises it (arcface_torch's test-time flip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PackError
+from ..imaging import to_network_input
+
+PACK_FILES = {"classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx"}
+DEFAULT_MASK_THRESHOLD = 0.5
+
+
+def file_digest(paths) -> str:
+    """Short sha256 over the files' bytes: identifies a model for the embedding cache."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _softmax_masked(logits: np.ndarray) -> np.ndarray:
+    """P(masked) from classifier output: 2 columns (index 1 = masked) or 1 logit."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim == 2 and logits.shape[1] == 2:
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e[:, 1] / e.sum(axis=1)
+    return 1.0 / (1.0 + np.exp(-logits.reshape(len(logits))))
+
+
+class _Session:
+    """An onnxruntime session fed in batches that respect a fixed batch dimension."""
+
+    def __init__(self, path, session=None, mean=127.5, std=127.5):
+        import onnxruntime
+
+        self.path = os.fspath(path)
+        if session is None:
+            try:
+                session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+            except Exception as e:
+                raise PackError(f"{self.path}: cannot load ONNX model ({e})") from None
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        shape = inp.shape[2:4]
+        if not all(isinstance(s, int) for s in shape):
+            raise PackError(f"{self.path}: input height/width must be static, got {inp.shape}")
+        self.size = tuple(shape)
+        self.mean, self.std = float(mean), float(std)
+
+    def run(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        if crops.shape[1:3] != self.size:
+            raise PackError(f"{self.path}: expects {self.size} crops, got {crops.shape[1:3]}")
+        blob = to_network_input(crops)
+        if (self.mean, self.std) != (127.5, 127.5):  # insightface's mxnet-era models normalise inside
+            blob = (blob * 127.5 + 127.5 - self.mean) / self.std
+        step = self.fixed_batch or batch_size
+        outs = []
+        for s in range(0, len(blob), step):
+            chunk = blob[s : s + step]
+            n = len(chunk)
+            if self.fixed_batch and n < self.fixed_batch:  # pad the last chunk
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.fixed_batch - n, 0)])
+            outs.append(self.session.run(None, {self.input_name: np.ascontiguousarray(chunk)})[0][:n])
+        return np.concatenate(outs).astype(np.float32)
+
+
+def _with_flip(run, crops: np.ndarray, flip: bool) -> np.ndarray:
+    out = run(crops)
+    if flip:
+        out = out + run(np.ascontiguousarray(crops[:, :, ::-1]))
+    return out
+
+
+class OnnxRecognizer:
+    """An insightface recognition ONNX as a plain (unrouted) embedder."""
+
+    routed = False
+
+    def __init__(self, path, flip: bool = False, batch_size: int = 64):
+        from insightface.model_zoo import get_model
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise PackError(f"{path}: no such ONNX file")
+        try:
+            model = get_model(path)
+        except Exception as e:
+            raise PackError(f"{path}: insightface cannot load it ({e})") from None
+        if model is None or getattr(model, "taskname", None) != "recognition":
+            kind = getattr(model, "taskname", None)
+            raise PackError(f"{path}: insightface routes it as {kind!r}, not as a recognition model")
+        self.session = _Session(path, model.session, model.input_mean, model.input_std)
+        self.flip, self.batch_size = flip, batch_size
+        self.model_id = f"onnx-{file_digest([path])}-flip{int(flip)}"
+        self.description = f"insightface recognition ONNX {path}"
+
+    def embed(self, crops: np.ndarray) -> dict:
+        return {"full": _with_flip(lambda x: self.session.run(x, self.batch_size), crops, self.flip)}
+
+
+class BFMPackEmbedder:
+    """A BFM pack: classifier C routes each pair to E_F (full) or E_P (partial)."""
+
+    routed = True
+
+    def __init__(self, pack_dir, flip: bool = False, batch_size: int = 64, mask_threshold=None):
+        pack_dir = Path(pack_dir)
+        files, threshold = _pack_files(pack_dir)
+        self.sessions = {role: _Session(path) for role, path in files.items()}
+        self.flip, self.batch_size = flip, batch_size
+        self.mask_threshold = float(mask_threshold if mask_threshold is not None else threshold)
+        self.model_id = f"pack-{file_digest(files.values())}-flip{int(flip)}"
+        self.description = f"BFM pack {pack_dir}"
+
+    def embed(self, crops: np.ndarray) -> dict:
+        def runner(role):
+            return lambda x: self.sessions[role].run(x, self.batch_size)
+
+        # the classifier sees the crop as the app would: no flip
+        score = _softmax_masked(runner("classifier")(crops))
+        return {
+            "full": _with_flip(runner("full"), crops, self.flip),
+            "partial": _with_flip(runner("partial"), crops, self.flip),
+            "mask_score": score.astype(np.float32),
+        }
+
+
+def _pack_files(pack_dir: Path) -> tuple[dict, float]:
+    """The three ONNX files of a pack and its mask threshold, checksums verified.
+
+    Uses the inference package's ``load_pack`` when it is installed; else reads the pack's files
+    by their agreed names (checking the sha256 listed in ``manifest.json`` where there is one).
+    """
+    try:
+        from ..zoo.packs import load_pack
+    except ImportError:
+        load_pack = None
+    if load_pack is not None:
+        pack = load_pack(pack_dir)
+        files = {role: Path(getattr(pack, f"{role}_path")) for role in PACK_FILES}
+        return files, float(getattr(pack, "mask_threshold", DEFAULT_MASK_THRESHOLD))
+    files = {role: pack_dir / name for role, name in PACK_FILES.items()}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise PackError(f"{pack_dir}: not a BFM pack, missing {', '.join(missing)}")
+    threshold = DEFAULT_MASK_THRESHOLD
+    manifest = pack_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            bfm = json.loads(manifest.read_text()).get("bfm", {})
+        except (ValueError, AttributeError) as e:
+            raise PackError(f"{manifest}: unreadable manifest ({e})") from None
+        for name, digest in (bfm.get("sha256") or {}).items():
+            path = pack_dir / name
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                raise PackError(f"{path}: sha256 differs from the one in {manifest}")
+        threshold = float((bfm.get("thresholds") or {}).get("mask", threshold))
+    return files, threshold
+
+
+class CheckpointEmbedder:
+    """A training checkpoint (run dir, ``last`` pointer or ``step_*`` dir), run through torch."""
+
+    def __init__(self, path, flip: bool = False, batch_size: int = 64, mask_threshold=None):
+        try:
+            import torch
+
+            from ..train.model import load_checkpoint
+        except ImportError as e:
+            raise PackError(f"{path}: evaluating a checkpoint needs the [train] extra (torch): {e}") from None
+        self.torch = torch
+        self.model, self.recipe = load_checkpoint(path)
+        self.model.eval()
+        self.flip, self.batch_size = flip, batch_size
+        self.mask_threshold = float(mask_threshold if mask_threshold is not None else DEFAULT_MASK_THRESHOLD)
+        # baselines keep their one network under `full`; BFM adds the classifier and E_P
+        self.routed = getattr(self.model, "partial", None) is not None and getattr(
+            self.model, "classifier", None
+        ) is not None
+        stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
+        self.model_id = f"ckpt-{hashlib.sha256(f'{os.path.abspath(path)}{stamp}'.encode()).hexdigest()[:16]}"
+        self.model_id += f"-flip{int(flip)}"
+        self.description = f"checkpoint {path}"
+
+    def _runner(self, net):
+        torch = self.torch
+
+        def run(crops):
+            outs = []
+            with torch.no_grad():
+                for s in range(0, len(crops), self.batch_size):
+                    x = torch.from_numpy(to_network_input(crops[s : s + self.batch_size]))
+                    outs.append(net(x).float().cpu().numpy())
+            return np.concatenate(outs)
+
+        return run
+
+    def embed(self, crops: np.ndarray) -> dict:
+        out = {"full": _with_flip(self._runner(self.model.full), crops, self.flip)}
+        if self.routed:
+            out["partial"] = _with_flip(self._runner(self.model.partial), crops, self.flip)
+            out["mask_score"] = _softmax_masked(self._runner(self.model.classifier)(crops)).astype(np.float32)
+        return out
+
+
+def open_embedder(path, flip: bool = False, batch_size: int = 64, mask_threshold=None):
+    """A BFM pack folder, an insightface recognition ``.onnx``, or a training checkpoint."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        return OnnxRecognizer(p, flip, batch_size)
+    if p.is_dir() and ((p / PACK_FILES["full"]).is_file() or (p / "manifest.json").is_file()):
+        return BFMPackEmbedder(p, flip, batch_size, mask_threshold)
+    if p.exists():
+        return CheckpointEmbedder(p, flip, batch_size, mask_threshold)
+    raise PackError(f"{path}: no such model (expected a BFM pack folder, an .onnx file or a checkpoint)")
+
+
+def pair_embeddings(emb: dict, left: np.ndarray, right: np.ndarray, mask_threshold: float | None = None):
+    """Embeddings of the two faces of each pair, and the case (1, 2, 3) where a classifier ran.
+
+    ``left``/``right`` index the rows of ``emb``. With a mask score, the pair rule: if either face
+    is masked both sides use the partial embedding, else both use the full one.
+    """
+    full = emb["full"]
+    if "mask_score" not in emb:
+        return full[left], full[right], None
+    threshold = DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold
+    masked = emb["mask_score"] > threshold
+    either = masked[left] | masked[right]
+    a = np.where(either[:, None], emb["partial"][left], full[left])
+    b = np.where(either[:, None], emb["partial"][right], full[right])
+    cases = 1 + masked[left].astype(int) + masked[right].astype(int)
+    return a, b, cases

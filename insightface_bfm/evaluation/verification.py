@@ -1,0 +1,268 @@
+"""The verification protocol: pair distances -> 10-fold accuracy, ROC, TAR@FAR, EER, per case.
+
+The same protocol as insightface's arcface_torch evaluation (LFW, CFP, AgeDB ...):
+L2-normalised embeddings, squared L2 distance between the two faces of a pair (0 .. 4),
+the pairs split into 10 folds, for each fold the threshold with the best accuracy on the
+other 9 folds (candidates 0, 0.01, ..., 3.99; a pair is "same" when its distance is
+strictly below the threshold; ties go to the smallest threshold), and the accuracy of
+that threshold on the held-out fold. The reported accuracy is the mean over folds, with
+the (population) standard deviation.
+
+Folds are LFW's own when the pairs file says so (the 10-fold header of pairs.txt), else
+contiguous blocks of the pair list in order, sized like scikit-learn's ``KFold`` without
+shuffling (the first ``n % k`` folds hold one pair more).
+
+On top of that, from the whole set without folds: the ROC curve, its area, the equal
+error rate, and TAR at FAR 1e-3 / 1e-4 (null, with the reason, where the set has too few
+different-identity pairs to measure that FAR).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DatasetError
+
+# 0, 0.01, ..., 3.99 as arcface_torch uses; squared distances of unit vectors lie in [0, 4].
+THRESHOLDS = np.arange(0, 4, 0.01)
+FAR_TARGETS = (1e-3, 1e-4)
+CASE_NAMES = {1: "both unmasked", 2: "one masked", 3: "both masked"}
+
+
+def l2_normalize(x) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def pair_distances(emb1, emb2) -> np.ndarray:
+    """Squared L2 distance between the normalised rows of ``emb1`` and ``emb2``."""
+    a, b = l2_normalize(emb1), l2_normalize(emb2)
+    if a.shape != b.shape:
+        raise DatasetError(f"embedding arrays differ in shape: {a.shape} vs {b.shape}")
+    return np.sum((a - b) ** 2, axis=1)
+
+
+def contiguous_folds(n: int, n_folds: int = 10) -> np.ndarray:
+    """Fold id per pair: contiguous blocks in order, the first ``n % n_folds`` one larger."""
+    if n_folds < 2:
+        raise DatasetError(f"need at least 2 folds, got {n_folds}")
+    if n < n_folds:
+        raise DatasetError(f"{n} pairs cannot be split into {n_folds} folds")
+    sizes = np.full(n_folds, n // n_folds)
+    sizes[: n % n_folds] += 1
+    return np.repeat(np.arange(n_folds), sizes)
+
+
+def _accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    # (T, N) boolean table; 400 x a few thousand pairs is small.
+    predicted = dist[None, :] < thresholds[:, None]
+    return (predicted == issame[None, :]).mean(axis=1)
+
+
+@dataclass
+class FoldAccuracy:
+    mean: float
+    std: float
+    fold_accuracies: list[float]
+    fold_thresholds: list[float]
+    n_pairs: int
+    fold_source: str
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.mean,
+            "std": self.std,
+            "fold_accuracies": self.fold_accuracies,
+            "fold_thresholds": self.fold_thresholds,
+            "n_pairs": self.n_pairs,
+            "folds": self.fold_source,
+        }
+
+
+def kfold_accuracy(
+    dist, issame, folds=None, n_folds: int = 10, thresholds=THRESHOLDS
+) -> FoldAccuracy:
+    """Cross-validated verification accuracy (the arcface_torch / LFW protocol).
+
+    ``folds``: fold id per pair (e.g. LFW's own), or None for contiguous folds.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if dist.shape != issame.shape or dist.ndim != 1:
+        raise DatasetError(f"distances {dist.shape} and labels {issame.shape} must be equal-length vectors")
+    if folds is None:
+        folds = contiguous_folds(len(dist), n_folds)
+        source = f"{n_folds} contiguous folds"
+    else:
+        folds = np.asarray(folds)
+        if folds.shape != dist.shape:
+            raise DatasetError(f"fold ids {folds.shape} do not match the {len(dist)} pairs")
+        source = f"{len(np.unique(folds))} folds given by the pairs file"
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise DatasetError("cross-validation needs at least 2 folds")
+    accs, chosen = [], []
+    for f in fold_ids:
+        test = folds == f
+        train_acc = _accuracy_per_threshold(dist[~test], issame[~test], thresholds)
+        best = thresholds[int(np.argmax(train_acc))]
+        accs.append(float(np.mean((dist[test] < best) == issame[test])))
+        chosen.append(float(best))
+    return FoldAccuracy(
+        mean=float(np.mean(accs)),
+        std=float(np.std(accs)),
+        fold_accuracies=accs,
+        fold_thresholds=chosen,
+        n_pairs=len(dist),
+        fold_source=source,
+    )
+
+
+def roc_curve(dist, issame):
+    """Exact ROC over all distance thresholds: (far, tar, threshold) arrays, far rising.
+
+    A pair is accepted when its distance is <= threshold; the first point (0, 0) accepts none.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    n_pos, n_neg = int(issame.sum()), int((~issame).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DatasetError(f"ROC needs both same and different pairs (got {n_pos} same, {n_neg} different)")
+    order = np.argsort(dist, kind="stable")
+    d, same = dist[order], issame[order]
+    # one point per distinct distance: the last index of each run of equal distances
+    last = np.r_[np.nonzero(np.diff(d))[0], len(d) - 1]
+    tp = np.cumsum(same)[last]
+    fp = np.cumsum(~same)[last]
+    far = np.r_[0.0, fp / n_neg]
+    tar = np.r_[0.0, tp / n_pos]
+    thr = np.r_[-np.inf, d[last]]
+    return far, tar, thr
+
+
+def roc_auc(far, tar) -> float:
+    return float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
+
+
+def equal_error_rate(far, tar) -> float:
+    """The rate where false accepts equal false rejects, interpolated on the ROC."""
+    frr = 1.0 - np.asarray(tar)
+    gap = np.asarray(far) - frr  # rises from -1 to +1 along the curve
+    k = int(np.argmax(gap >= 0))
+    if k == 0:
+        return float(far[0])
+    g0, g1 = gap[k - 1], gap[k]
+    t = 0.0 if g1 == g0 else -g0 / (g1 - g0)
+    return float(far[k - 1] + t * (far[k] - far[k - 1]))
+
+
+def tar_at_far(dist, issame, far_target: float) -> tuple[float | None, float | None, str | None]:
+    """(TAR, threshold, None) at the largest threshold with FAR <= ``far_target``, or
+    (None, None, reason) when the set has fewer than 1/far different pairs: then FAR can
+    only be 0 or >= 1/n_neg and the target is not measurable."""
+    issame = np.asarray(issame, dtype=bool)
+    n_neg = int((~issame).sum())
+    need = math.ceil(1.0 / far_target - 1e-9)
+    if n_neg < need:
+        reason = f"needs >= {need} different-identity pairs to measure FAR {far_target:g}, has {n_neg}"
+        return None, None, reason
+    far, tar, thr = roc_curve(dist, issame)
+    k = int(np.nonzero(far <= far_target + 1e-12)[0][-1])
+    return float(tar[k]), float(thr[k]), None
+
+
+@dataclass
+class VerificationResult:
+    """Everything ``evaluate_distances`` measures on one set of pairs (JSON via ``to_dict``)."""
+
+    accuracy: FoldAccuracy
+    auc: float
+    eer: float
+    tar_at_far: dict
+    n_same: int
+    n_different: int
+    cases: dict = field(default_factory=dict)
+    case_source: str | None = None
+    roc: tuple | None = None  # (far, tar) for the plot; not in the JSON
+
+    def to_dict(self) -> dict:
+        out = self.accuracy.to_dict()
+        out.update(
+            n_same=self.n_same,
+            n_different=self.n_different,
+            auc=self.auc,
+            eer=self.eer,
+            tar_at_far=self.tar_at_far,
+            cases=self.cases,
+            case_source=self.case_source,
+        )
+        return out
+
+
+def evaluate_distances(
+    dist, issame, folds=None, cases=None, n_folds: int = 10, case_source: str | None = None
+) -> VerificationResult:
+    """Run the whole protocol on pair distances.
+
+    ``cases`` (1, 2, 3 per pair: both unmasked, one masked, both masked), when given, adds per case:
+    ``accuracy``: the held-out accuracy of the pairs of that case under the thresholds chosen on
+    the whole set (one threshold per fold for all cases, as a deployed system has), and
+    ``accuracy_within_case``: the full protocol run on that case's pairs alone (own thresholds,
+    contiguous folds unless the file's folds all occur), where it has enough pairs.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    if folds is not None:
+        folds = np.asarray(folds)
+    acc = kfold_accuracy(dist, issame, folds, n_folds)
+    far, tar, _ = roc_curve(dist, issame)
+    tars = {}
+    for target in FAR_TARGETS:
+        value, threshold, reason = tar_at_far(dist, issame, target)
+        tars[f"{target:g}"] = {"tar": value, "threshold": threshold, "reason": reason}
+    result = VerificationResult(
+        accuracy=acc,
+        auc=roc_auc(far, tar),
+        eer=equal_error_rate(far, tar),
+        tar_at_far=tars,
+        n_same=int(issame.sum()),
+        n_different=int((~issame).sum()),
+        case_source=case_source if cases is not None else None,
+        roc=(far, tar),
+    )
+    if cases is not None:
+        result.cases = _per_case(dist, issame, folds, np.asarray(cases), acc, n_folds)
+    return result
+
+
+def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int) -> dict:
+    if cases.shape != dist.shape:
+        raise DatasetError(f"case labels {cases.shape} do not match the {len(dist)} pairs")
+    fold_of = folds if folds is not None else contiguous_folds(len(dist), n_folds)
+    threshold_of_pair = np.asarray(acc.fold_thresholds)[np.searchsorted(np.unique(fold_of), fold_of)]
+    correct = (dist < threshold_of_pair) == issame
+    out = {}
+    for case in sorted(int(c) for c in np.unique(cases)):
+        sel = cases == case
+        entry = {
+            "name": CASE_NAMES.get(case, str(case)),
+            "n_pairs": int(sel.sum()),
+            "n_same": int(issame[sel].sum()),
+            "accuracy": float(correct[sel].mean()),
+            "accuracy_within_case": None,
+            "std_within_case": None,
+        }
+        sub_same = issame[sel]
+        if sel.sum() >= n_folds and sub_same.any() and (~sub_same).any():
+            sub_folds = folds[sel] if folds is not None and len(np.unique(folds[sel])) >= 2 else None
+            within = kfold_accuracy(dist[sel], sub_same, sub_folds, n_folds)
+            entry["accuracy_within_case"] = within.mean
+            entry["std_within_case"] = within.std
+        out[str(case)] = entry
+    return out
