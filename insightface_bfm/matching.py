@@ -1,0 +1,290 @@
+"""The pair rule of Balanced Feature Matching, comparison of two faces, and a 1:N gallery.
+
+The pair rule (paper, Sec. III): when either face of a pair is masked, both are embedded by
+the partial extractor E_P; when neither is, both by the full extractor E_F. Cases: 1 both
+unmasked (E_F), 2 one masked (E_P), 3 both masked (E_P).
+
+Scores: ``similarity`` is the cosine of the two embeddings; ``distance`` is the squared L2
+distance between the L2-normalised embeddings (= 2 - 2 * similarity, range [0, 4]), the
+measure insightface's verification protocol thresholds.
+
+Faces are insightface ``Face`` dicts (or any mapping) carrying ``masked`` and the embeddings
+``embedding_full`` / ``embedding_partial`` (or ``embedding`` with ``extractor`` naming which
+one it is). A face embedded by one extractor only can still be compared when an
+``embed_missing(face, extractor)`` callback is given (``insightface_bfm.FaceAnalysis`` passes
+one that embeds the face's stored aligned crop).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_open
+from .errors import BFMError
+
+CASE_BOTH_UNMASKED = 1
+CASE_ONE_MASKED = 2
+CASE_BOTH_MASKED = 3
+EXTRACTORS = ("full", "partial")
+GALLERY_FORMAT = 1
+
+EmbedMissing = Callable[[Mapping, str], np.ndarray]
+
+
+def pair_extractor(masked_a: bool, masked_b: bool) -> str:
+    """The extractor both faces of a pair are compared with: 'partial' if either is masked."""
+    return "partial" if (bool(masked_a) or bool(masked_b)) else "full"
+
+
+def pair_case(masked_a: bool, masked_b: bool) -> int:
+    """1 both unmasked, 2 one masked, 3 both masked."""
+    return 1 + int(bool(masked_a)) + int(bool(masked_b))
+
+
+def l2_normalize(x) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length (float32); a zero row is an error, not a NaN."""
+    arr = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+        raise BFMError("embedding with zero or non-finite norm cannot be compared")
+    return arr / norms
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of comparing two faces (or embeddings).
+
+    ``distance`` is squared L2 of normalised embeddings; ``threshold`` and ``same`` are set
+    by verification (``same`` = distance <= threshold).
+    """
+
+    similarity: float
+    distance: float
+    case: int | None = None
+    extractor: str | None = None
+    threshold: float | None = None
+    same: bool | None = None
+
+
+def compare_embeddings(a, b) -> Comparison:
+    """Cosine similarity and squared L2 distance of two raw embeddings from the same extractor."""
+    va, vb = l2_normalize(np.ravel(a)), l2_normalize(np.ravel(b))
+    if va.shape != vb.shape:
+        raise BFMError(f"embeddings of different sizes cannot be compared: {va.shape[0]} vs {vb.shape[0]}")
+    sim = float(np.clip(np.dot(va, vb), -1.0, 1.0))
+    return Comparison(similarity=sim, distance=2.0 - 2.0 * sim)
+
+
+def _masked(face: Mapping, name: str) -> bool:
+    value = face.get("masked")
+    if value is None:
+        raise BFMError(f"{name}: the face has no 'masked' flag; analyse it with insightface_bfm.FaceAnalysis")
+    return bool(value)
+
+
+def face_embedding(face: Mapping, extractor: str, embed_missing: EmbedMissing | None = None, name="face"):
+    """The face's embedding from ``extractor`` ('full' or 'partial'), computing it if needed."""
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
+    value = face.get(f"embedding_{extractor}")
+    if value is None and face.get("extractor") == extractor:
+        value = face.get("embedding")
+    if value is None and embed_missing is not None:
+        value = embed_missing(face, extractor)
+    if value is None:
+        raise BFMError(
+            f"{name}: no {extractor} embedding; analyse it with embed='both', or compare through "
+            "FaceAnalysis.compare, which embeds the stored aligned crop"
+        )
+    return np.asarray(value, dtype=np.float32).ravel()
+
+
+def compare(a, b, *, embed_missing: EmbedMissing | None = None, threshold: float | None = None) -> Comparison:
+    """Compare two faces by the pair rule, or two raw embeddings (arrays) directly.
+
+    ``threshold`` (squared L2) also fills ``same``.
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            raise BFMError("compare: give two faces or two embedding arrays, not one of each")
+        result = compare_embeddings(a, b)
+        case = extractor = None
+    else:
+        ma, mb = _masked(a, "face_a"), _masked(b, "face_b")
+        extractor = pair_extractor(ma, mb)
+        case = pair_case(ma, mb)
+        result = compare_embeddings(
+            face_embedding(a, extractor, embed_missing, "face_a"),
+            face_embedding(b, extractor, embed_missing, "face_b"),
+        )
+    same = None if threshold is None else bool(result.distance <= threshold)
+    return Comparison(result.similarity, result.distance, case, extractor, threshold, same)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One gallery hit."""
+
+    identity: str
+    index: int
+    similarity: float
+    distance: float
+    case: int
+    extractor: str
+
+
+class Gallery:
+    """A 1:N gallery keeping, per entry, both embeddings (normalised) and the masked flag.
+
+    ``search`` scores every entry by the pair rule with two matrix products: a masked probe
+    meets every entry through E_P; an unmasked probe meets unmasked entries through E_F and
+    masked entries through E_P.
+    """
+
+    def __init__(self, embedding_size: int | None = None):
+        self.embedding_size = embedding_size
+        self.identities: list[str] = []
+        self._full: list[np.ndarray] = []
+        self._partial: list[np.ndarray] = []
+        self._masked: list[bool] = []
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def __repr__(self) -> str:
+        return f"Gallery({len(self)} entries, {len(set(self.identities))} identities, dim={self.embedding_size})"
+
+    def enrol(self, face: Mapping, identity: str, *, embed_missing: EmbedMissing | None = None) -> int:
+        """Add one analysed face (needs both embeddings: ``embed='both'`` or ``embed_missing``)."""
+        full = face_embedding(face, "full", embed_missing, f"enrol {identity!r}")
+        partial = face_embedding(face, "partial", embed_missing, f"enrol {identity!r}")
+        return int(self.enrol_embeddings(identity, full, partial, _masked(face, f"enrol {identity!r}"))[0])
+
+    def enrol_embeddings(self, identity, full, partial, masked) -> list[int]:
+        """Add one entry (vectors) or many (identity list, (N,D) arrays, N flags); returns indices."""
+        full = np.atleast_2d(np.asarray(full, dtype=np.float32))
+        partial = np.atleast_2d(np.asarray(partial, dtype=np.float32))
+        identities = [identity] if isinstance(identity, str) else list(identity)
+        flags = np.atleast_1d(np.asarray(masked, dtype=bool))
+        n = len(identities)
+        if full.shape != partial.shape or full.shape[0] != n or flags.shape != (n,):
+            raise BFMError(
+                f"enrol: {n} identities need {n} full and {n} partial embeddings of one size and {n} "
+                f"masked flags, got {full.shape}, {partial.shape}, {flags.shape}"
+            )
+        if self.embedding_size is None:
+            self.embedding_size = int(full.shape[1])
+        if full.shape[1] != self.embedding_size:
+            raise BFMError(f"enrol: embeddings of size {full.shape[1]}, the gallery holds {self.embedding_size}")
+        for name in identities:
+            if not isinstance(name, str) or not name:
+                raise BFMError(f"enrol: identity must be a non-empty string, got {name!r}")
+        full, partial = l2_normalize(full), l2_normalize(partial)
+        start = len(self)
+        self.identities.extend(identities)
+        self._full.extend(full)
+        self._partial.extend(partial)
+        self._masked.extend(bool(m) for m in flags)
+        self._cache = None
+        return list(range(start, start + n))
+
+    def remove(self, identity: str) -> int:
+        """Remove every entry of ``identity``; returns how many were removed."""
+        keep = [i for i, name in enumerate(self.identities) if name != identity]
+        removed = len(self) - len(keep)
+        self.identities = [self.identities[i] for i in keep]
+        self._full = [self._full[i] for i in keep]
+        self._partial = [self._partial[i] for i in keep]
+        self._masked = [self._masked[i] for i in keep]
+        self._cache = None
+        return removed
+
+    def _matrices(self):
+        if self._cache is None:
+            d = self.embedding_size or 0
+            full = np.stack(self._full) if self._full else np.zeros((0, d), np.float32)
+            partial = np.stack(self._partial) if self._partial else np.zeros((0, d), np.float32)
+            masked = np.asarray(self._masked, dtype=bool)
+            unmasked_idx, masked_idx = np.flatnonzero(~masked), np.flatnonzero(masked)
+            # Precomputed subsets: an unmasked probe costs F[unmasked] @ q + P[masked] @ q.
+            self._cache = (partial, masked, unmasked_idx, full[unmasked_idx], masked_idx, partial[masked_idx])
+        return self._cache
+
+    def scores(self, probe: Mapping, *, embed_missing: EmbedMissing | None = None) -> np.ndarray:
+        """Cosine similarity of ``probe`` to every entry by the pair rule, float32 (N,)."""
+        partial, masked, unmasked_idx, full_unmasked, masked_idx, partial_masked = self._matrices()
+        probe_masked = _masked(probe, "probe")
+        qp = l2_normalize(face_embedding(probe, "partial", embed_missing, "probe")) if (
+            probe_masked or masked_idx.size
+        ) else None
+        self._check_dim(qp)
+        if probe_masked:
+            return partial @ qp
+        qf = l2_normalize(face_embedding(probe, "full", embed_missing, "probe"))
+        self._check_dim(qf)
+        out = np.empty(len(self), dtype=np.float32)
+        out[unmasked_idx] = full_unmasked @ qf
+        if masked_idx.size:
+            out[masked_idx] = partial_masked @ qp
+        return out
+
+    def _check_dim(self, q):
+        if q is not None and self.embedding_size is not None and q.shape[0] != self.embedding_size:
+            raise BFMError(f"probe embedding of size {q.shape[0]}, the gallery holds {self.embedding_size}")
+
+    def search(self, probe: Mapping, k: int = 5, *, embed_missing: EmbedMissing | None = None) -> list[Match]:
+        """The ``k`` best entries for ``probe``, best first (ties: lower index first)."""
+        if k < 1:
+            raise BFMError(f"search: k must be >= 1, got {k}")
+        if not len(self):
+            return []
+        sims = self.scores(probe, embed_missing=embed_missing)
+        k = min(k, sims.shape[0])
+        top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
+        top = top[np.lexsort((top, -sims[top]))]
+        probe_masked = _masked(probe, "probe")
+        _, masked, *_ = self._matrices()
+        out = []
+        for i in top:
+            sim = float(np.clip(sims[i], -1.0, 1.0))
+            m = bool(masked[i])
+            out.append(Match(self.identities[i], int(i), sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
+                             pair_extractor(probe_masked, m)))
+        return out
+
+    def save(self, path) -> Path:
+        """Write the gallery to one ``.npz`` (arrays + a JSON header), atomically; no pickle."""
+        path = Path(path)
+        partial, masked, *_ = self._matrices()
+        full = np.stack(self._full) if self._full else np.zeros((0, self.embedding_size or 0), np.float32)
+        header = {"format": GALLERY_FORMAT, "embedding_size": self.embedding_size, "identities": self.identities}
+        meta = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        with atomic_open(path, "wb") as f:
+            np.savez(f, meta=meta, full=full, partial=partial, masked=masked)
+        return path
+
+    @classmethod
+    def load(cls, path) -> Gallery:
+        """Read a gallery written by ``save``; a malformed file raises ``BFMError`` naming it."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(data["meta"].tobytes().decode("utf-8"))
+                full, partial, masked = data["full"], data["partial"], data["masked"]
+        except (OSError, KeyError, ValueError, UnicodeError) as e:
+            raise BFMError(f"{path}: not a gallery file ({e})") from None
+        if not isinstance(header, dict) or header.get("format") != GALLERY_FORMAT:
+            raise BFMError(f"{path}: unsupported gallery format {header.get('format') if isinstance(header, dict) else None!r}")
+        identities = header.get("identities")
+        n = len(identities) if isinstance(identities, list) else -1
+        if full.shape != partial.shape or full.ndim != 2 or full.shape[0] != n or masked.shape != (n,):
+            raise BFMError(f"{path}: inconsistent gallery arrays")
+        gallery = cls(header.get("embedding_size"))
+        if n:
+            gallery.enrol_embeddings(identities, full, partial, masked)
+        return gallery

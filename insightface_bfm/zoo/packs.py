@@ -1,0 +1,458 @@
+"""BFM packs: a model folder that both insightface 2.1 and insightface-bfm can load.
+
+Layout of ``ROOT/models/NAME/`` (ROOT defaults to ``~/.insightface``, or
+``$INSIGHTFACE_BFM_ROOT``)::
+
+    mask_classifier.onnx   C   (logits [N,2]: unmasked, masked)
+    full.onnx              E_F (embeddings [N,D])
+    partial.onnx           E_P (embeddings [N,D])
+    <detector>.onnx        optional SCRFD detector (its own file name, e.g. det_10g.onnx)
+    MODEL.LICENSE          the terms of the weights
+    manifest.json
+
+``manifest.json`` is an insightface manifest V2 (``manifest_version: 2``, ``model_id``,
+``license``, ``tasks``) declaring ``detection`` (the detector) and ``recognition`` (E_F) with
+their sha256, so plain ``insightface.app.FaceAnalysis(name=NAME)`` runs detection + E_F on it
+and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm``::
+
+    "bfm": {
+      "format": 1,                      # layout version of this section
+      "version": "1",                   # the pack's own version (user-chosen)
+      "created_with": "insightface-bfm 0.1.0",
+      "embedding_size": 512,
+      "classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx",
+      "detector": "det_10g.onnx" | null,
+      "thresholds": {"mask_score": 0.5, "verification_distance": 1.24 | null},
+      "files": {"<file>": "<sha256>", ...}   # every file of the pack except manifest.json
+    }
+
+``verification_distance`` is a squared L2 distance between L2-normalised embeddings (range
+[0, 4]; equal to 2 - 2 * cosine similarity), the measure insightface's verification uses.
+
+``load_pack`` verifies the sha256 of every listed file before returning, and
+``Pack.read_verified`` re-verifies the bytes it hands to ONNX Runtime, so a session is only
+ever built from bytes that match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import ChecksumError, PackError
+
+MANIFEST = "manifest.json"
+LICENSE_FILE = "MODEL.LICENSE"
+PACK_FORMAT = 1
+ROOT_ENV = "INSIGHTFACE_BFM_ROOT"
+DEFAULT_ROOT = "~/.insightface"
+ROLE_FILES = {"classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx"}
+# Role names written by insightface_bfm.export into each graph's metadata.
+EXPORT_ROLES = {"classifier": "mask_classifier", "full": "full", "partial": "partial"}
+DETECTION_PREPROCESSING = {"mean": 127.5, "std": 128.0}
+RECOGNITION_PREPROCESSING = {"mean": 127.5, "std": 127.5}
+DEFAULT_LICENSE = (
+    "Terms of the model weights in this pack\n"
+    "=======================================\n\n"
+    "The networks were trained with insightface-bfm. Their terms follow from the data they were\n"
+    "trained on and from the models they were initialised from; the person who built this pack\n"
+    "did not state them (`bfm pack --license FILE` does).\n\n"
+    "A detector copied from an insightface model-zoo pack (buffalo_*, antelopev2) is available\n"
+    "for non-commercial research purposes only (insightface model-zoo terms).\n"
+)
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def resolve_root(root=None) -> Path:
+    """The insightface-style root: ``root``, else ``$INSIGHTFACE_BFM_ROOT``, else ``~/.insightface``."""
+    value = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    return Path(os.path.expanduser(str(value)))
+
+
+def resolve_pack_dir(name, root=None) -> Path:
+    """A pack given as a directory path, or as a name under ``ROOT/models``."""
+    direct = Path(os.path.expanduser(str(name)))
+    if direct.is_dir():
+        return direct.resolve()
+    candidate = resolve_root(root) / "models" / str(name)
+    if candidate.is_dir():
+        return candidate.resolve()
+    raise PackError(
+        f"pack {name!r}: no directory {direct} nor {candidate}; build one with `bfm pack EXPORT_DIR OUT` "
+        f"or download one with `bfm models download NAME --root {resolve_root(root)}`"
+    )
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safe_name(value, where: str) -> str:
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value:
+        raise PackError(f"{where}: {value!r} is not a plain file name inside the pack")
+    return value
+
+
+@dataclass(frozen=True)
+class PackThresholds:
+    mask_score: float = 0.5
+    # squared L2 between normalised embeddings; None when the pack builder gave none
+    verification_distance: float | None = None
+
+    @property
+    def verification_similarity(self) -> float | None:
+        """The same threshold as a cosine similarity (distance = 2 - 2 * similarity)."""
+        if self.verification_distance is None:
+            return None
+        return 1.0 - self.verification_distance / 2.0
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A verified BFM pack. Paths are absolute; ``files`` maps file name -> sha256."""
+
+    name: str
+    path: Path
+    version: str
+    embedding_size: int
+    classifier: Path
+    full: Path
+    partial: Path
+    detector: Path | None
+    thresholds: PackThresholds
+    files: dict = field(repr=False)
+    manifest: dict = field(repr=False)
+
+    def read_verified(self, path) -> bytes:
+        """The bytes of one pack file, checked against the manifest at the moment of reading."""
+        path = Path(path)
+        expected = self.files.get(path.name)
+        if expected is None:
+            raise PackError(f"{path}: not listed in {self.path / MANIFEST}")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PackError(f"{path}: missing or unreadable ({e.strerror or e})") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in the manifest (file altered)")
+        return data
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackError(f"{path}: missing; {directory} is not a model pack") from None
+    except (OSError, UnicodeError, json.JSONDecodeError) as e:
+        raise PackError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(raw, dict):
+        raise PackError(f"{path}: the manifest must be a JSON object")
+    return raw
+
+
+def _check_insightface_manifest(directory: Path) -> None:
+    """Parse the manifest with insightface's own V2 parser (what plain FaceAnalysis will do)."""
+    from insightface.model_zoo.package_manifest import load_model_package
+
+    try:
+        load_model_package(directory)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise PackError(f"{directory / MANIFEST}: insightface rejects it as a manifest V2 ({e})") from None
+
+
+def load_pack(name_or_path, root=None) -> Pack:
+    """Open a pack (directory or name under ROOT/models) and verify every file's sha256.
+
+    Raises ``PackError`` (``ChecksumError`` for altered files) naming the file; no model
+    session is created here.
+    """
+    directory = resolve_pack_dir(name_or_path, root)
+    raw = _read_manifest(directory)
+    where = str(directory / MANIFEST)
+    bfm = raw.get("bfm")
+    if not isinstance(bfm, dict):
+        raise PackError(
+            f"{where}: no 'bfm' section, so {directory.name} is a plain insightface pack; "
+            "use it as a detector source (det_pack=...) instead"
+        )
+    if bfm.get("format") != PACK_FORMAT:
+        raise PackError(f"{where}: bfm.format {bfm.get('format')!r} is not supported (expected {PACK_FORMAT})")
+    files = bfm.get("files")
+    if not isinstance(files, dict) or not files:
+        raise PackError(f"{where}: bfm.files must map every pack file to its sha256")
+    for fname, digest in files.items():
+        _safe_name(fname, f"{where}: bfm.files")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise PackError(f"{where}: bfm.files[{fname!r}] is not a lowercase hex sha256")
+    roles = {}
+    for role in ("classifier", "full", "partial"):
+        roles[role] = _safe_name(bfm.get(role), f"{where}: bfm.{role}")
+    detector = bfm.get("detector")
+    if detector is not None:
+        roles["detector"] = _safe_name(detector, f"{where}: bfm.detector")
+    for role, fname in roles.items():
+        if fname not in files:
+            raise PackError(f"{where}: bfm.{role} file {fname!r} has no sha256 in bfm.files")
+    tasks = raw.get("tasks") or {}
+    rec = tasks.get("recognition") or {}
+    if rec.get("file") != roles["full"]:
+        raise PackError(f"{where}: tasks.recognition.file must be E_F ({roles['full']}), got {rec.get('file')!r}")
+    if detector is not None and (tasks.get("detection") or {}).get("file") != detector:
+        raise PackError(f"{where}: tasks.detection.file must be the detector {detector!r}")
+    thresholds_raw = bfm.get("thresholds") or {}
+    try:
+        thresholds = PackThresholds(
+            mask_score=float(thresholds_raw.get("mask_score", 0.5)),
+            verification_distance=(
+                None
+                if thresholds_raw.get("verification_distance") is None
+                else float(thresholds_raw["verification_distance"])
+            ),
+        )
+    except (TypeError, ValueError):
+        raise PackError(f"{where}: bfm.thresholds must hold numbers") from None
+    if not 0.0 < thresholds.mask_score < 1.0:
+        raise PackError(f"{where}: bfm.thresholds.mask_score must be in (0, 1)")
+    d = thresholds.verification_distance
+    if d is not None and not 0.0 <= d <= 4.0:
+        raise PackError(f"{where}: bfm.thresholds.verification_distance must be in [0, 4] (squared L2)")
+    # insightface's own parser: the pack must stay a valid manifest-V2 package for plain insightface.
+    _check_insightface_manifest(directory)
+    # Every file, before anything is loaded: missing or altered -> error naming it.
+    for fname, expected in files.items():
+        path = directory / fname
+        if not path.is_file():
+            raise PackError(f"{path}: missing from the pack (listed in {MANIFEST} with sha256 {expected[:12]}...)")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} (file altered)")
+    try:
+        embedding_size = int(bfm.get("embedding_size"))
+    except (TypeError, ValueError):
+        raise PackError(f"{where}: bfm.embedding_size must be an integer") from None
+    return Pack(
+        name=str(raw.get("model_id", directory.name)),
+        path=directory,
+        version=str(bfm.get("version", "")),
+        embedding_size=embedding_size,
+        classifier=directory / roles["classifier"],
+        full=directory / roles["full"],
+        partial=directory / roles["partial"],
+        detector=directory / roles["detector"] if "detector" in roles else None,
+        thresholds=thresholds,
+        files=dict(files),
+        manifest=raw,
+    )
+
+
+def find_detector(det_pack, root=None) -> Path:
+    """The SCRFD detector ONNX of an insightface pack (name under ROOT/models, directory, or .onnx file).
+
+    A manifest-V2 pack names it (tasks.detection.file); a legacy pack (buffalo_l, antelopev2)
+    is searched for the graph with >= 5 outputs, insightface's own detector rule.
+    """
+    text = os.path.expanduser(str(det_pack))
+    if text.endswith(".onnx"):
+        if not os.path.isfile(text):
+            raise PackError(f"detector {text}: no such file")
+        return Path(text).resolve()
+    try:
+        directory = resolve_pack_dir(det_pack, root)
+    except PackError:
+        raise PackError(
+            f"detector pack {det_pack!r} is not installed under {resolve_root(root) / 'models'}; "
+            f"run `bfm models download {det_pack}` or unpack it there by hand"
+        ) from None
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        raw = _read_manifest(directory)
+        det = ((raw.get("tasks") or {}).get("detection") or {}).get("file")
+        if raw.get("manifest_version") == 2 and det:
+            path = (directory / det).resolve()
+            if not path.is_file():
+                raise PackError(f"{path}: detector named in {manifest} is missing")
+            return path
+    import onnx
+
+    for path in sorted(directory.glob("*.onnx")):
+        try:
+            graph = onnx.load_model(str(path), load_external_data=False).graph
+        except Exception:
+            continue
+        if len(graph.output) >= 5:
+            return path.resolve()
+    raise PackError(f"detector pack {directory}: no SCRFD-style detector ONNX (>= 5 outputs) in it")
+
+
+def _inspect_export(path: Path, role: str):
+    """Input/output shapes and role metadata of one exported ONNX; raises PackError when unusable."""
+    import onnx
+
+    if not path.is_file():
+        raise PackError(f"{path}: missing from the export directory (expected {ROLE_FILES[role]})")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as e:
+        raise PackError(f"{path}: not a readable ONNX model ({e})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    declared = meta.get("role")
+    if declared is not None and declared != EXPORT_ROLES[role]:
+        raise PackError(f"{path}: its metadata says role {declared!r}, expected {EXPORT_ROLES[role]!r}")
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise PackError(f"{path}: expected one input and one output")
+
+    def dims(value):
+        return [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+
+    in_shape, out_shape = dims(inputs[0]), dims(graph.output[0])
+    if len(in_shape) != 4 or in_shape[1:] != [3, 112, 112]:
+        raise PackError(f"{path}: expected input [batch, 3, 112, 112], got {in_shape}")
+    if len(out_shape) != 2 or not isinstance(out_shape[1], int):
+        raise PackError(f"{path}: expected output [batch, K] with a fixed K, got {out_shape}")
+    return out_shape[1], meta
+
+
+def build_pack(
+    export_dir,
+    out,
+    *,
+    detector=None,
+    det_pack=None,
+    name: str | None = None,
+    root=None,
+    mask_threshold: float = 0.5,
+    verification_distance: float | None = None,
+    version: str = "1",
+    license_file=None,
+    overwrite: bool = False,
+) -> Pack:
+    """Build a pack in directory ``out`` from an export (mask_classifier/full/partial.onnx).
+
+    The detector is an ONNX path (``detector``) or taken from an installed insightface pack
+    (``det_pack``, e.g. "buffalo_l"); it is copied in so that the pack is self-contained and
+    plain insightface can run it. The pack is assembled in a temporary folder beside ``out``
+    and renamed into place, then loaded back with ``load_pack`` (checksums) and insightface's
+    manifest parser.
+    """
+    from .. import __version__
+
+    export_dir = Path(os.path.expanduser(str(export_dir)))
+    out = Path(os.path.expanduser(str(out))).absolute()
+    if not export_dir.is_dir():
+        raise PackError(f"{export_dir}: export directory not found")
+    if detector is not None and det_pack is not None:
+        raise PackError("give either a detector ONNX or a detector pack, not both")
+    name = name or out.name
+    if not _MODEL_ID.fullmatch(name):
+        raise PackError(f"pack name {name!r}: use letters, digits, '.', '_' or '-' (insightface model_id rule)")
+    if not 0.0 < mask_threshold < 1.0:
+        raise PackError(f"mask threshold {mask_threshold}: must be in (0, 1)")
+    if verification_distance is not None and not 0.0 <= verification_distance <= 4.0:
+        raise PackError(f"verification distance {verification_distance}: must be in [0, 4] (squared L2)")
+    if out.exists() and not overwrite:
+        raise PackError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+
+    sources = {role: export_dir / fname for role, fname in ROLE_FILES.items()}
+    widths = {role: _inspect_export(path, role)[0] for role, path in sources.items()}
+    if widths["classifier"] != 2:
+        raise PackError(f"{sources['classifier']}: a mask classifier outputs 2 logits, got {widths['classifier']}")
+    if widths["full"] != widths["partial"]:
+        raise PackError(
+            f"{export_dir}: E_F and E_P embed to different sizes ({widths['full']} vs {widths['partial']}); "
+            "the pair rule compares them within one extractor but a gallery stores both at one size"
+        )
+    det_source = None
+    if detector is not None:
+        det_source = Path(os.path.expanduser(str(detector)))
+        if not det_source.is_file():
+            raise PackError(f"detector {det_source}: no such file")
+    elif det_pack is not None:
+        det_source = find_detector(det_pack, root)
+    det_name = None
+    if det_source is not None:
+        det_name = det_source.name if det_source.name not in set(ROLE_FILES.values()) else "detector.onnx"
+        import onnx
+
+        try:
+            n_out = len(onnx.load_model(str(det_source), load_external_data=False).graph.output)
+        except Exception as e:
+            raise PackError(f"detector {det_source}: not a readable ONNX model ({e})") from None
+        if n_out < 5:
+            raise PackError(f"detector {det_source}: {n_out} outputs; insightface's SCRFD detectors have >= 5")
+    if license_file is not None and not Path(license_file).is_file():
+        raise PackError(f"licence file {license_file}: no such file")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for role, src in sources.items():
+            shutil.copyfile(src, tmp / ROLE_FILES[role])
+        if det_source is not None:
+            shutil.copyfile(det_source, tmp / det_name)
+        license_text = Path(license_file).read_text(encoding="utf-8") if license_file else DEFAULT_LICENSE
+        (tmp / LICENSE_FILE).write_text(license_text, encoding="utf-8")
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        tasks = {
+            "recognition": {
+                "file": ROLE_FILES["full"],
+                "sha256": files[ROLE_FILES["full"]],
+                "preprocessing": RECOGNITION_PREPROCESSING,
+                "input_size": [112, 112],
+                "embedding_dimension": int(widths["full"]),
+            }
+        }
+        if det_name is not None:
+            tasks["detection"] = {
+                "file": det_name,
+                "sha256": files[det_name],
+                "preprocessing": DETECTION_PREPROCESSING,
+            }
+        manifest = {
+            "manifest_version": 2,
+            "model_id": name,
+            "display_name": f"{name} (insightface-bfm: masked-face recognition by Balanced Feature Matching)",
+            "license": LICENSE_FILE,
+            "tasks": tasks,
+            "bfm": {
+                "format": PACK_FORMAT,
+                "version": str(version),
+                "created_with": f"insightface-bfm {__version__}",
+                "embedding_size": int(widths["full"]),
+                "classifier": ROLE_FILES["classifier"],
+                "full": ROLE_FILES["full"],
+                "partial": ROLE_FILES["partial"],
+                "detector": det_name,
+                "thresholds": {"mask_score": float(mask_threshold), "verification_distance": verification_distance},
+                "files": files,
+            },
+        }
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        load_pack(tmp)  # the exact checks users will run, before the pack becomes visible
+        backup = None
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, backup)
+        os.replace(tmp, out)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_pack(out)

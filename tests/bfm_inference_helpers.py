@@ -1,0 +1,90 @@
+"""Small ONNX graphs and packs for the inference tests (no torch).
+
+The mask classifiers here are plumbing stand-ins with the exporter's interface
+(input [batch,3,112,112] normalised RGB, output logits [batch,2], metadata role): one reads
+the darkness of the lower face, the others always answer masked / unmasked, so tests can
+check that C's output drives the choice of extractor.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(model, path, role):
+    model.metadata_props.add(key="role", value=role)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def make_classifier(path, mode="darkness", *, role="mask_classifier", batch="batch"):
+    """A tiny classifier ONNX.
+
+    mode "darkness": masked when the mean of rows 64..112 (the lower face) in [-1,1] is
+    below -0.2 (dark masks); "masked" / "unmasked": a constant answer.
+    """
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 112, 112])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2])
+    s, t = 20.0, -0.2
+    if mode == "darkness":
+        w, b = [[s, -s]], [-s * t, s * t]
+    elif mode == "masked":
+        w, b = [[0.0, 0.0]], [-4.0, 4.0]
+    elif mode == "unmasked":
+        w, b = [[0.0, 0.0]], [4.0, -4.0]
+    else:
+        raise ValueError(mode)
+    inits = [
+        numpy_helper.from_array(np.array([64], np.int64), "starts"),
+        numpy_helper.from_array(np.array([112], np.int64), "ends"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"),
+        numpy_helper.from_array(np.array(w, np.float32), "W"),
+        numpy_helper.from_array(np.array(b, np.float32), "B"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["lower"]),
+        helper.make_node("ReduceMean", ["lower"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape"], ["m"]),
+        helper.make_node("MatMul", ["m", "W"], ["mw"]),
+        helper.make_node("Add", ["mw", "B"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "mask_classifier", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return _save(model, path, role)
+
+
+def make_extractor(src, path, role, *, negate=False):
+    """A copy of a recognition ONNX with a role; ``negate`` appends Neg so E_P differs from E_F."""
+    model = onnx.load(str(src))
+    if negate:
+        out = model.graph.output[0]
+        inner = out.name + "_pre_neg"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+        model.graph.node.append(helper.make_node("Neg", [inner], [out.name]))
+    del model.metadata_props[:]
+    return _save(model, path, role)
+
+
+def make_export(directory, recogniser, classifier_mode="darkness"):
+    """An export directory (mask_classifier.onnx, full.onnx, partial.onnx = -full)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    make_classifier(directory / "mask_classifier.onnx", classifier_mode)
+    make_extractor(recogniser, directory / "full.onnx", "full")
+    make_extractor(recogniser, directory / "partial.onnx", "partial", negate=True)
+    return directory
+
+
+def copy_detector(src, directory):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(src, directory / Path(src).name))
