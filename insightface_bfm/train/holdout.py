@@ -1,0 +1,127 @@
+"""Verification on held-out identities, per matching case (the paper's Table II).
+
+From a labelled set of identities never seen in training, one list of pairs (half same
+identity, half different) is scored three times:
+
+    Case 1  both faces unmasked
+    Case 2  the second face masked
+    Case 3  both faces masked
+
+Masks are drawn once per image with a fixed generator, so every model of a comparison sees
+the very same masked faces. A BFM model routes each pair as the paper does: if C says either
+face is masked, both are embedded with E_P, else both with E_F; the baselines use their one
+model. Accuracy is the 10-fold protocol of ``insightface_bfm.evaluation.verification``
+(threshold chosen on nine folds, measured on the tenth), run on each case's pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import BFMError
+from ..evaluation.verification import kfold_accuracy, pair_distances
+from .model import BFMModel
+
+CASES = {1: "both unmasked", 2: "one masked", 3: "both masked"}
+
+
+def make_pairs(labels: np.ndarray, n_pairs: int, seed: int):
+    """(first index, second index, same identity) for ``n_pairs`` pairs, half genuine, shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    by_id = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    multi = [c for c, idx in by_id.items() if len(idx) >= 2]
+    ids = list(by_id)
+    if not multi or len(ids) < 2:
+        raise BFMError("the held-out set needs at least 2 identities, one with 2+ images")
+    pairs = []
+    for k in range(n_pairs):
+        if k % 2 == 0:
+            a, b = rng.choice(by_id[multi[rng.integers(len(multi))]], size=2, replace=False)
+            pairs.append((a, b, True))
+        else:
+            ca, cb = rng.choice(len(ids), size=2, replace=False)
+            pairs.append((rng.choice(by_id[ids[ca]]), rng.choice(by_id[ids[cb]]), False))
+    order = rng.permutation(len(pairs))
+    a, b, same = (np.array(col) for col in zip(*[pairs[i] for i in order]))
+    return a.astype(np.int64), b.astype(np.int64), same.astype(bool)
+
+
+@torch.no_grad()
+def _embed_all(model: BFMModel, images: torch.Tensor, batch_size: int, device) -> dict:
+    out = {"full": [], "partial": [], "p_masked": []}
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        out["full"].append(model.embed(x, "full").cpu())
+        if model.partial is not None:
+            out["partial"].append(model.embed(x, "partial").cpu())
+        if model.classifier is not None:
+            out["p_masked"].append(model.mask_probability(x).cpu())
+    return {k: torch.cat(v).numpy() if v else None for k, v in out.items()}
+
+
+def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10, batch_size: int = 128,
+                     seed: int = 1234, device="cpu", mask_types=None) -> dict:
+    """Accuracy per case on held-out identities (``dataset``: a FaceDataset or an open_dataset path).
+
+    Returns ``{"case1": {"accuracy", "std", "routed_partial"}, ..., "classifier_accuracy", "pairs"}``;
+    ``routed_partial`` is the share of pairs a BFM model sent to E_P.
+    """
+    from ..data import open_dataset
+    from ..masks.batched import MaskAugment
+    from .trainer import to_network_tensor
+
+    if isinstance(dataset, str):
+        dataset = open_dataset(dataset)
+    first, second, same = make_pairs(dataset.labels, pairs, seed)
+    used = np.unique(np.concatenate([first, second]))
+    samples = {int(i): dataset[int(i)] for i in used}
+    bad = [i for i, s in samples.items() if s is None]
+    if bad:
+        keep = ~(np.isin(first, bad) | np.isin(second, bad))
+        first, second, same = first[keep], second[keep], same[keep]
+        used = np.setdiff1d(used, bad)
+    row = {int(i): r for r, i in enumerate(used)}
+    images = to_network_tensor(torch.from_numpy(np.stack([samples[int(i)][0] for i in used])))
+
+    # one fixed mask per image, identical for every model evaluated with the same seed
+    masker = MaskAugment(types=mask_types, p=1.0)
+    generator = torch.Generator().manual_seed(seed)
+    masked = torch.cat([masker(images[i:i + batch_size], generator=generator)[0]
+                        for i in range(0, len(images), batch_size)])
+
+    was_training = model.training
+    model.eval()
+    plain = _embed_all(model, images, batch_size, device)
+    cover = _embed_all(model, masked, batch_size, device)
+    model.train(was_training)
+
+    a = np.array([row[int(i)] for i in first])
+    b = np.array([row[int(i)] for i in second])
+    result = {"pairs": int(len(same))}
+    if plain["p_masked"] is not None:
+        said = np.concatenate([plain["p_masked"] < 0.5, cover["p_masked"] >= 0.5])
+        result["classifier_accuracy"] = float(said.mean())
+    else:
+        result["classifier_accuracy"] = None
+    for case, (emb_a, emb_b, truth_a, truth_b) in {
+        1: (plain, plain, False, False),
+        2: (plain, cover, False, True),
+        3: (cover, cover, True, True),
+    }.items():
+        if model.partial is None:
+            ea, eb = emb_a["full"][a], emb_b["full"][b]
+            partial = np.zeros(len(a), dtype=bool)
+        else:
+            # the paper's rule: either face classified masked -> both through E_P
+            if emb_a["p_masked"] is not None:
+                partial = (emb_a["p_masked"][a] >= 0.5) | (emb_b["p_masked"][b] >= 0.5)
+            else:  # no classifier in this model: the true mask state routes
+                partial = np.full(len(a), truth_a or truth_b)
+            ea = np.where(partial[:, None], emb_a["partial"][a], emb_a["full"][a])
+            eb = np.where(partial[:, None], emb_b["partial"][b], emb_b["full"][b])
+        acc = kfold_accuracy(pair_distances(ea, eb), same, n_folds=folds)
+        result[f"case{case}"] = {"accuracy": acc.mean, "std": acc.std,
+                                 "routed_partial": float(partial.mean())}
+    return result

@@ -1,0 +1,230 @@
+"""``BFMModel``: the networks of one training mode, and where each loss term is computed.
+
+    bfm        classifier C (Table I), full extractor E_F + head_full, partial extractor E_P + head_partial
+    baseline1  one extractor ``full`` + ``head_full``, ArcFace on unmasked faces
+    baseline2  one extractor ``full`` + ``head_full``, ArcFace on unmasked and masked faces
+
+``forward(x, x_masked, labels)`` returns the loss terms of the paper for one batch of pairs,
+each computed by its function in ``insightface_bfm.losses`` (named as ``losses.TERMS``); the
+trainer weights and sums them with ``losses.total_loss`` (eq. 7). Doing the whole computation
+in ``forward`` lets DistributedDataParallel see every network in one call.
+
+Inference helpers (``mask_probability``, ``embed``) follow the paper's routing: a pair is
+embedded with E_P when either face is classified masked, else with E_F.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from .. import losses
+from ..errors import BFMError
+from ..nets import MaskClassifier, PartialFC, get_backbone, make_head
+from .recipe import Recipe
+
+# safetensors key prefix of each part (CONTRACT); baselines keep their one model under "full."
+PARTS = ("classifier", "full", "partial", "head_full", "head_partial")
+
+
+class BFMModel(nn.Module):
+    def __init__(self, recipe: Recipe | dict, num_classes: int):
+        super().__init__()
+        if isinstance(recipe, dict):
+            recipe = Recipe.from_dict(recipe, check_paths=False)
+        self.mode = recipe.mode
+        self.num_classes = int(num_classes)
+        cfg = recipe.model
+
+        def extractor():
+            return get_backbone(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
+                                **cfg.backbone_options)
+
+        def head():
+            margin = {} if cfg.m is None else {"m": cfg.m}
+            if cfg.partial_fc:
+                return PartialFC(cfg.embedding_size, self.num_classes, margin=cfg.head, s=cfg.s,
+                                 sample_rate=cfg.sample_rate, **margin)
+            return make_head(cfg.head, cfg.embedding_size, self.num_classes, s=cfg.s, **margin)
+
+        self.full = extractor()
+        self.head_full = head()
+        if self.mode == "bfm":
+            self.classifier = MaskClassifier() if cfg.classifier else None
+            self.partial = extractor()
+            self.head_partial = head()
+        else:
+            self.classifier = self.partial = self.head_partial = None
+        self.frozen_bn = False  # every BatchNorm stays in eval mode (init.freeze_bn)
+        self.frozen_full = False  # E_F neither trains nor updates its statistics (init.freeze_full)
+
+    # -- training --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, x_masked: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Loss terms of one batch of pairs (x, masked x) of normalised RGB (B,3,112,112)."""
+        if self.mode == "baseline1":
+            # One model, unmasked faces only (eq. 2).
+            return {"full": _arcface(self.head_full, self.full(x), labels)}
+        if self.mode == "baseline2":
+            # One model on unmasked and masked faces: ArcFace on both copies (eq. 5's form).
+            f, f_masked = self.full(torch.cat([x, x_masked])).chunk(2)
+            return {"full": _arcface_pair(self.head_full, f, f_masked, labels)}
+        terms = {}
+        if self.classifier is not None:
+            # eq. 1: C learns unmasked -> 0, masked -> 1 (one pass over both copies).
+            logits, logits_masked = self.classifier(torch.cat([x, x_masked])).chunk(2)
+            terms["mask"] = losses.mask_loss(logits, logits_masked)
+        # eq. 2: E_F on unmasked faces only.
+        terms["full"] = _arcface(self.head_full, self.full(x), labels)
+        # eqs. 4 and 5: E_P on x and masked x, in one pass (BatchNorm sees both copies together).
+        p, p_masked = self.partial(torch.cat([x, x_masked])).chunk(2)
+        terms["guided"] = losses.guided_loss(p, p_masked)
+        terms["partial"] = _arcface_pair(self.head_partial, p, p_masked, labels)
+        return terms
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if self.frozen_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            if self.frozen_full:
+                self.full.eval()
+        return self
+
+    def freeze_full(self) -> None:
+        self.frozen_full = True
+        self.full.requires_grad_(False)
+        self.head_full.requires_grad_(False)
+        self.train(self.training)
+
+    def freeze_bn(self) -> None:
+        self.frozen_bn = True
+        self.train(self.training)
+
+    # -- inference --------------------------------------------------------------------------
+    @torch.no_grad()
+    def mask_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """P(masked) per face from C (class index 1)."""
+        if self.classifier is None:
+            raise BFMError(f"a {self.mode} model has no mask classifier")
+        return self.classifier(x).float().softmax(dim=1)[:, MaskClassifier.MASKED]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, extractor: str = "full") -> torch.Tensor:
+        """L2-normalised embeddings from ``full`` (E_F, or the baselines' model) or ``partial`` (E_P)."""
+        net = self.partial if extractor == "partial" and self.partial is not None else self.full
+        return nn.functional.normalize(net(x).float(), dim=1)
+
+    def extractors(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in ("full", "partial") if getattr(self, name) is not None}
+
+
+def _arcface(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 through a margin head, or through Partial FC (which computes the same loss itself)."""
+    if isinstance(head, PartialFC):
+        return head(features, labels)
+    return losses.arcface_full_loss(head(features, labels), labels)
+
+
+def _arcface_pair(head: nn.Module, f: torch.Tensor, f_masked: torch.Tensor, labels: torch.Tensor):
+    """Eq. 5 through a margin head, or through Partial FC: its mean over the 2B samples of both
+    copies is the same average of the two ArcFace terms that losses.arcface_partial_loss takes."""
+    if isinstance(head, PartialFC):
+        return head(torch.cat([f, f_masked]), torch.cat([labels, labels]))
+    return losses.arcface_partial_loss(head(f, labels), head(f_masked, labels), labels)
+
+
+# -- checkpoints and initial weights ----------------------------------------------------------
+
+def load_checkpoint(path, map_location: str = "cpu") -> tuple[BFMModel, dict]:
+    """Rebuild the model of a checkpoint (a checkpoint dir, run dir or model.safetensors).
+
+    Returns (model in eval mode, the recipe dict it was trained with).
+    """
+    from .checkpoint import load_weights, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        recipe = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    except OSError:
+        raise BFMError(f"{ckpt}: no recipe.yaml beside model.safetensors") from None
+    weights = load_weights(ckpt)
+    if "head_full.weight" not in weights:
+        raise BFMError(f"{ckpt}: model.safetensors has no head_full.weight (not a BFM checkpoint)")
+    model = BFMModel(recipe, num_classes=weights["head_full.weight"].shape[0])
+    load_strict(model, weights, f"{ckpt}")
+    return model.to(map_location).eval(), recipe
+
+
+def load_strict(module: nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first differing key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. '{missing[0]}'")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. '{unexpected[0]}'")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of '{k}' is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
+        raise BFMError(f"{what}: weights do not fit the network: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def initial_weights(spec: str, role: str) -> dict[str, torch.Tensor]:
+    """The state dict for part ``role`` (classifier | full | partial) from ``spec``:
+
+    ``onnx:PATH``      an ONNX file imported by insightface_bfm.export.from_onnx
+    ``*.pth``/``*.pt`` an arcface_torch ``backbone.pth`` (a plain state dict; loaded weights_only)
+    anything else      a BFM checkpoint (dir, run dir or model.safetensors): its ``role.`` part, or
+                       its ``full.`` part when it has no such part (E_P from a baseline model)
+    """
+    if spec.startswith("onnx:"):
+        from ..export.from_onnx import import_onnx
+
+        return import_onnx(spec[5:]).state_dict()
+    if Path(spec).suffix in (".pth", ".pt"):
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+            raise BFMError(f"{spec}: cannot load as a torch state dict ({type(e).__name__}: {e})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise BFMError(f"{spec}: expected a state dict, got {type(state).__name__}")
+        # DataParallel / DDP saves carry a "module." prefix
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    from .checkpoint import load_weights
+
+    weights = load_weights(spec)
+    for prefix in (f"{role}.", "full."):
+        part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        if part:
+            return part
+    raise BFMError(f"{spec}: the checkpoint has no '{role}.' weights")
+
+
+def initialise(model: BFMModel, init) -> list[str]:
+    """Load ``init.classifier/full/partial`` into ``model``; returns what was loaded, for the log."""
+    loaded = []
+    for role in ("classifier", "full", "partial"):
+        spec = getattr(init, role)
+        if spec is None:
+            continue
+        target = getattr(model, role)
+        if target is None:
+            raise BFMError(f"init.{role}: a {model.mode} model has no {role} network")
+        load_strict(target, initial_weights(spec, role), f"init.{role} {spec}")
+        loaded.append(f"{role} <- {spec}")
+    if init.freeze_full:
+        model.freeze_full()
+    if init.freeze_bn:
+        model.freeze_bn()
+    return loaded

@@ -1,0 +1,376 @@
+"""Training recipes: the YAML schema, checked at the door.
+
+A recipe is plain data (one dataclass per section). ``load_recipe`` reads the YAML, applies
+``--set key=value`` overrides and validates every key, type and value *before* any work
+starts, so a typo costs a second, not an epoch: an unknown key fails with the file, the key
+path and the closest valid name (difflib), a wrong type or value names its key path.
+
+Sections and what they drive:
+    mode / compare  what to train: ``bfm`` (C + E_F + E_P), ``baseline1`` (one ArcFace model on
+                    unmasked faces), ``baseline2`` (one ArcFace model on unmasked and masked
+                    faces); ``compare: [baseline1, baseline2, bfm]`` trains each in turn and
+                    prints the Table-II comparison on ``eval.holdout`` (the quickstart).
+    model           backbone and margin head of each extractor, mask classifier on/off
+    data            where faces come from, loader workers, the on-the-fly masks
+    optim           SGD and its step schedule (paper defaults)
+    loss            weight of each term of eq. 7
+    init            fine-tuning: initial weights of C / E_F / E_P, freezing
+    train           run settings: device, AMP, compile, seed, output, logging, checkpoints
+    eval            verification on held-out identities, per case
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import RecipeError
+
+MODES = ("bfm", "baseline1", "baseline2")
+BACKBONES = ("r18", "r34", "r50", "r100", "mbf")
+
+
+def _opt(default, **rules):
+    """A field with its validation rules: choices=, min=, max= (checked by ``_validate``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class ModelSection:
+    backbone: str = _opt("r50", choices=BACKBONES)
+    embedding_size: int = _opt(512, min=2)
+    dropout: float = _opt(0.0, min=0.0, max=1.0)
+    # Extra keyword arguments for get_backbone (e.g. a reduced width for the quickstart).
+    backbone_options: dict = _opt({})
+    head: str = _opt("arcface", choices=("arcface", "cosface"))
+    s: float = _opt(64.0, min=0.0)
+    # Margin; None takes the head's default (0.5 for ArcFace, 0.35 for CosFace).
+    m: float | None = _opt(None, min=0.0)
+    # Partial FC (insightface_bfm.nets.PartialFC): class centres sharded over the torchrun
+    # processes, and with sample_rate < 1 only that fraction of them scored per step.
+    partial_fc: bool = False
+    sample_rate: float = _opt(1.0, min=0.001, max=1.0)
+    # The mask classifier C (Table I); bfm mode only.
+    classifier: bool = True
+
+
+@dataclass
+class DataSection:
+    # Image folder, insightface RecordIO dir or .rec, or "synthetic:N_IDS:IMGS_PER_ID[:SEED]".
+    path: str | None = None
+    num_workers: int = _opt(4, min=0)
+    # Mask types drawn on the fly (None = all of insightface_bfm.masks.MASK_TYPES).
+    mask_types: list[str] | None = None
+    # Probability that the "masked x" of a pair really gets a mask (the paper: every one).
+    mask_prob: float = _opt(1.0, min=0.0, max=1.0)
+    # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
+    flip: bool = True
+
+
+@dataclass
+class OptimSection:
+    lr: float = _opt(0.1, min=0.0)
+    momentum: float = _opt(0.9, min=0.0, max=1.0)
+    weight_decay: float = _opt(5e-4, min=0.0)
+    # Global batch of pairs per step, over all processes (split evenly under torchrun).
+    batch_size: int = _opt(128, min=1)
+    epochs: int = _opt(100, min=1)
+    # Epochs at which the learning rate is multiplied by gamma.
+    milestones: list[int] = _opt([30, 60, 90])
+    gamma: float = _opt(0.1, min=0.0)
+    # Linear warm-up from 0 over this many epochs (may be fractional).
+    warmup_epochs: float = _opt(0.0, min=0.0)
+    # Max global L2 norm of the gradients; None = no clipping.
+    clip_grad: float | None = _opt(None, min=0.0)
+
+
+@dataclass
+class LossSection:
+    """Weights of the terms of eq. 7 (the paper: all 1), named as insightface_bfm.losses.TERMS."""
+
+    mask: float = _opt(1.0, min=0.0)  # eq. 1, classifier C
+    full: float = _opt(1.0, min=0.0)  # eq. 2, ArcFace of E_F (of the single model in the baselines)
+    guided: float = _opt(1.0, min=0.0)  # eq. 4, E_P(masked x) pulled onto E_P(x)
+    partial: float = _opt(1.0, min=0.0)  # eq. 5, ArcFace of E_P on x and masked x
+
+
+@dataclass
+class InitSection:
+    """Initial weights: a checkpoint dir / run dir / model.safetensors, an arcface_torch
+    backbone ``.pth``, or ``onnx:PATH`` (imported with insightface_bfm.export.from_onnx)."""
+
+    classifier: str | None = None
+    full: str | None = None
+    partial: str | None = None
+    freeze_full: bool = False
+    # Keep every BatchNorm in eval mode (running statistics frozen; affine weights still train).
+    freeze_bn: bool = False
+
+
+@dataclass
+class TrainSection:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    amp: str = _opt("none", choices=("none", "bf16", "fp16"))
+    channels_last: bool = False
+    compile: bool = False
+    # SyncBatchNorm under torchrun (GPU only: torch has no CPU implementation).
+    sync_bn: bool = False
+    seed: int = 0
+    # Run directory; None = runs/<recipe file name>.
+    output: str | None = None
+    # Stop after this many optimizer steps (None = all epochs); for smoke runs.
+    max_steps: int | None = _opt(None, min=1)
+    log_every: int = _opt(50, min=1)
+    # Checkpoint every N steps (0 = only at the end of each epoch and of the run).
+    save_every: int = _opt(0, min=0)
+    keep_checkpoints: int = _opt(3, min=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalSection:
+    # Held-out identities (any open_dataset path), disjoint from data.path.
+    holdout: str | None = None
+    # Pairs per case (half genuine, half impostor).
+    pairs: int = _opt(600, min=20)
+    folds: int = _opt(10, min=2)
+    # Evaluate every N epochs (0 = only at the end of the run).
+    every_epochs: int = _opt(0, min=0)
+    batch_size: int = _opt(128, min=1)
+    seed: int = 1234
+
+
+@dataclass
+class Recipe:
+    mode: str = _opt("bfm", choices=MODES)
+    compare: list[str] | None = None
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    init: InitSection = field(default_factory=InitSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    # Where it was read from, for messages and the default output dir (not a YAML key).
+    source: str = field(default="<dict>", metadata={"internal": True})
+
+    # -- conversions ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>", check_paths: bool = True) -> Recipe:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(data).__name__}")
+        recipe = _build(cls, data, "", source)
+        recipe.source = source
+        _check_recipe(recipe, data, source, check_paths)
+        return recipe
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_mode(self, mode: str) -> Recipe:
+        """The same recipe training a single ``mode`` (used by ``compare``)."""
+        data = self.to_dict()
+        data["mode"], data["compare"] = mode, None
+        return Recipe.from_dict(data, self.source, check_paths=False)
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem if self.source.endswith((".yaml", ".yml")) else "run"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output) if self.train.output else Path("runs") / self.name
+
+
+def load_recipe(path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item, path)
+    return Recipe.from_dict(data, source=path)
+
+
+def apply_override(data: dict, item: str, source: str = "--set") -> None:
+    """Set ``a.b.c=value`` in the nested dict ``data`` (the key is checked later with the rest)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"{source}: --set expects key.path=value, got {item!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{source}: --set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls, data: dict, prefix: str, source: str):
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            elsewhere = [f"{section}.{key}" for section, tp in typing.get_type_hints(Recipe).items()
+                         if dataclasses.is_dataclass(tp) and key in _fields(tp)]
+            if close:
+                hint = f" (did you mean '{close[0]}'?)"
+            elif elsewhere:
+                hint = f" (did you mean '{elsewhere[0]}'?)"
+            else:
+                hint = f" (valid: {', '.join(fields)})"
+            raise RecipeError(f"{source}: unknown key '{path}'{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise RecipeError(f"{source}: '{path}' is a section (a mapping), got {_show(value)}")
+            values[key] = _build(hint_type, value, f"{path}.", source)
+        else:
+            values[key] = _check_value(value, hint_type, fields[key].metadata, path, source)
+    return cls(**values)
+
+
+def _show(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _type_name(tp) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    return str(tp)
+
+
+def _check_value(value, tp, rules: dict, path: str, source: str):
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[...]
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{source}: '{path}' must be {_type_name(tp)}, got {_show(value)}")
+        (item_type,) = typing.get_args(tp)
+        return [_check_value(v, item_type, {}, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        dict: lambda v: isinstance(v, dict),
+    }[tp](value)
+    if not ok:
+        raise RecipeError(f"{source}: '{path}' must be {_type_name(tp)}, got {_show(value)}")
+    if tp is float:
+        value = float(value)
+    if "choices" in rules and value not in rules["choices"]:
+        raise RecipeError(f"{source}: '{path}' must be one of {', '.join(rules['choices'])}, got {value!r}")
+    if "min" in rules and value < rules["min"]:
+        raise RecipeError(f"{source}: '{path}' must be >= {rules['min']}, got {value!r}")
+    if "max" in rules and value > rules["max"]:
+        raise RecipeError(f"{source}: '{path}' must be <= {rules['max']}, got {value!r}")
+    return value
+
+
+def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
+    """Rules that span several keys, and inputs that must exist before training starts."""
+
+    def fail(msg):
+        raise RecipeError(f"{source}: {msg}")
+
+    if r.compare is not None:
+        if "mode" in raw:
+            fail("give either 'mode' (train one model) or 'compare' (train several), not both")
+        if not r.compare:
+            fail("'compare' must list at least one of " + ", ".join(MODES))
+        for i, mode in enumerate(r.compare):
+            if mode not in MODES:
+                fail(f"'compare[{i}]' must be one of {', '.join(MODES)}, got {mode!r}")
+        if r.eval.holdout is None:
+            fail("'compare' needs 'eval.holdout' (the held-out identities the table is measured on)")
+    if r.data.path is None:
+        fail("'data.path' is required (an image folder, a RecordIO dir or synthetic:N_IDS:IMGS_PER_ID)")
+    if r.model.sample_rate < 1.0 and not r.model.partial_fc:
+        fail("'model.sample_rate' below 1 needs 'model.partial_fc: true'")
+    if r.optim.milestones != sorted(r.optim.milestones):
+        fail(f"'optim.milestones' must be increasing, got {r.optim.milestones}")
+    if r.data.mask_types is not None:
+        from ..masks import MASK_TYPES
+
+        for i, kind in enumerate(r.data.mask_types):
+            if kind not in MASK_TYPES:
+                fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
+    if r.init.freeze_full and r.init.full is None and r.mode == "bfm":
+        fail("'init.freeze_full' needs 'init.full' (freezing a randomly initialised E_F is a mistake)")
+    device = r.train.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        fail(f"'train.device' must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if check_paths:
+        _check_dataset_path(r.data.path, "data.path", fail)
+        if r.eval.holdout is not None:
+            _check_dataset_path(r.eval.holdout, "eval.holdout", fail)
+        for role in ("classifier", "full", "partial"):
+            spec = getattr(r.init, role)
+            if spec is not None:
+                path = spec[5:] if spec.startswith("onnx:") else spec
+                if not Path(path).exists():
+                    fail(f"'init.{role}': {path} does not exist")
+
+
+def _check_dataset_path(spec: str, key: str, fail) -> None:
+    if spec.startswith("synthetic:"):
+        parts = spec.split(":")[1:]
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts) or int(parts[0]) < 2:
+            fail(f"'{key}': {spec!r} must be synthetic:N_IDS:IMGS_PER_ID[:SEED] (integers, N_IDS >= 2)")
+        return
+    if not Path(spec).exists():
+        fail(f"'{key}': dataset path {spec} does not exist")

@@ -1,0 +1,463 @@
+"""The training loop of ``bfm-train``: one process (CPU or one GPU) or many under torchrun.
+
+Where things happen, in the order a batch meets them:
+
+1. data enters      ``open_dataset(recipe.data.path)``; DataLoader workers decode images and
+                    ``collate_faces`` stacks them as uint8 (B,112,112,3) BGR, dropping and
+                    counting corrupt samples; ``GlobalBatchSampler`` fixes the order.
+2. on the device    ``Trainer.prepare_batch``: uint8 -> normalised RGB float (``to_network_tensor``),
+                    random flip, then the masks are drawn (``MaskAugment``, on the batch's device
+                    with the trainer's own generator): the pair (x, masked x).
+3. loss terms       ``BFMModel.forward`` (train/model.py) -> one function of
+                    ``insightface_bfm.losses`` per equation; ``losses.total_loss`` weights them (eq. 7).
+4. update           ``Trainer.optimize``: backward (AMP-scaled for fp16), optional clipping, SGD
+                    with the learning rate of ``learning_rate(step)`` (warm-up + step schedule).
+5. records          ``<run_dir>/metrics.jsonl``, a tqdm bar with each term and images/s, optional
+                    TensorBoard, checkpoints (train/checkpoint.py), evaluation on held-out
+                    identities (train/holdout.py).
+
+Resuming restores weights, optimizer, step, the position in the epoch, the Python / NumPy / torch
+RNGs and the mask generator, so the continued loss sequence equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import losses
+from ..atomic import atomic_write_text
+from ..errors import BFMError
+from . import checkpoint as ckpt
+from .distributed import GlobalBatchSampler, World, barrier, init_from_env
+from .model import BFMModel, initialise
+from .recipe import Recipe
+
+log = logging.getLogger("insightface_bfm.train")
+
+
+# -- 1. data enters ------------------------------------------------------------------------------
+
+def collate_faces(samples):
+    """DataLoader collate: drop the ``None`` of corrupt samples (counted), stack the rest.
+
+    Returns (uint8 tensor (B,112,112,3) BGR, int64 labels (B,), number of samples dropped).
+    Images stay uint8 here: 4x less to pin and copy than floats; the device converts them.
+    """
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return None, None, skipped
+    images = torch.from_numpy(np.stack([img for img, _ in good]))
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return images, labels, skipped
+
+
+# -- 2. on the device ------------------------------------------------------------------------------
+
+def to_network_tensor(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,H,W,3) BGR -> float32 (B,3,H,W) RGB, (x - 127.5) / 127.5.
+
+    The torch twin of ``insightface_bfm.imaging.to_network_input``, run on the batch's device so
+    a GPU receives uint8 and converts it itself.
+    """
+    x = images.permute(0, 3, 1, 2).flip(1).float()
+    return (x - 127.5) / 127.5
+
+
+def resolve_device(spec: str, world: World | None = None) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BFMError(f"train.device is {spec!r} but torch sees no CUDA device")
+        if spec == "cuda":
+            return torch.device("cuda", world.local_rank if world else 0)
+    return torch.device(spec)
+
+
+def learning_rate(step: int, steps_per_epoch: int, optim) -> float:
+    """Linear warm-up over ``warmup_epochs``, then lr * gamma ** (milestones passed) (paper: /10 at
+    30, 60, 90). A pure function of the step: resuming needs no scheduler state."""
+    warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
+    if step < warmup_steps:
+        return optim.lr * (step + 1) / warmup_steps
+    epoch = step // steps_per_epoch
+    return optim.lr * optim.gamma ** sum(epoch >= m for m in optim.milestones)
+
+
+class Trainer:
+    """Builds everything a recipe describes; ``fit()`` trains, checkpoints and evaluates.
+
+    ``dataset`` may be given (tests); else it is opened from ``recipe.data.path``.
+    ``resume``: False, True (the run dir's ``last`` checkpoint) or a checkpoint path.
+    """
+
+    def __init__(self, recipe: Recipe, dataset=None, resume=False, out: str | Path | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(out) if out is not None else recipe.output_dir
+        device_spec = recipe.train.device
+        wants_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
+        self.world = init_from_env("cuda" if wants_cuda else "cpu")
+        self.device = resolve_device(device_spec, self.world)
+        self._seed_everything(recipe.train.seed)
+
+        from ..data import open_dataset
+
+        self.dataset = dataset if dataset is not None else open_dataset(recipe.data.path)
+        self.global_batch = recipe.optim.batch_size
+        self.sampler = GlobalBatchSampler(len(self.dataset), self.global_batch, self.world, recipe.train.seed)
+        self.steps_per_epoch = len(self.dataset) // self.global_batch
+        self.total_steps = self.steps_per_epoch * recipe.optim.epochs
+        if recipe.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, recipe.train.max_steps)
+
+        # -- networks
+        self.model = BFMModel(recipe, self.dataset.num_classes)
+        self.loaded = initialise(self.model, recipe.init)
+        self.model.to(self.device)
+        if recipe.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if recipe.train.sync_bn and self.world.distributed:
+            if self.device.type != "cuda":
+                raise BFMError("train.sync_bn needs CUDA (torch has no CPU SyncBatchNorm)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.train()
+        self.step_model = self._wrap(self.model)
+
+        # -- masks, drawn on the batch's device with a generator of our own (saved in checkpoints)
+        from ..masks.batched import MaskAugment
+
+        self.mask_augment = MaskAugment(types=recipe.data.mask_types, p=recipe.data.mask_prob).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(recipe.train.seed * 1000 + self.world.rank)
+
+        # -- optimizer: SGD on the trainable parameters, fused kernels where torch has them
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = recipe.optim
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                         **({"fused": True} if self.device.type == "cuda" else {}))
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.train.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.loss_weights = {k: getattr(recipe.loss, k) for k in losses.TERMS}
+
+        # -- position
+        self.step, self.epoch, self.batch_in_epoch, self.skipped = 0, 0, 0, 0
+        if resume:
+            self.load(self.run_dir if resume is True else resume)
+
+    # -- construction helpers ----------------------------------------------------------------------
+    def _seed_everything(self, seed: int) -> None:
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            from ..nets import PartialFC
+
+            # Partial FC centres are sharded (different on every rank): DDP must leave them alone.
+            sharded = [f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, PartialFC)
+                       for p, _ in m.named_parameters()]
+            if sharded:
+                DDP._set_params_and_buffers_to_ignore_for_model(model, sharded)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DDP(model, device_ids=ids)
+        if self.recipe.train.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _loader(self) -> DataLoader:
+        workers = self.recipe.data.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_faces,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            # its own generator: creating the iterator must not consume the global torch RNG,
+            # or a resumed run would draw different dropout / masks than an uninterrupted one
+            generator=torch.Generator().manual_seed(self.recipe.train.seed),
+        )
+
+    # -- 2. the pair (x, masked x) -------------------------------------------------------------------
+    def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor):
+        """uint8 BGR batch (on any device) -> (x, masked x, labels) on the training device."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        x = to_network_tensor(images)
+        if self.recipe.data.flip:
+            flip = torch.rand(len(x), device=self.device, generator=self.generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        # masks drawn here, on the device of the batch (MaskAugment is a batched torch renderer)
+        x_masked, _ = self.mask_augment(x, generator=self.generator)
+        if self.recipe.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            x_masked = x_masked.contiguous(memory_format=torch.channels_last)
+        return x, x_masked, labels
+
+    # -- 3 + 4. one optimizer step ---------------------------------------------------------------------
+    def optimize(self, x: torch.Tensor, x_masked: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Forward, eq. 7, backward, step. Returns the detached terms and ``loss`` (tensors: no sync)."""
+        lr = learning_rate(self.step, self.steps_per_epoch, self.recipe.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            terms = self.step_model(x, x_masked, labels)
+        total = losses.total_loss(terms, self.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.recipe.optim.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.recipe.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        out = {k: v.detach() for k, v in terms.items()}
+        out["loss"] = total.detach()
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to the end (or ``max_steps``), checkpointing and evaluating on the way."""
+        r, main = self.recipe, self.world.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "recipe.yaml", r.to_yaml())
+            self._say(f"{r.mode}: {self.dataset.describe()}; {self.steps_per_epoch} steps/epoch of "
+                      f"{self.global_batch} pairs, {self.total_steps} steps on {self.device}"
+                      f"{f' x {self.world.world_size} processes' if self.world.distributed else ''}"
+                      f" -> {self.run_dir}")
+            for line in self.loaded:
+                self._say(f"initialised {line}")
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step, r.train.tensorboard) if main else None
+        loader = self._loader() if self.step < self.total_steps else None
+        last_eval = None
+        while self.step < self.total_steps:
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch)
+            bar = self._progress_bar()
+            window = Window()
+            wait_start = time.perf_counter()
+            for images, labels, skipped in loader:
+                window.data_wait += time.perf_counter() - wait_start
+                self.skipped += skipped
+                if images is None:
+                    self.batch_in_epoch += 1
+                    wait_start = time.perf_counter()
+                    continue
+                images, labels = _pad_to(images, labels, self.sampler.local_batch)
+                x, x_masked, labels = self.prepare_batch(images, labels)
+                window.add(self.optimize(x, x_masked, labels), len(labels) * self.world.world_size)
+                self.batch_in_epoch += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % r.train.log_every == 0 or self.step == self.total_steps:
+                    record = window.flush(self.step, self.epoch, self.optimizer.param_groups[0]["lr"],
+                                          self.skipped)
+                    if metrics is not None:
+                        metrics.write(record)
+                    if bar is not None:
+                        bar.set_postfix_str(_postfix(record))
+                if r.train.save_every and self.step % r.train.save_every == 0:
+                    self.save()
+                if self.step >= self.total_steps:
+                    break
+                wait_start = time.perf_counter()
+            if bar is not None:
+                bar.close()
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                every = r.eval.every_epochs
+                if every and self.epoch % every == 0 and self.step < self.total_steps:
+                    last_eval = self.evaluate(metrics)
+            self.save()
+        summary = {"mode": r.mode, "steps": self.step, "epochs": self.epoch, "run_dir": str(self.run_dir),
+                   "skipped_samples": self.skipped}
+        if r.eval.holdout is not None:
+            last_eval = self.evaluate(metrics)
+        if last_eval is not None:
+            summary["eval"] = last_eval
+        if metrics is not None:
+            metrics.close()
+        if main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def evaluate(self, metrics=None) -> dict | None:
+        """Verification per case on ``eval.holdout`` (rank 0; the others wait)."""
+        result = None
+        if self.world.is_main and self.recipe.eval.holdout is not None:
+            from .holdout import evaluate_holdout
+
+            self.model.eval()
+            e = self.recipe.eval
+            result = evaluate_holdout(self.model, e.holdout, pairs=e.pairs, folds=e.folds,
+                                      batch_size=e.batch_size, seed=e.seed, device=self.device,
+                                      mask_types=self.recipe.data.mask_types)
+            self.model.train()
+            if metrics is not None:
+                metrics.write({"step": self.step, "epoch": self.epoch, "eval": result})
+            self._say(f"step {self.step} held-out accuracy: " + ", ".join(
+                f"case {c} {100 * result[f'case{c}']['accuracy']:.2f}%" for c in (1, 2, 3)))
+        barrier(self.world)
+        return result
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def model_state(self) -> dict:
+        """Weights for model.safetensors; Partial FC shards are gathered (a collective: all ranks call)."""
+        from ..nets import PartialFC
+
+        state = self.model.state_dict()
+        for name, module in self.model.named_modules():
+            if isinstance(module, PartialFC):
+                state[f"{name}.weight"] = module.full_weight()
+        return state
+
+    def save(self) -> Path | None:
+        weights = self.model_state()
+        path = None
+        if self.world.is_main:
+            state = {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "skipped": self.skipped, "world_size": self.world.world_size,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": ckpt.capture_rng(), "mask_generator": self.generator.get_state(),
+            }
+            path = ckpt.save_checkpoint(self.run_dir, self.step, weights, state, self.recipe.to_yaml(),
+                                        keep=self.recipe.train.keep_checkpoints)
+        barrier(self.world)
+        return path
+
+    def load(self, path) -> None:
+        """Continue from a checkpoint (``path``: checkpoint dir or run dir)."""
+        from ..nets import PartialFC
+        from .model import load_strict
+
+        try:
+            where = ckpt.resolve_checkpoint(path)
+        except BFMError:
+            raise BFMError(f"--resume: no checkpoint in {path} (nothing to resume)") from None
+        weights = ckpt.load_weights(where)
+        for name, module in self.model.named_modules():
+            if isinstance(module, PartialFC):
+                module.load_full_weight(weights[f"{name}.weight"].to(self.device))
+                weights[f"{name}.weight"] = module.weight.detach()
+        load_strict(self.model, weights, str(where))
+        state = ckpt.load_state(where)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.skipped = state["batch_in_epoch"], state["skipped"]
+        ckpt.restore_rng(state["rng"])
+        if state["world_size"] == self.world.world_size:
+            self.generator.set_state(state["mask_generator"])
+        else:  # another world size: the per-rank mask streams cannot continue, start new ones
+            self.generator.manual_seed(self.recipe.train.seed * 1000 + self.world.rank + 7919 * self.step)
+        self._say(f"resumed from {where} at step {self.step} "
+                  f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    # -- records ------------------------------------------------------------------------------------------
+    def _progress_bar(self):
+        if not (self.world.is_main and self.recipe.train.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        total = min(self.steps_per_epoch, self.batch_in_epoch + self.total_steps - self.step)
+        return tqdm(total=total, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True, leave=False,
+                    desc=f"{self.recipe.mode} epoch {self.epoch + 1}")
+
+    def _say(self, text: str) -> None:
+        if self.world.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+
+
+def _pad_to(images, labels, size: int):
+    """After dropped samples, repeat the first ones so every step has the same batch shape (Partial FC
+    gathers equal-sized batches from every rank; a compiled step keeps one shape)."""
+    n = len(labels)
+    if n >= size:
+        return images, labels
+    index = torch.arange(size) % n
+    return images[index], labels[index]
+
+
+def _postfix(record: dict) -> str:
+    terms = " ".join(f"{k} {record[k]:.3f}" for k in (*losses.TERMS, "loss") if k in record)
+    return f"{terms} lr {record['lr']:.3g} {record['images_per_s']:.0f} img/s"
+
+
+class Window:
+    """Loss terms and timings accumulated between two log lines (tensors summed without a sync)."""
+
+    def __init__(self):
+        self.sums, self.steps, self.images, self.data_wait = {}, 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, terms: dict, images: int) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.steps += 1
+        self.images += images
+
+    def flush(self, step: int, epoch: int, lr: float, skipped: int) -> dict:
+        values = {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}  # the one sync per window
+        elapsed = time.perf_counter() - self.start
+        record = {"step": step, "epoch": epoch, "lr": lr, **values,
+                  "images_per_s": self.images / max(elapsed, 1e-9),
+                  "data_wait": self.data_wait / max(elapsed, 1e-9), "skipped": skipped}
+        self.__init__()
+        return record
+
+
+class MetricsLog:
+    """``metrics.jsonl``, one JSON object per line, appended (a log, not an artifact: appending keeps
+    it O(1) per line). On resume the lines past the checkpoint's step are dropped first, atomically,
+    so the file reads as one uninterrupted run. TensorBoard too, when asked and installed."""
+
+    def __init__(self, path: Path, step: int, tensorboard: bool = False):
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self.file = open(path, "a")  # noqa: SIM115 - held open for the run
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                log.warning("train.tensorboard is on but the tensorboard package is not installed; "
+                            "metrics go to %s only", path)
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
