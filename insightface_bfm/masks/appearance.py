@@ -1,0 +1,100 @@
+"""How a mask looks: procedural prints and shading, written once for numpy and torch.
+
+Like ``geometry``, every function takes the array module ``xp`` and broadcasts over scalars or
+(B,1,1,1) tensors. Prints are drawn in fabric coordinates (the face frame scaled to pixels of
+the eye-to-mouth distance), so they follow the mask's rotation and the foreshortening of a
+turned head. Shading multiplies the base colour: the face's own lighting, the curvature of the
+mask around the face, the folds of pleats and the seam of folded respirators.
+"""
+
+from __future__ import annotations
+
+import math
+
+TWO_PI = 2.0 * math.pi
+# Luminance of well-lit skin: a face this bright gets masks in their palette colour.
+REFERENCE_LUMA = 150.0
+
+
+def fabric_coords(u, v, w, depth, cos_a, sin_a, scale):
+    """Rotated print coordinates in periods of the print (``scale`` in eye-to-mouth units)."""
+    fx = u * w / depth
+    r1 = (fx * cos_a + v * sin_a) / scale
+    r2 = (v * cos_a - fx * sin_a) / scale
+    return r1, r2
+
+
+def soft_step(xp, z, sharpness=3.0):
+    return xp.clip(0.5 + z * sharpness, 0.0, 1.0)
+
+
+def print_checks(xp, r1, r2):
+    return soft_step(xp, xp.sin(TWO_PI * r1) * xp.sin(TWO_PI * r2), 2.5)
+
+
+def print_stripes(xp, r1, r2):
+    return soft_step(xp, xp.sin(TWO_PI * r1) + 0.3, 2.0)
+
+
+def print_dots(xp, r1, r2, pixels_per_period):
+    q1 = r1 - xp.floor(r1) - 0.5
+    q2 = r2 - xp.floor(r2) - 0.5
+    radius = xp.sqrt(q1 * q1 + q2 * q2)
+    return xp.clip((0.27 - radius) * pixels_per_period + 0.5, 0.0, 1.0)
+
+
+def print_noise(xp, noise):
+    """``noise``: smooth zero-mean noise sampled in face coordinates -> a two-colour blotch print."""
+    return soft_step(xp, noise, 2.5)
+
+
+def shading(xp, frame, shape, u, v, w, inside, pleats, seam):
+    """Multiplicative shading of the mask surface (1 = flat, even light).
+
+    ``inside``: signed distance to the outline in pixels; ``pleats``/``seam``: 0/1 flags.
+    """
+    au = xp.abs(u)
+    # the mask turns away from the camera towards the cheeks and under the chin
+    below = xp.maximum(v - 1.25, 0.0 * v)
+    s = 1.0 - 0.2 * u * u - 0.35 * below
+    # surgical pleats: three folds between the nose wire and the chin, each lit on top, shadowed below
+    t0 = shape.top * frame.nose_v + 0.12
+    t1 = shape.bottom - 0.25
+    phase = 3.0 * (v - t0) / (t1 - t0)
+    fold = phase - xp.floor(phase)
+    in_pleats = (phase > 0) * (phase < 3)
+    pleat = 1.06 - 0.2 * fold * fold
+    s = s * (1.0 + pleats * in_pleats * (pleat - 1.0))
+    # centre seam of folded respirators and some cloth masks: a dark line and two differently lit halves
+    seam_px = u * w
+    line = xp.clip(1.0 - xp.abs(seam_px) / (0.02 * frame.depth + 0.7), 0.0, 1.0)
+    halves = 0.05 * xp.clip(seam_px / 2.0, -1.0, 1.0)
+    s = s * (1.0 - seam * (0.35 * line - halves))
+    # bound edges: a slightly darker band along the outline
+    band = xp.clip(1.0 - inside / (0.06 * frame.depth + 1.0), 0.0, 1.0)
+    s = s * (1.0 - 0.1 * band)
+    # the nose bridge rises under the top edge: a little highlight above the nose tip
+    ridge = xp.clip(1.0 - au * 3.0, 0.0, 1.0) * xp.clip(1.0 - xp.abs(v - frame.nose_v * 0.9) * 4.0, 0.0, 1.0)
+    return s * (1.0 + 0.06 * ridge)
+
+
+def brightness_gain(xp, cheek_luma):
+    """Global gain that matches the mask to the face's exposure (dim photo -> dim mask)."""
+    return xp.clip((cheek_luma / REFERENCE_LUMA) ** 0.85, 0.25, 1.2)
+
+
+def side_light(xp, u, left_luma, right_luma):
+    """Side lighting transferred from the face: a cheek brighter than the other stays brighter.
+
+    Only the left/right cheek means enter, not a blurred face, so the mouth and nostrils never
+    leak into the mask as dark smudges.
+    """
+    slope = 1.4 * (right_luma - left_luma) / (right_luma + left_luma + 1.0)
+    return xp.clip(1.0 + slope * xp.clip(u, -1.0, 1.0), 0.5, 1.5)
+
+
+def valve_shading(xp, valve_inside, radius):
+    """A raised disc: darker rim, lighter centre, a slot ring."""
+    r = xp.clip(valve_inside / (radius + 1e-6), 0.0, 1.0)  # 0 at rim, 1 at centre
+    ring = xp.clip(1.0 - xp.abs(r - 0.55) * 12.0, 0.0, 1.0)
+    return (0.78 + 0.3 * r) * (1.0 - 0.25 * ring)

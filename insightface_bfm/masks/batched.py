@@ -1,0 +1,252 @@
+"""Batched torch mask renderer for aligned crops: ``MaskAugment``.
+
+The trainer makes (x, masked x) pairs on the fly with it, on the GPU when there is one. It draws
+a style per sample from the same tables as ``random_style`` and evaluates the same geometry and
+appearance formulas as the per-image renderer (``geometry``, ``appearance`` are written for both
+numpy and torch), on a coordinate grid with per-sample parameters: no Python loop over samples.
+Outputs look like ``render_mask``'s but are not pixel-identical (different noise generators).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..imaging import ARCFACE_KPS
+from . import appearance as look
+from . import geometry as geo
+from .styles import (
+    ACCENTS,
+    FEATURE_ODDS,
+    MASK_TYPES,
+    PALETTES,
+    PATTERN_ODDS,
+    PATTERNS,
+    SHAPE_FIELDS,
+    SHAPES,
+    VALVE_COLORS,
+    check_types,
+)
+
+
+def _table(groups):
+    """Ragged colour lists -> flat RGB table, offsets, counts (so a per-sample index picks a row)."""
+    flat, offsets, counts = [], [], []
+    for g in groups:
+        offsets.append(len(flat))
+        counts.append(len(g))
+        flat.extend([c[2], c[1], c[0]] for c in g)  # BGR -> RGB: tensors here are RGB
+    return (torch.tensor(flat, dtype=torch.float32), torch.tensor(offsets, dtype=torch.long),
+            torch.tensor(counts, dtype=torch.long))
+
+
+def _bcast(t):
+    return t.reshape(-1, 1, 1, 1)
+
+
+class MaskAugment(nn.Module):
+    """Put a random synthetic mask on each aligned crop of a batch.
+
+    ``forward(images, kps=None, generator=None)``: ``images`` float (B,3,H,W) RGB in [-1, 1]
+    (H = W = 112 for ArcFace crops) on any device; ``kps`` optional (B,5,2) points in pixels,
+    default the ArcFace template with a small random similarity jitter and per-point noise.
+    Returns ``(masked, region)``: masked images like ``images`` and region (B,1,H,W) in [0, 1]
+    (mask coverage, anti-aliased). With probability ``1 - p`` a sample passes through unmasked
+    (its region is 0). ``generator`` (a ``torch.Generator``) makes the draw reproducible.
+    """
+
+    def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0):
+        super().__init__()
+        self.types = check_types(types)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"MaskAugment: p={p} is not a probability")
+        self.p = float(p)
+        self.kps_jitter = float(kps_jitter)
+        type_ids = [MASK_TYPES.index(t) for t in self.types]
+        self.register_buffer("type_ids", torch.tensor(type_ids, dtype=torch.long), persistent=False)
+        for name, groups in (
+            ("palette", [PALETTES[t] for t in MASK_TYPES]),
+            ("accent", [PALETTES[t] if t == "dark" else ACCENTS for t in MASK_TYPES]),
+            ("valve", [VALVE_COLORS for _ in MASK_TYPES]),
+        ):
+            flat, offsets, counts = _table(groups)
+            self.register_buffer(f"{name}_rgb", flat, persistent=False)
+            self.register_buffer(f"{name}_offsets", offsets, persistent=False)
+            self.register_buffer(f"{name}_counts", counts, persistent=False)
+        lo = [[getattr(SHAPES[t], f)[0] for f in SHAPE_FIELDS] for t in MASK_TYPES]
+        hi = [[getattr(SHAPES[t], f)[1] for f in SHAPE_FIELDS] for t in MASK_TYPES]
+        self.register_buffer("shape_lo", torch.tensor(lo, dtype=torch.float32), persistent=False)
+        self.register_buffer("shape_hi", torch.tensor(hi, dtype=torch.float32), persistent=False)
+        odds = torch.tensor([PATTERN_ODDS[t] for t in MASK_TYPES], dtype=torch.float32)
+        cdf = torch.cumsum(odds / odds.sum(1, keepdim=True), 1)
+        self.register_buffer("pattern_cdf", cdf, persistent=False)
+        self.register_buffer("feature_odds", torch.tensor([FEATURE_ODDS[t] for t in MASK_TYPES]),
+                             persistent=False)
+        self.register_buffer("template", torch.from_numpy(np.asarray(ARCFACE_KPS, dtype=np.float32)),
+                             persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"types={list(self.types)}, p={self.p}"
+
+    # -- drawing --------------------------------------------------------------------------------
+    def _rand(self, shape, generator, device):
+        gdev = generator.device if generator is not None else device
+        return torch.rand(shape, generator=generator, device=gdev).to(device)
+
+    def _randn(self, shape, generator, device):
+        gdev = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=gdev).to(device)
+
+    def _pick(self, name, type_idx, r):
+        offsets, counts = getattr(self, f"{name}_offsets"), getattr(self, f"{name}_counts")
+        n = counts[type_idx]
+        idx = offsets[type_idx] + torch.minimum((r * n).long(), n - 1)
+        return getattr(self, f"{name}_rgb")[idx]
+
+    def _jitter(self, rgb, r_scale, drift):
+        return (rgb * (0.88 + 0.22 * r_scale)[:, None] + 5.0 * drift).clamp(0, 255)
+
+    def default_kps(self, batch: int, generator=None, device=None):
+        """ArcFace template with a small similarity jitter (rotation, scale, shift) and point noise."""
+        device = device or self.template.device
+        r = self._rand((batch, 4), generator, device) * 2 - 1
+        noise = self._randn((batch, 5, 2), generator, device)
+        j = self.kps_jitter
+        angle = r[:, 0] * math.radians(4.0) * j
+        scale = 1.0 + 0.04 * r[:, 1] * j
+        c, s = torch.cos(angle) * scale, torch.sin(angle) * scale
+        centre = self.template.to(device).mean(0)
+        rel = self.template.to(device)[None] - centre
+        x = c[:, None] * rel[..., 0] - s[:, None] * rel[..., 1]
+        y = s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1]
+        shift = 1.5 * j * r[:, 2:4]
+        pts = torch.stack([x, y], -1) + centre + shift[:, None, :] + 0.7 * j * noise
+        return pts
+
+    def sample_styles(self, batch: int, generator=None, device=None) -> dict:
+        """Per-sample style parameters as tensors (the batched twin of ``random_style``)."""
+        device = device or self.template.device
+        r = self._rand((batch, 24), generator, device)
+        drift = self._randn((batch, 3, 3), generator, device)
+        t_local = torch.clamp((r[:, 0] * len(self.types)).long(), max=len(self.types) - 1)
+        t = self.type_ids.to(device)[t_local]
+        base = self._jitter(self._pick("palette", t, r[:, 1]), r[:, 2], drift[:, 0])
+        accent = self._jitter(self._pick("accent", t, r[:, 3]), r[:, 4], drift[:, 1])
+        valve = self._jitter(self._pick("valve", t, r[:, 5]), r[:, 6], drift[:, 2])
+        pattern = torch.searchsorted(self.pattern_cdf[t], r[:, 7:8].contiguous()).squeeze(1)
+        pattern = pattern.clamp(max=len(PATTERNS) - 1)
+        lo, hi = self.shape_lo[t], self.shape_hi[t]
+        shape = lo + (hi - lo) * r[:, 8:16]
+        feats = (r[:, 16:20] < self.feature_odds[t]).float()
+        pleats, seam, valve_on, loops = feats.unbind(1)
+        return {
+            "type": t, "base": base, "accent": accent, "valve_rgb": valve, "pattern": pattern,
+            "shape": shape, "pleats": pleats, "seam": seam, "valve": valve_on, "loops": loops,
+            "valve_side": torch.where(r[:, 20] < 0.5, -1.0, 1.0),
+            "pattern_scale": 0.1 + 0.2 * r[:, 21],
+            "pattern_angle": torch.where(r[:, 22] < 0.5, (r[:, 22] * 4 - 1) * 45.0,
+                                         torch.where(r[:, 22] < 0.75, 0.0, 90.0)),
+            "grain": 1.0 + 5.0 * r[:, 23],
+        }
+
+    # -- rendering ------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, kps: torch.Tensor | None = None, generator=None):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"MaskAugment: expected images of shape (B,3,H,W), got {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        device = images.device
+        if kps is None:
+            kps = self.default_kps(b, generator, device)
+        elif kps.shape != (b, 5, 2):
+            raise ValueError(f"MaskAugment: kps must have shape ({b},5,2), got {tuple(kps.shape)}")
+        style = self.sample_styles(b, generator, device)
+        apply = (self._rand((b,), generator, device) < self.p).float()
+        noise_lo = self._randn((b, 1, 6, 6), generator, device)
+        noise_hi = self._randn((b, 1, 13, 13), generator, device) * 0.5
+        seeds = self._rand((b,), generator, device) * 97.0
+        return self.render(images, kps.to(device=device, dtype=torch.float32), style, apply,
+                           (noise_lo, noise_hi), seeds)
+
+    def render(self, images, kps, style, apply, noise, seeds):
+        b, _, h, w = images.shape
+        device = images.device
+        frame = geo.face_frame(torch, kps)
+        sh = [_bcast(c) for c in style["shape"].unbind(1)]
+        shape = geo.MaskShape(*sh)
+        xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
+        ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
+        u, v, wmap = geo.face_coords(torch, frame, xs, ys)
+
+        inside = geo.outline_distance(torch, frame, shape, u, v, wmap)
+        a_mask = geo.coverage(torch, inside)
+        loops = _bcast(style["loops"])
+        strap = geo.strap_distance(torch, frame, shape, loops, xs, ys)
+        a_strap = torch.clamp(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0)
+        a_strap = a_strap * (1.0 - a_mask)
+
+        pix = images.float() * 127.5 + 127.5
+        gray = 0.299 * pix[:, 0:1] + 0.587 * pix[:, 1:2] + 0.114 * pix[:, 2:3]
+        window = geo.cheek_window(torch, u, v).float()
+        left = window * (u < 0).float()
+        right = window - left
+        mean = gray.mean((2, 3), keepdim=True)
+
+        def window_mean(m):
+            n = m.sum((2, 3), keepdim=True)
+            return torch.where(n > 0, (gray * m).sum((2, 3), keepdim=True) / n.clamp(min=1.0), mean), n
+
+        luma_l, nl = window_mean(left)
+        luma_r, nr = window_mean(right)
+        cheek = torch.where(nl + nr > 0, (luma_l * nl + luma_r * nr) / (nl + nr).clamp(min=1.0), mean)
+        light = look.side_light(torch, u, luma_l, luma_r) * look.brightness_gain(torch, cheek)
+
+        base = style["base"][:, :, None, None]
+        accent = style["accent"][:, :, None, None]
+        angle = torch.deg2rad(style["pattern_angle"])
+        scale = _bcast(style["pattern_scale"])
+        cos_a, sin_a = _bcast(torch.cos(angle)), _bcast(torch.sin(angle))
+        r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, scale)
+        onehot = F.one_hot(style["pattern"], len(PATTERNS)).float()[:, :, None, None]
+        pat = onehot[:, 1:2] * look.print_checks(torch, r1, r2)
+        pat = pat + onehot[:, 2:3] * look.print_stripes(torch, r1, r2)
+        pat = pat + onehot[:, 3:4] * look.print_dots(torch, r1, r2, scale * frame.depth)
+        grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
+        smooth = sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+                     for n in noise)
+        pat = pat + onehot[:, 4:5] * look.print_noise(torch, smooth)
+        color = base + (accent - base) * pat
+
+        shade = look.shading(torch, frame, shape, u, v, wmap, inside, _bcast(style["pleats"]),
+                             _bcast(style["seam"]))
+        layer = color * (shade * light)
+        # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
+        hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
+        grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
+        layer = layer + grain * _bcast(style["grain"])
+
+        side = _bcast(style["valve_side"])
+        cx, cy = geo.valve_center(frame, shape, side)
+        radius = geo.valve_radius(frame)
+        v_in = radius - torch.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+        a_valve = geo.coverage(torch, v_in) * a_mask * _bcast(style["valve"])
+        valve = style["valve_rgb"][:, :, None, None] * (look.valve_shading(torch, v_in, radius) * light)
+        layer = layer + (valve - layer) * a_valve
+
+        surgical = _bcast((style["type"] == MASK_TYPES.index("surgical")).float())
+        strap_rgb = (base * 0.85 + 30.0) * (1.0 - surgical) + 225.0 * surgical
+        straps = strap_rgb * light
+
+        keep = _bcast(apply)
+        a_mask = a_mask * keep
+        a_strap = a_strap * keep
+        f = pix + (straps - pix) * a_strap
+        f = f + (layer - f) * a_mask
+        # add the change rather than re-normalise: untouched pixels stay bit-identical
+        masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)
+        masked = torch.where(keep > 0, masked, images)
+        region = torch.maximum(a_mask, a_strap)
+        return masked, region.to(images.dtype)

@@ -1,0 +1,194 @@
+"""Per-image mask renderer: numpy and cv2 only (the inference path never imports torch).
+
+``render_mask(image, kps, style)`` draws one mask on one face. Everything is computed only in
+the box the mask can touch, from per-pixel face coordinates (see ``geometry``), so a 112x112
+aligned crop and a face in a 4000x3000 photo cost the same. Face coordinates of a given set
+of points are cached, which makes aligned crops (all on the ArcFace template) cheap.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+
+from ..errors import ImageError
+from ..imaging import check_image
+from . import appearance as look
+from . import geometry as geo
+from .styles import MASK_TYPES, MaskStyle, random_style
+
+_COORD_CACHE: OrderedDict = OrderedDict()
+_COORD_CACHE_SIZE = 16
+
+
+def check_kps(kps, image_shape, name: str = "kps") -> np.ndarray:
+    """Validate 5 facial points (x, y) against an image of ``image_shape``; returns float64 5x2."""
+    try:
+        pts = np.asarray(kps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ImageError(f"{name}: expected 5x2 numeric points (x, y), got {type(kps).__name__}") from None
+    if pts.shape == (10,):
+        pts = pts.reshape(5, 2)
+    if pts.shape != (5, 2):
+        raise ImageError(
+            f"{name}: expected insightface's 5 points as a 5x2 array (eyes, nose tip, mouth corners), "
+            f"got shape {pts.shape}"
+        )
+    if not np.isfinite(pts).all():
+        raise ImageError(f"{name}: points contain NaN or infinity: {pts.tolist()}")
+    h, w = image_shape[:2]
+    outside = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
+    if outside.any():
+        bad = [f"#{i} ({pts[i, 0]:.1f}, {pts[i, 1]:.1f})" for i in np.flatnonzero(outside)]
+        raise ImageError(f"{name}: points {', '.join(bad)} lie outside the {w}x{h} image")
+    return pts
+
+
+def _frame(pts: np.ndarray, name: str) -> geo.FaceFrame:
+    frame = geo.face_frame(np, pts)
+    frame = geo.FaceFrame(*(float(getattr(frame, k)) for k in (
+        "cx", "cy", "ax", "ay", "nose_u", "depth", "w_left", "w_right", "nose_v")))
+    iod = float(np.hypot(*(pts[1] - pts[0])))
+    if not (frame.depth > 0.2 * iod and frame.depth > 1.0 and iod > 1.0):
+        raise ImageError(
+            f"{name}: degenerate points (eye distance {iod:.1f} px, eye-to-mouth {frame.depth:.1f} px); "
+            "expected left eye, right eye, nose tip, left and right mouth corner"
+        )
+    return frame
+
+
+def _coords(pts, frame, box):
+    key = (pts.tobytes(), box)
+    hit = _COORD_CACHE.get(key)
+    if hit is not None:
+        _COORD_CACHE.move_to_end(key)
+        return hit
+    x0, y0, x1, y1 = box
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    u, v, w = geo.face_coords(np, frame, xs, ys)
+    hit = (xs, ys, u.astype(np.float32), v.astype(np.float32), w.astype(np.float32))
+    _COORD_CACHE[key] = hit
+    if len(_COORD_CACHE) > _COORD_CACHE_SIZE:
+        _COORD_CACHE.popitem(last=False)
+    return hit
+
+
+def _shape(style: MaskStyle) -> geo.MaskShape:
+    return geo.MaskShape(style.top, style.top_curve, style.top_point, style.bottom, style.bottom_curve,
+                         style.bottom_point, style.width, style.jaw)
+
+
+def _as_style(style, rng) -> MaskStyle:
+    if style is None:
+        return random_style(rng)
+    if isinstance(style, MaskStyle):
+        return style
+    if isinstance(style, dict):
+        return MaskStyle.from_dict(style)
+    if isinstance(style, str) and style in MASK_TYPES:
+        return random_style(rng, types=[style])
+    raise ValueError(f"style: expected a MaskStyle, its dict, a mask type name or None, got {style!r}")
+
+
+def _noise_print(rng: np.random.Generator, u, v):
+    """Smooth two-octave noise sampled at face coordinates (follows the mask, not the image)."""
+    out = None
+    for cells, amp in ((6, 1.0), (13, 0.5)):
+        grid = rng.standard_normal((cells, cells)).astype(np.float32) * amp
+        mx = (u + 1.4) * ((cells - 1) / 2.8)
+        my = (v - 0.1) * ((cells - 1) / 1.8)
+        sample = cv2.remap(grid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        out = sample if out is None else out + sample
+    return out
+
+
+def render_mask(image, kps, style=None, rng=None):
+    """Draw a mask on the face with 5 points ``kps``; returns ``(masked_bgr, region)``.
+
+    ``image``: uint8 HxWx3 BGR (left untouched); ``kps``: 5x2 (left eye, right eye, nose tip,
+    left and right mouth corner), from a detector or ``imaging.ARCFACE_KPS`` for aligned crops.
+    ``style``: a ``MaskStyle`` (or its dict, or a type name); None draws one with ``rng``
+    (a ``numpy.random.Generator``, a seed or None). ``region`` is a bool HxW map of the mask
+    (and its loops). The same image, points and style always give the same output.
+    """
+    img = check_image(image, "image")
+    pts = check_kps(kps, img.shape)
+    style = _as_style(style, rng)
+    frame = _frame(pts, "kps")
+    shape = _shape(style)
+
+    h, w = img.shape[:2]
+    corners = np.array(geo.roi_corners(frame, style.bottom, style.width), dtype=np.float64)
+    x0 = int(np.clip(np.floor(corners[:, 0].min()), 0, w))
+    x1 = int(np.clip(np.ceil(corners[:, 0].max()) + 1, 0, w))
+    y0 = int(np.clip(np.floor(corners[:, 1].min()), 0, h))
+    y1 = int(np.clip(np.ceil(corners[:, 1].max()) + 1, 0, h))
+    out = img.copy()
+    region = np.zeros((h, w), dtype=bool)
+    if x1 <= x0 or y1 <= y0:
+        return out, region
+    xs, ys, u, v, wmap = _coords(pts, frame, (x0, y0, x1, y1))
+    tex_rng = np.random.default_rng(style.seed)
+
+    inside = geo.outline_distance(np, frame, shape, u, v, wmap)
+    a_mask = geo.coverage(np, inside)
+    loops = 1.0 if style.loops else 0.0
+    strap = geo.strap_distance(np, frame, shape, loops, xs, ys)
+    a_strap = np.clip(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0) * (1.0 - a_mask)
+
+    roi = img[y0:y1, x0:x1]
+    gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    rh, rw = gray.shape
+    window = geo.cheek_window(np, u, v)
+    left = window & (u < 0)
+    right = window & (u >= 0)
+    nl, nr = int(left.sum()), int(right.sum())
+    mean = float(gray.mean())
+    luma_l = float(gray[left].mean()) if nl else mean
+    luma_r = float(gray[right].mean()) if nr else mean
+    cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else mean
+    light = look.side_light(np, u, luma_l, luma_r) * float(look.brightness_gain(np, cheek))
+
+    base = np.array(style.colors[0], dtype=np.float32)
+    accent = np.array(style.colors[1], dtype=np.float32)
+    if style.pattern == "plain":
+        color = base[None, None, :]
+    else:
+        cos_a, sin_a = geo.angle_vector(style.pattern_angle)
+        r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, style.pattern_scale)
+        if style.pattern == "checks":
+            pat = look.print_checks(np, r1, r2)
+        elif style.pattern == "stripes":
+            pat = look.print_stripes(np, r1, r2)
+        elif style.pattern == "dots":
+            pat = look.print_dots(np, r1, r2, style.pattern_scale * frame.depth)
+        else:
+            pat = look.print_noise(np, _noise_print(tex_rng, u, v))
+        color = base + (accent - base) * pat[..., None]
+
+    shade = look.shading(np, frame, shape, u, v, wmap, inside, float(style.pleats), float(style.seam))
+    layer = color * (shade * light)[..., None]
+    if style.grain > 0:
+        layer = layer + (tex_rng.standard_normal((rh, rw), dtype=np.float32) * style.grain)[..., None]
+    a_valve = None
+    if style.valve:
+        cx, cy = geo.valve_center(frame, shape, style.valve_side)
+        radius = geo.valve_radius(frame)
+        v_in = radius - np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+        a_valve = geo.coverage(np, v_in) * a_mask
+        valve = np.array(style.colors[2], dtype=np.float32) * (look.valve_shading(np, v_in, radius) * light)[
+            ..., None]
+        layer = layer + (valve - layer) * a_valve[..., None]
+
+    strap_color = (base * 0.85 + 30.0) if style.type != "surgical" else np.float32(225.0) + 0 * base
+    straps = strap_color * light[..., None]
+
+    f = roi.astype(np.float32)
+    f += (straps - f) * a_strap[..., None]
+    f += (layer - f) * a_mask[..., None]
+    out[y0:y1, x0:x1] = np.clip(f + 0.5, 0, 255).astype(np.uint8)
+    region[y0:y1, x0:x1] = (a_mask > 0.5) | (a_strap > 0.5)
+    return out, region

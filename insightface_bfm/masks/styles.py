@@ -1,0 +1,224 @@
+"""Mask styles: the small serialisable record that fully determines one rendered mask.
+
+A style holds every random choice (type, colours, pattern, shape jitter, seed of the
+textures), so a manifest of styles reproduces a masked data set exactly. The per-type
+tables below (palettes, pattern odds, shape ranges) are plain data shared by the per-image
+renderer (numpy) and the batched torch renderer, which is what keeps the two alike.
+
+Colours are BGR uint8 triples, the project's image convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MASK_TYPES = ("surgical", "n95", "kn95", "cloth", "dark")
+PATTERNS = ("plain", "checks", "stripes", "dots", "noise")
+
+
+def _rgb(r, g, b):
+    return (b, g, r)
+
+
+# Base colours per type, as seen under even, bright light (the renderer shades them to the face).
+PALETTES = {
+    "surgical": (
+        _rgb(125, 175, 215), _rgb(150, 200, 232), _rgb(100, 150, 200), _rgb(236, 238, 240),
+        _rgb(215, 225, 235), _rgb(150, 200, 180), _rgb(120, 185, 175), _rgb(232, 185, 195),
+    ),
+    "n95": (
+        _rgb(242, 242, 236), _rgb(232, 226, 212), _rgb(210, 210, 205), _rgb(245, 245, 245),
+        _rgb(190, 200, 210),
+    ),
+    "kn95": (
+        _rgb(243, 243, 243), _rgb(228, 228, 232), _rgb(170, 170, 175), _rgb(45, 45, 48),
+        _rgb(235, 200, 205), _rgb(170, 200, 230),
+    ),
+    "cloth": (
+        _rgb(35, 45, 80), _rgb(30, 30, 32), _rgb(120, 120, 125), _rgb(175, 40, 45), _rgb(110, 30, 45),
+        _rgb(205, 185, 160), _rgb(225, 160, 175), _rgb(75, 100, 140), _rgb(85, 95, 60), _rgb(235, 235, 230),
+        _rgb(60, 120, 160), _rgb(200, 150, 60), _rgb(140, 90, 150), _rgb(60, 140, 110), _rgb(160, 110, 80),
+    ),
+    "dark": (
+        _rgb(22, 22, 24), _rgb(34, 34, 36), _rgb(52, 52, 56), _rgb(25, 30, 48), _rgb(70, 70, 74),
+        _rgb(40, 35, 35),
+    ),
+}
+# Second colours of the cloth prints (and of n95 valves).
+ACCENTS = (
+    _rgb(240, 240, 235), _rgb(25, 25, 28), _rgb(200, 40, 50), _rgb(240, 200, 60), _rgb(60, 110, 190),
+    _rgb(120, 170, 90), _rgb(230, 150, 170), _rgb(150, 150, 155), _rgb(250, 130, 50), _rgb(90, 60, 140),
+)
+VALVE_COLORS = (
+    _rgb(235, 235, 235), _rgb(120, 120, 125), _rgb(40, 40, 44), _rgb(90, 140, 200), _rgb(240, 150, 60),
+)
+
+# Odds of each pattern per type (order of PATTERNS).
+PATTERN_ODDS = {
+    "surgical": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "n95": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "kn95": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "cloth": (0.35, 0.15, 0.2, 0.15, 0.15),
+    "dark": (0.75, 0.0, 0.1, 0.0, 0.15),
+}
+
+
+@dataclass(frozen=True)
+class ShapeRanges:
+    """Uniform ranges of the outline parameters of a type (see geometry.MaskShape)."""
+
+    top: tuple[float, float]  # top edge on the bridge, as a fraction of the eye-line -> nose-tip depth
+    top_curve: tuple[float, float]  # rise of the top edge towards the cheeks (quadratic in u)
+    top_point: tuple[float, float]  # pointed top (linear in |u|): KN95 fold
+    bottom: tuple[float, float]  # bottom edge under the chin, in eye-to-mouth units below the eye line
+    bottom_curve: tuple[float, float]
+    bottom_point: tuple[float, float]
+    width: tuple[float, float]  # side extent, 1 ~ face contour at the cheeks
+    jaw: tuple[float, float]  # narrowing of the sides below the mouth
+
+
+SHAPES = {
+    "surgical": ShapeRanges((0.42, 0.7), (0.04, 0.1), (0.0, 0.0), (1.5, 1.72), (0.12, 0.22), (0.0, 0.0),
+                            (0.97, 1.1), (0.35, 0.6)),
+    "n95": ShapeRanges((0.45, 0.72), (0.22, 0.34), (0.0, 0.0), (1.45, 1.62), (0.3, 0.45), (0.0, 0.0),
+                       (0.86, 0.98), (0.7, 1.0)),
+    "kn95": ShapeRanges((0.4, 0.65), (0.02, 0.06), (0.14, 0.22), (1.55, 1.72), (0.05, 0.12), (0.25, 0.38),
+                        (0.92, 1.04), (0.45, 0.7)),
+    "cloth": ShapeRanges((0.42, 0.72), (0.1, 0.2), (0.0, 0.04), (1.48, 1.68), (0.22, 0.35), (0.0, 0.05),
+                         (0.93, 1.06), (0.6, 0.9)),
+    "dark": ShapeRanges((0.42, 0.72), (0.06, 0.2), (0.0, 0.06), (1.48, 1.7), (0.15, 0.35), (0.0, 0.08),
+                        (0.93, 1.08), (0.45, 0.9)),
+}
+SHAPE_FIELDS = ("top", "top_curve", "top_point", "bottom", "bottom_curve", "bottom_point", "width", "jaw")
+
+# Feature odds per type: (pleats, seam, valve, ear loops; else head straps)
+FEATURE_ODDS = {
+    "surgical": (1.0, 0.0, 0.0, 1.0),
+    "n95": (0.0, 0.0, 0.45, 0.0),
+    "kn95": (0.0, 1.0, 0.0, 1.0),
+    "cloth": (0.0, 0.35, 0.0, 1.0),
+    "dark": (0.25, 0.3, 0.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class MaskStyle:
+    """Everything that decides one rendered mask; ``to_dict``/``from_dict`` round-trip through JSON.
+
+    ``colors`` holds BGR triples: the base colour, the pattern's second colour and the valve's.
+    ``seed`` seeds the textures (noise prints, fabric grain), so a style renders identically.
+    """
+
+    type: str = "surgical"
+    colors: tuple = ((215, 175, 125), (240, 240, 235), (235, 235, 235))
+    pattern: str = "plain"
+    seed: int = 0
+    top: float = 0.55
+    top_curve: float = 0.07
+    top_point: float = 0.0
+    bottom: float = 1.6
+    bottom_curve: float = 0.16
+    bottom_point: float = 0.0
+    width: float = 1.03
+    jaw: float = 0.5
+    pleats: bool = True
+    seam: bool = False
+    valve: bool = False
+    valve_side: float = 1.0  # +1: the wearer's left side of the image (right of the nose), -1: other side
+    loops: bool = True  # ear loops, else head straps
+    pattern_scale: float = 0.2  # pattern period in eye-to-mouth units
+    pattern_angle: float = 0.0  # degrees
+    grain: float = 4.0  # fabric grain noise, in grey levels
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.type not in MASK_TYPES:
+            raise ValueError(f"MaskStyle.type: unknown mask type {self.type!r}; expected one of {MASK_TYPES}")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"MaskStyle.pattern: unknown pattern {self.pattern!r}; expected {PATTERNS}")
+        colors = tuple(tuple(int(c) for c in col) for col in self.colors)
+        if len(colors) != 3 or any(len(c) != 3 or min(c) < 0 or max(c) > 255 for c in colors):
+            raise ValueError(f"MaskStyle.colors: expected 3 BGR triples in 0..255, got {self.colors!r}")
+        object.__setattr__(self, "colors", colors)
+        if not (0.05 <= self.top <= 0.95):
+            raise ValueError(f"MaskStyle.top: {self.top} is outside 0.05..0.95 (fraction eye line -> nose)")
+        if not (1.1 <= self.bottom <= 2.2):
+            raise ValueError(f"MaskStyle.bottom: {self.bottom} is outside 1.1..2.2 (eye-to-mouth units)")
+        if not (0.5 <= self.width <= 1.5):
+            raise ValueError(f"MaskStyle.width: {self.width} is outside 0.5..1.5")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["colors"] = [list(c) for c in self.colors]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MaskStyle:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"MaskStyle.from_dict: unknown keys {sorted(unknown)}")
+        kw = dict(d)
+        if "colors" in kw:
+            kw["colors"] = tuple(tuple(c) for c in kw["colors"])
+        return cls(**kw)
+
+    def replace(self, **changes) -> MaskStyle:
+        return dataclasses.replace(self, **changes)
+
+
+def check_types(types) -> tuple[str, ...]:
+    """Validate a selection of mask types; None means all of them."""
+    if types is None:
+        return MASK_TYPES
+    if isinstance(types, str):
+        types = [t for t in types.split(",") if t]
+    types = tuple(types)
+    bad = [t for t in types if t not in MASK_TYPES]
+    if bad or not types:
+        raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(MASK_TYPES)}")
+    return types
+
+
+def _jitter_color(rng: np.random.Generator, color) -> tuple[int, int, int]:
+    # a shade brighter or darker and a slight hue drift: no two masks quite the same colour
+    scale = rng.uniform(0.88, 1.1)
+    drift = rng.normal(0.0, 5.0, 3)
+    return tuple(int(np.clip(round(c * scale + e), 0, 255)) for c, e in zip(color, drift))
+
+
+def random_style(rng=None, types=None) -> MaskStyle:
+    """Draw a style: type uniform over ``types`` (default all), then colours, pattern, shape and seed."""
+    rng = np.random.default_rng(rng)
+    types = check_types(types)
+    kind = types[int(rng.integers(len(types)))]
+    palette = PALETTES[kind]
+    base = _jitter_color(rng, palette[int(rng.integers(len(palette)))])
+    accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+    if kind == "dark":
+        accent = palette[int(rng.integers(len(palette)))]  # dark prints stay dark
+    accent = _jitter_color(rng, accent)
+    valve_color = _jitter_color(rng, VALVE_COLORS[int(rng.integers(len(VALVE_COLORS)))])
+    odds = np.asarray(PATTERN_ODDS[kind])
+    pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=odds / odds.sum()))]
+    ranges = SHAPES[kind]
+    shape = {name: float(rng.uniform(*getattr(ranges, name))) for name in SHAPE_FIELDS}
+    pleats, seam, valve, loops = (bool(rng.random() < p) for p in FEATURE_ODDS[kind])
+    return MaskStyle(
+        type=kind,
+        colors=(base, accent, valve_color),
+        pattern=pattern,
+        seed=int(rng.integers(2**31 - 1)),
+        pleats=pleats,
+        seam=seam,
+        valve=valve,
+        valve_side=float(rng.choice((-1.0, 1.0))),
+        loops=loops,
+        pattern_scale=float(rng.uniform(0.1, 0.3)),
+        pattern_angle=float(rng.uniform(-45.0, 45.0) if rng.random() < 0.5 else rng.choice((0.0, 90.0))),
+        grain=float(rng.uniform(1.0, 6.0)),
+        **shape,
+    )

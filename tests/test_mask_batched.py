@@ -1,0 +1,75 @@
+"""MaskAugment: the batched torch renderer for aligned crops."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from insightface_bfm.imaging import ARCFACE_KPS  # noqa: E402
+from insightface_bfm.masks import MASK_TYPES  # noqa: E402
+from insightface_bfm.masks.batched import MaskAugment  # noqa: E402
+
+
+def _faces(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # a smooth skin-like field with noise: enough to exercise shading
+    base = torch.tensor([0.35, 0.05, -0.15]).view(1, 3, 1, 1)
+    return (base + 0.1 * torch.randn(b, 3, 112, 112, generator=g)).clamp(-1, 1)
+
+
+def test_shapes_range_and_region():
+    torch.set_num_threads(1)
+    x = _faces()
+    masked, region = MaskAugment()(x, generator=torch.Generator().manual_seed(1))
+    assert masked.shape == x.shape and masked.dtype == x.dtype
+    assert region.shape == (6, 1, 112, 112)
+    assert masked.min() >= -1 and masked.max() <= 1
+    assert region.min() >= 0 and region.max() <= 1
+    # the mask covers a good part of the lower face and nothing above the eyes
+    cover = (region > 0.5).float().mean((1, 2, 3))
+    assert (cover > 0.2).all() and (cover < 0.6).all()
+    assert region[:, :, :45].max() == 0
+    changed = (masked - x).abs().amax(1)
+    assert changed[:, :45].max() == 0
+
+
+def test_deterministic_with_generator_and_varies_without():
+    x = _faces()
+    aug = MaskAugment()
+    a = aug(x, generator=torch.Generator().manual_seed(7))
+    b = aug(x, generator=torch.Generator().manual_seed(7))
+    c = aug(x, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("kind", MASK_TYPES)
+def test_every_type_covers_nose_and_mouth(kind):
+    x = _faces(4)
+    kps = torch.from_numpy(np.repeat(ARCFACE_KPS[None], 4, 0))
+    masked, region = MaskAugment(types=[kind])(x, kps=kps, generator=torch.Generator().manual_seed(3))
+    for px, py in ARCFACE_KPS[2:]:
+        assert (region[:, 0, int(round(py)), int(round(px))] == 1).all()
+    assert region[:, :, : int(ARCFACE_KPS[:2, 1].min())].max() == 0
+    assert (masked != x).any()
+
+
+def test_p_zero_passes_through_and_p_mixes():
+    x = _faces(16)
+    masked, region = MaskAugment(p=0.0)(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masked, x) and region.max() == 0
+    masked, region = MaskAugment(p=0.5)(x, generator=torch.Generator().manual_seed(0))
+    hit = region.amax((1, 2, 3)) > 0
+    assert 0 < int(hit.sum()) < 16
+    assert torch.equal(masked[~hit], x[~hit])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        MaskAugment(types=["balaclava"])
+    with pytest.raises(ValueError):
+        MaskAugment(p=1.5)
+    with pytest.raises(ValueError):
+        MaskAugment()(torch.zeros(2, 1, 112, 112))
+    with pytest.raises(ValueError):
+        MaskAugment()(torch.zeros(2, 3, 112, 112), kps=torch.zeros(2, 4, 2))
