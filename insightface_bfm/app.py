@@ -96,7 +96,8 @@ class FaceAnalysis(_InsightFaceAnalysis):
         for net in (full, partial):
             if net.embedding_size != pack.embedding_size:
                 raise PackError(
-                    f"{net.model_file}: embeds to {net.embedding_size}, the manifest says {pack.embedding_size}"
+                    f"{net.model_file}: embeds to {net.embedding_size}, "
+                    f"the manifest says {pack.embedding_size}"
                 )
         detector = self._load_detector(pack, det_pack, root, providers, sess_options, static_shape_sessions)
 
@@ -129,7 +130,9 @@ class FaceAnalysis(_InsightFaceAnalysis):
                     f"{pack.path}: the pack has no detector; pass det_pack='buffalo_l' (or another "
                     "insightface pack, a directory or a detector .onnx)"
                 )
-            sess = create_session(pack.read_verified(pack.detector), providers, sess_options, str(pack.detector))
+            sess = create_session(
+                pack.read_verified(pack.detector), providers, sess_options, str(pack.detector)
+            )
             detector = SCRFD(
                 model_file=str(pack.detector),
                 session=sess,
@@ -153,7 +156,9 @@ class FaceAnalysis(_InsightFaceAnalysis):
             except (ValueError, RuntimeError, FileNotFoundError, AssertionError) as e:
                 raise PackError(f"detector pack {det_pack!r}: {e}") from None
         if detector is None or getattr(detector, "taskname", None) != "detection":
-            raise PackError(f"detector {det_pack or pack.detector}: insightface does not route it as a detector")
+            raise PackError(
+                f"detector {det_pack or pack.detector}: insightface does not route it as a detector"
+            )
         if not getattr(detector, "use_kps", False):
             raise PackError(
                 f"detector {det_pack or pack.detector}: gives no 5-point keypoints, which alignment needs"
@@ -170,9 +175,14 @@ class FaceAnalysis(_InsightFaceAnalysis):
         if bboxes.shape[0] == 0:
             return []
         crops = np.stack(
-            [face_align.norm_crop(img, landmark=kpss[i], image_size=ALIGNED_SIZE) for i in range(bboxes.shape[0])]
+            [
+                face_align.norm_crop(img, landmark=kpss[i], image_size=ALIGNED_SIZE)
+                for i in range(bboxes.shape[0])
+            ]
         )
-        faces = [Face(bbox=bboxes[i, 0:4], kps=kpss[i], det_score=bboxes[i, 4]) for i in range(bboxes.shape[0])]
+        faces = [
+            Face(bbox=bboxes[i, 0:4], kps=kpss[i], det_score=bboxes[i, 4]) for i in range(bboxes.shape[0])
+        ]
         self._analyse(faces, crops, embed)
         return faces
 

@@ -158,7 +158,9 @@ class Gallery:
         return len(self.identities)
 
     def __repr__(self) -> str:
-        return f"Gallery({len(self)} entries, {len(set(self.identities))} identities, dim={self.embedding_size})"
+        return (
+            f"Gallery({len(self)} entries, {len(set(self.identities))} identities, dim={self.embedding_size})"
+        )
 
     def enrol(self, face: Mapping, identity: str, *, embed_missing: EmbedMissing | None = None) -> int:
         """Add one analysed face (needs both embeddings: ``embed='both'`` or ``embed_missing``)."""
@@ -181,7 +183,9 @@ class Gallery:
         if self.embedding_size is None:
             self.embedding_size = int(full.shape[1])
         if full.shape[1] != self.embedding_size:
-            raise BFMError(f"enrol: embeddings of size {full.shape[1]}, the gallery holds {self.embedding_size}")
+            raise BFMError(
+                f"enrol: embeddings of size {full.shape[1]}, the gallery holds {self.embedding_size}"
+            )
         for name in identities:
             if not isinstance(name, str) or not name:
                 raise BFMError(f"enrol: identity must be a non-empty string, got {name!r}")
@@ -220,9 +224,11 @@ class Gallery:
         """Cosine similarity of ``probe`` to every entry by the pair rule, float32 (N,)."""
         partial, masked, unmasked_idx, full_unmasked, masked_idx, partial_masked = self._matrices()
         probe_masked = _masked(probe, "probe")
-        qp = l2_normalize(face_embedding(probe, "partial", embed_missing, "probe")) if (
-            probe_masked or masked_idx.size
-        ) else None
+        qp = (
+            l2_normalize(face_embedding(probe, "partial", embed_missing, "probe"))
+            if (probe_masked or masked_idx.size)
+            else None
+        )
         self._check_dim(qp)
         if probe_masked:
             return partial @ qp
@@ -254,8 +260,16 @@ class Gallery:
         for i in top:
             sim = float(np.clip(sims[i], -1.0, 1.0))
             m = bool(masked[i])
-            out.append(Match(self.identities[i], int(i), sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
-                             pair_extractor(probe_masked, m)))
+            out.append(
+                Match(
+                    self.identities[i],
+                    int(i),
+                    sim,
+                    2.0 - 2.0 * sim,
+                    pair_case(probe_masked, m),
+                    pair_extractor(probe_masked, m),
+                )
+            )
         return out
 
     def save(self, path) -> Path:
@@ -263,7 +277,11 @@ class Gallery:
         path = Path(path)
         partial, masked, *_ = self._matrices()
         full = np.stack(self._full) if self._full else np.zeros((0, self.embedding_size or 0), np.float32)
-        header = {"format": GALLERY_FORMAT, "embedding_size": self.embedding_size, "identities": self.identities}
+        header = {
+            "format": GALLERY_FORMAT,
+            "embedding_size": self.embedding_size,
+            "identities": self.identities,
+        }
         meta = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         with atomic_open(path, "wb") as f:
             np.savez(f, meta=meta, full=full, partial=partial, masked=masked)
@@ -278,8 +296,9 @@ class Gallery:
                 full, partial, masked = data["full"], data["partial"], data["masked"]
         except (OSError, KeyError, ValueError, UnicodeError) as e:
             raise BFMError(f"{path}: not a gallery file ({e})") from None
-        if not isinstance(header, dict) or header.get("format") != GALLERY_FORMAT:
-            raise BFMError(f"{path}: unsupported gallery format {header.get('format') if isinstance(header, dict) else None!r}")
+        version = header.get("format") if isinstance(header, dict) else None
+        if version != GALLERY_FORMAT:
+            raise BFMError(f"{path}: unsupported gallery format {version!r}")
         identities = header.get("identities")
         n = len(identities) if isinstance(identities, list) else -1
         if full.shape != partial.shape or full.ndim != 2 or full.shape[0] != n or masked.shape != (n,):

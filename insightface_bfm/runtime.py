@@ -198,7 +198,9 @@ class _AlignedCropNet:
         self.name = name or str(model_file or self.taskname)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise PackError(f"{self.name}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+            raise PackError(
+                f"{self.name}: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+            )
         shape = inputs[0].shape
         if len(shape) != 4 or shape[1] != 3 or shape[2] != ALIGNED_SIZE or shape[3] != ALIGNED_SIZE:
             raise PackError(f"{self.name}: expected input [batch, 3, 112, 112], got {shape}")
@@ -238,7 +240,11 @@ class _AlignedCropNet:
         if isinstance(crops, np.ndarray) and crops.ndim == 4:
             arr = crops
         else:
-            arr = np.stack([np.asarray(c) for c in crops]) if len(crops) else np.zeros((0, 112, 112, 3), np.uint8)
+            arr = (
+                np.stack([np.asarray(c) for c in crops])
+                if len(crops)
+                else np.zeros((0, 112, 112, 3), np.uint8)
+            )
         rgb = arr[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
         return (rgb - self.input_mean) / self.input_std
 

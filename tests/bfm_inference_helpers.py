@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def _save(model, path, role):
-    model.metadata_props.add(key="role", value=role)
+    if role is not None:
+        model.metadata_props.add(key="role", value=role)
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

@@ -147,7 +147,9 @@ class Pack:
             raise PackError(f"{path}: missing or unreadable ({e.strerror or e})") from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
-            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in the manifest (file altered)")
+            raise ChecksumError(
+                f"{path}: sha256 {actual} differs from {expected} in the manifest (file altered)"
+            )
         return data
 
 
@@ -190,7 +192,9 @@ def load_pack(name_or_path, root=None) -> Pack:
             "use it as a detector source (det_pack=...) instead"
         )
     if bfm.get("format") != PACK_FORMAT:
-        raise PackError(f"{where}: bfm.format {bfm.get('format')!r} is not supported (expected {PACK_FORMAT})")
+        raise PackError(
+            f"{where}: bfm.format {bfm.get('format')!r} is not supported (expected {PACK_FORMAT})"
+        )
     files = bfm.get("files")
     if not isinstance(files, dict) or not files:
         raise PackError(f"{where}: bfm.files must map every pack file to its sha256")
@@ -210,7 +214,9 @@ def load_pack(name_or_path, root=None) -> Pack:
     tasks = raw.get("tasks") or {}
     rec = tasks.get("recognition") or {}
     if rec.get("file") != roles["full"]:
-        raise PackError(f"{where}: tasks.recognition.file must be E_F ({roles['full']}), got {rec.get('file')!r}")
+        raise PackError(
+            f"{where}: tasks.recognition.file must be E_F ({roles['full']}), got {rec.get('file')!r}"
+        )
     if detector is not None and (tasks.get("detection") or {}).get("file") != detector:
         raise PackError(f"{where}: tasks.detection.file must be the detector {detector!r}")
     thresholds_raw = bfm.get("thresholds") or {}
@@ -236,10 +242,14 @@ def load_pack(name_or_path, root=None) -> Pack:
     for fname, expected in files.items():
         path = directory / fname
         if not path.is_file():
-            raise PackError(f"{path}: missing from the pack (listed in {MANIFEST} with sha256 {expected[:12]}...)")
+            raise PackError(
+                f"{path}: missing from the pack (listed in {MANIFEST} with sha256 {expected[:12]}...)"
+            )
         actual = sha256_file(path)
         if actual != expected:
-            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} (file altered)")
+            raise ChecksumError(
+                f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} (file altered)"
+            )
     try:
         embedding_size = int(bfm.get("embedding_size"))
     except (TypeError, ValueError):
@@ -319,7 +329,10 @@ def _inspect_export(path: Path, role: str):
         raise PackError(f"{path}: expected one input and one output")
 
     def dims(value):
-        return [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+        return [
+            d.dim_value if d.dim_value > 0 else (d.dim_param or None)
+            for d in value.type.tensor_type.shape.dim
+        ]
 
     in_shape, out_shape = dims(inputs[0]), dims(graph.output[0])
     if len(in_shape) != 4 or in_shape[1:] != [3, 112, 112]:
@@ -361,7 +374,9 @@ def build_pack(
         raise PackError("give either a detector ONNX or a detector pack, not both")
     name = name or out.name
     if not _MODEL_ID.fullmatch(name):
-        raise PackError(f"pack name {name!r}: use letters, digits, '.', '_' or '-' (insightface model_id rule)")
+        raise PackError(
+            f"pack name {name!r}: use letters, digits, '.', '_' or '-' (insightface model_id rule)"
+        )
     if not 0.0 < mask_threshold < 1.0:
         raise PackError(f"mask threshold {mask_threshold}: must be in (0, 1)")
     if verification_distance is not None and not 0.0 <= verification_distance <= 4.0:
@@ -372,7 +387,9 @@ def build_pack(
     sources = {role: export_dir / fname for role, fname in ROLE_FILES.items()}
     widths = {role: _inspect_export(path, role)[0] for role, path in sources.items()}
     if widths["classifier"] != 2:
-        raise PackError(f"{sources['classifier']}: a mask classifier outputs 2 logits, got {widths['classifier']}")
+        raise PackError(
+            f"{sources['classifier']}: a mask classifier outputs 2 logits, got {widths['classifier']}"
+        )
     if widths["full"] != widths["partial"]:
         raise PackError(
             f"{export_dir}: E_F and E_P embed to different sizes ({widths['full']} vs {widths['partial']}); "
@@ -395,7 +412,9 @@ def build_pack(
         except Exception as e:
             raise PackError(f"detector {det_source}: not a readable ONNX model ({e})") from None
         if n_out < 5:
-            raise PackError(f"detector {det_source}: {n_out} outputs; insightface's SCRFD detectors have >= 5")
+            raise PackError(
+                f"detector {det_source}: {n_out} outputs; insightface's SCRFD detectors have >= 5"
+            )
     if license_file is not None and not Path(license_file).is_file():
         raise PackError(f"licence file {license_file}: no such file")
 
@@ -439,7 +458,10 @@ def build_pack(
                 "full": ROLE_FILES["full"],
                 "partial": ROLE_FILES["partial"],
                 "detector": det_name,
-                "thresholds": {"mask_score": float(mask_threshold), "verification_distance": verification_distance},
+                "thresholds": {
+                    "mask_score": float(mask_threshold),
+                    "verification_distance": verification_distance,
+                },
                 "files": files,
             },
         }
