@@ -1,0 +1,24 @@
+"""``bfm export CHECKPOINT OUT_DIR``: a thin wrapper of ``export_checkpoint``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset.")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs torch check of each file.")
+def export(checkpoint, out_dir, opset, no_verify):
+    """Export CHECKPOINT (checkpoint dir, run dir or model.safetensors) to ONNX files in OUT_DIR.
+
+    Writes mask_classifier.onnx, full.onnx and partial.onnx (baselines: full.onnx only):
+    input [batch,3,112,112] RGB normalised (x-127.5)/127.5, as insightface's ArcFaceONNX feeds it.
+    """
+    from .to_onnx import export_checkpoint, read_metadata
+
+    written = export_checkpoint(checkpoint, out_dir, opset=opset, verify=not no_verify)
+    for role, path in written.items():
+        size = read_metadata(path).get("embedding_size", "?")
+        click.echo(f"{role:>15}: {path} (output {size})")
