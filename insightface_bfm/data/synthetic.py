@@ -606,5 +606,5 @@ class SyntheticFaces(FaceDataset):
     def describe(self) -> str:
         return (
             f"synthetic faces (seed {self.seed}): {self.num_identities} identities x "
-            f"{self.images_per_identity} images"
+            f"{self.images_per_identity} images = {len(self)} images"
         )
