@@ -32,8 +32,10 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 
 @click.command("eval")
 @click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model", required=True, type=click.Path(exists=True),
-              help="BFM pack folder, insightface recognition .onnx, or training checkpoint.")
+@click.option("--model", "model", required=True,
+              help="insightface recognition .onnx, BFM pack (folder or name under --root), or training "
+                   "checkpoint.")
+@click.option("--root", help="Model root for pack names (default $INSIGHTFACE_BFM_ROOT or ~/.insightface).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
               help="Folder of aligned crops the pairs refer to (default: the pairs file's folder).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "lfw", "mfr2", "csv", "bin"]), default="auto",
@@ -56,8 +58,8 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Write results.json, results.md, roc.png (and mask_manifest.json) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(pairs, model, images, fmt, flip, mask_pairs, seed, mask_manifest, cases, folds, mask_threshold,
-             batch_size, cache_dir, out_dir, quiet):
+def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_manifest, cases, folds,
+             mask_threshold, batch_size, cache_dir, out_dir, quiet):
     """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
     10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
     from .evaluate import evaluate as run
@@ -68,7 +70,7 @@ def evaluate(pairs, model, images, fmt, flip, mask_pairs, seed, mask_manifest, c
     results, verification, manifest = run(
         pairs, model, images=images, fmt=fmt, flip=flip, mask_pairs=mask_pairs, seed=seed,
         mask_manifest=mask_manifest, cases=cases, n_folds=folds, batch_size=batch_size,
-        cache_dir=cache_dir, mask_threshold=mask_threshold, progress=not quiet,
+        cache_dir=cache_dir, mask_threshold=mask_threshold, progress=not quiet, root=root,
     )
     click.echo(markdown_table([results]), nl=False)
     if out_dir:

@@ -17,7 +17,6 @@ protocol normalises it (arcface_torch's test-time flip).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -26,7 +25,6 @@ import numpy as np
 from ..errors import PackError
 from ..imaging import to_network_input
 
-PACK_FILES = {"classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx"}
 DEFAULT_MASK_THRESHOLD = 0.5
 
 
@@ -124,67 +122,43 @@ class OnnxRecognizer:
 
 
 class BFMPackEmbedder:
-    """A BFM pack: classifier C routes each pair to E_F (full) or E_P (partial)."""
+    """A BFM pack (``zoo.packs.load_pack``: every checksum verified): classifier C, E_F, E_P.
+
+    The models run through the inference package's own model types, so the scores and
+    embeddings are the ones ``insightface_bfm.FaceAnalysis`` produces for the same crops.
+    """
 
     routed = True
 
-    def __init__(self, pack_dir, flip: bool = False, batch_size: int = 64, mask_threshold=None):
-        pack_dir = Path(pack_dir)
-        files, threshold = _pack_files(pack_dir)
-        self.sessions = {role: _Session(path) for role, path in files.items()}
+    def __init__(self, pack, flip: bool = False, batch_size: int = 64, mask_threshold=None, root=None):
+        from ..runtime import EmbedderONNX, MaskClassifierONNX
+        from ..zoo.packs import load_pack
+
+        pack = load_pack(pack, root=root)
+        threshold = pack.thresholds.mask_score if mask_threshold is None else float(mask_threshold)
+        self.classifier = MaskClassifierONNX(pack.classifier, threshold=threshold)
+        self.full = EmbedderONNX(pack.full)
+        self.partial = EmbedderONNX(pack.partial, face_key="embedding_partial")
         self.flip, self.batch_size = flip, batch_size
-        self.mask_threshold = float(mask_threshold if mask_threshold is not None else threshold)
-        self.model_id = f"pack-{file_digest(files.values())}-flip{int(flip)}"
-        self.description = f"BFM pack {pack_dir}"
+        self.mask_threshold = threshold
+        self.model_id = f"pack-{file_digest([pack.classifier, pack.full, pack.partial])}-flip{int(flip)}"
+        self.description = f"BFM pack {pack.path}"
 
     def embed(self, crops: np.ndarray) -> dict:
-        def runner(role):
-            return lambda x: self.sessions[role].run(x, self.batch_size)
-
         # the classifier sees the crop as the app would: no flip
-        score = _softmax_masked(runner("classifier")(crops))
         return {
-            "full": _with_flip(runner("full"), crops, self.flip),
-            "partial": _with_flip(runner("partial"), crops, self.flip),
-            "mask_score": score.astype(np.float32),
+            "full": _with_flip(self.full.get_feat, crops, self.flip),
+            "partial": _with_flip(self.partial.get_feat, crops, self.flip),
+            "mask_score": self.classifier.scores(crops),
         }
 
 
-def _pack_files(pack_dir: Path) -> tuple[dict, float]:
-    """The three ONNX files of a pack and its mask threshold, checksums verified.
-
-    Uses the inference package's ``load_pack`` when it is installed; else reads the pack's files
-    by their agreed names (checking the sha256 listed in ``manifest.json`` where there is one).
-    """
-    try:
-        from ..zoo.packs import load_pack
-    except ImportError:
-        load_pack = None
-    if load_pack is not None:
-        pack = load_pack(pack_dir)
-        files = {role: Path(getattr(pack, f"{role}_path")) for role in PACK_FILES}
-        return files, float(getattr(pack, "mask_threshold", DEFAULT_MASK_THRESHOLD))
-    files = {role: pack_dir / name for role, name in PACK_FILES.items()}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise PackError(f"{pack_dir}: not a BFM pack, missing {', '.join(missing)}")
-    threshold = DEFAULT_MASK_THRESHOLD
-    manifest = pack_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            bfm = json.loads(manifest.read_text()).get("bfm", {})
-        except (ValueError, AttributeError) as e:
-            raise PackError(f"{manifest}: unreadable manifest ({e})") from None
-        for name, digest in (bfm.get("sha256") or {}).items():
-            path = pack_dir / name
-            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                raise PackError(f"{path}: sha256 differs from the one in {manifest}")
-        threshold = float((bfm.get("thresholds") or {}).get("mask", threshold))
-    return files, threshold
-
-
 class CheckpointEmbedder:
-    """A training checkpoint (run dir, ``last`` pointer or ``step_*`` dir), run through torch."""
+    """A training checkpoint (run dir, ``last`` pointer or ``step_*`` dir), run through torch.
+
+    A BFM checkpoint with its classifier is routed like a pack; a baseline (one network, kept
+    under ``full``) is not.
+    """
 
     def __init__(self, path, flip: bool = False, batch_size: int = 64, mask_threshold=None):
         try:
@@ -197,17 +171,13 @@ class CheckpointEmbedder:
         self.model, self.recipe = load_checkpoint(path)
         self.model.eval()
         self.flip, self.batch_size = flip, batch_size
-        self.mask_threshold = float(mask_threshold if mask_threshold is not None else DEFAULT_MASK_THRESHOLD)
-        # baselines keep their one network under `full`; BFM adds the classifier and E_P
-        self.routed = getattr(self.model, "partial", None) is not None and getattr(
-            self.model, "classifier", None
-        ) is not None
-        stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
-        self.model_id = f"ckpt-{hashlib.sha256(f'{os.path.abspath(path)}{stamp}'.encode()).hexdigest()[:16]}"
-        self.model_id += f"-flip{int(flip)}"
-        self.description = f"checkpoint {path}"
+        self.mask_threshold = float(DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold)
+        self.routed = self.model.classifier is not None and self.model.partial is not None
+        weights = sorted(Path(path).rglob("model.safetensors")) if Path(path).is_dir() else [Path(path)]
+        self.model_id = f"ckpt-{file_digest(weights[-1:])}-flip{int(flip)}"
+        self.description = f"checkpoint {path} ({self.model.mode})"
 
-    def _runner(self, net):
+    def _runner(self, fn):
         torch = self.torch
 
         def run(crops):
@@ -215,8 +185,8 @@ class CheckpointEmbedder:
             with torch.no_grad():
                 for s in range(0, len(crops), self.batch_size):
                     x = torch.from_numpy(to_network_input(crops[s : s + self.batch_size]))
-                    outs.append(net(x).float().cpu().numpy())
-            return np.concatenate(outs)
+                    outs.append(fn(x).float().cpu().numpy())
+            return np.concatenate(outs).astype(np.float32)
 
         return run
 
@@ -224,20 +194,31 @@ class CheckpointEmbedder:
         out = {"full": _with_flip(self._runner(self.model.full), crops, self.flip)}
         if self.routed:
             out["partial"] = _with_flip(self._runner(self.model.partial), crops, self.flip)
-            out["mask_score"] = _softmax_masked(self._runner(self.model.classifier)(crops)).astype(np.float32)
+            out["mask_score"] = self._runner(self.model.mask_probability)(crops)
         return out
 
 
-def open_embedder(path, flip: bool = False, batch_size: int = 64, mask_threshold=None):
-    """A BFM pack folder, an insightface recognition ``.onnx``, or a training checkpoint."""
-    p = Path(path)
+def open_embedder(model, flip: bool = False, batch_size: int = 64, mask_threshold=None, root=None):
+    """An insightface recognition ``.onnx``, a BFM pack (folder, or name under the model root),
+    or a training checkpoint (run dir, checkpoint dir or model.safetensors)."""
+    p = Path(os.path.expanduser(str(model)))
     if p.is_file() and p.suffix.lower() == ".onnx":
         return OnnxRecognizer(p, flip, batch_size)
-    if p.is_dir() and ((p / PACK_FILES["full"]).is_file() or (p / "manifest.json").is_file()):
+    if p.is_dir() and (p / "manifest.json").is_file():
         return BFMPackEmbedder(p, flip, batch_size, mask_threshold)
     if p.exists():
         return CheckpointEmbedder(p, flip, batch_size, mask_threshold)
-    raise PackError(f"{path}: no such model (expected a BFM pack folder, an .onnx file or a checkpoint)")
+    from ..zoo.packs import resolve_pack_dir
+
+    try:
+        pack_dir = resolve_pack_dir(str(model), root)
+    except PackError:
+        pack_dir = None
+    if pack_dir is not None and (pack_dir / "manifest.json").is_file():
+        return BFMPackEmbedder(pack_dir, flip, batch_size, mask_threshold)
+    raise PackError(
+        f"{model}: no such model (expected an .onnx file, a BFM pack folder or name, or a checkpoint)"
+    )
 
 
 def pair_embeddings(emb: dict, left: np.ndarray, right: np.ndarray, mask_threshold: float | None = None):
@@ -250,7 +231,7 @@ def pair_embeddings(emb: dict, left: np.ndarray, right: np.ndarray, mask_thresho
     if "mask_score" not in emb:
         return full[left], full[right], None
     threshold = DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold
-    masked = emb["mask_score"] > threshold
+    masked = emb["mask_score"] >= threshold  # as MaskClassifierONNX decides
     either = masked[left] | masked[right]
     a = np.where(either[:, None], emb["partial"][left], full[left])
     b = np.where(either[:, None], emb["partial"][right], full[right])

@@ -159,6 +159,7 @@ def evaluate(
     mask_threshold: float | None = None,
     progress: bool = True,
     embedder=None,
+    root=None,
 ) -> tuple[dict, VerificationResult, dict | None]:
     """Evaluate ``model`` on a pair set. Returns (results dict for JSON, VerificationResult, mask
     manifest or None).
@@ -185,7 +186,8 @@ def evaluate(
     elif mask_pairs is not None:
         manifest = masked_pairs.plan_masks(pairs.left, pairs.right, mask_pairs, seed)
     if embedder is None:
-        embedder = open_embedder(model, flip=flip, batch_size=batch_size, mask_threshold=mask_threshold)
+        embedder = open_embedder(model, flip=flip, batch_size=batch_size, mask_threshold=mask_threshold,
+                                 root=root)
 
     # views: one per distinct unmasked image, one per masked face of a pair
     masked_at = {(e["pair"], e["side"]): e for e in (manifest["entries"] if manifest else [])}
@@ -261,5 +263,5 @@ def evaluate(
         **result.to_dict(),
     }
     if classifier_cases is not None:
-        out["masked_fraction"] = float(np.mean(emb["mask_score"] > (threshold or 0.5)))
+        out["masked_fraction"] = float(np.mean(emb["mask_score"] >= (threshold or 0.5)))
     return out, result, manifest

@@ -55,7 +55,11 @@ def render(crop: np.ndarray, entry: dict, seed: int) -> np.ndarray:
 
 
 def save_manifest(path, manifest: dict) -> None:
-    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+    """JSON with one entry a line: small, diffable, still one ``json.load``."""
+    head = {k: v for k, v in manifest.items() if k != "entries"}
+    lines = [json.dumps(e, separators=(",", ":")) for e in manifest["entries"]]
+    text = json.dumps(head)[:-1] + ', "entries": [\n' + ",\n".join(lines) + "\n]}\n"
+    atomic_write_text(path, text)
 
 
 def load_manifest(path) -> dict:
