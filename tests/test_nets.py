@@ -55,6 +55,46 @@ def test_arcface_torch_state_dict_loads_strictly_and_reproduces_output():
         assert torch.equal(source.eval()(x), target.eval()(x))
 
 
+def formula_state(model):
+    """RNG-free weights for a backbone, a function of each tensor's position in the state dict only."""
+    state = {}
+    for i, (key, t) in enumerate(model.state_dict().items()):
+        if key.endswith("num_batches_tracked"):
+            state[key] = t.clone()
+            continue
+        wave = torch.sin(torch.arange(t.numel(), dtype=torch.float64) * 0.7853 + i).reshape(t.shape)
+        if key.endswith("running_var"):
+            value = 1.0 + 0.5 * wave.abs()
+        elif key.endswith(("running_mean", "bias")):
+            value = 0.05 * wave
+        elif t.dim() == 1 and key.endswith(("prelu.weight", "layers.2.weight")):  # PReLU slopes
+            value = 0.25 + 0.05 * wave
+        elif t.dim() == 1:  # BatchNorm scales
+            value = 1.0 + 0.2 * wave
+        else:
+            value = wave * (3.0 / (t.numel() // t.shape[0])) ** 0.5
+        state[key] = value.to(t.dtype)
+    return state
+
+
+def formula_input():
+    wave = torch.cos(torch.arange(2 * 3 * 112 * 112, dtype=torch.float64) * 0.01237)
+    return wave.reshape(2, 3, 112, 112).float()
+
+
+@pytest.mark.parametrize("name", ["r18", "mbf"])
+def test_forward_matches_arcface_torch_golden_output(name):
+    """Same weights -> same embedding as arcface_torch's forward (values in the fixture were computed
+    with arcface_torch's module structure and forward order, eval mode)."""
+    model = get_backbone(name)
+    model.load_state_dict(formula_state(model), strict=True)
+    with torch.no_grad():
+        out = model.eval()(formula_input())
+    golden = FIXTURE["golden_output"][name]
+    torch.testing.assert_close(out[:, :4].flatten(), torch.tensor(golden["first"]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.sum(1), torch.tensor(golden["row_sums"]), rtol=1e-4, atol=1e-3)
+
+
 def test_known_parameter_counts():
     # parameters (no buffers) of arcface_torch's backbones; r50's is the widely quoted 43.6M
     counts = {"r18": 24_025_600, "r50": 43_590_848, "mbf": 2_059_520}
@@ -222,3 +262,15 @@ def test_make_head_and_bad_arguments():
         make_head("arcface", 8, 5)(torch.randn(2, 8), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="margin m"):
         ArcFaceHead(8, 5, m=2.0)
+
+
+def test_heads_compute_cosines_in_float32_under_autocast():
+    torch.manual_seed(0)
+    head = make_head("arcface", 16, 10)
+    feats = torch.randn(4, 16)
+    labels = torch.tensor([0, 3, 9, 3])
+    plain = head(feats, labels)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = head(feats, labels)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)

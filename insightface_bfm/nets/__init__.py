@@ -55,6 +55,7 @@ __all__ = [
     "BACKBONES",
     "ArcFaceHead",
     "CosFaceHead",
+    "IRESNET_LAYERS",
     "IResNet",
     "MaskClassifier",
     "MobileFaceNet",

@@ -20,10 +20,9 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from .margin import DEFAULT_M, MARGINS, check_margin
+from .margin import DEFAULT_M, MARGINS, check_margin, normalized_cosine
 
 
 def _world(group) -> tuple[int, int]:
@@ -189,7 +188,7 @@ class PartialFC(nn.Module):
         self.last_index = (
             torch.arange(self.num_local, device=labels.device) if index is None else index.detach()
         )
-        cosine = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float()))
+        cosine = normalized_cosine(embeddings, weight)
         logits = MARGINS[self.margin](cosine, local_labels, self.s, self.m)
         return _DistributedSoftmaxCE.apply(logits, local_labels, self.group, self.distributed)
 
