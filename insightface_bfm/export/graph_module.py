@@ -423,7 +423,7 @@ def _gather(m, node, args):
     indices = indices.long()
     indices = torch.where(indices < 0, indices + data.shape[axis], indices)
     out = torch.index_select(data, axis, indices.reshape(-1))
-    return out.reshape(*data.shape[:axis], *indices.shape, *data.shape[axis + 1:])
+    return out.reshape((*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))
 
 
 def _slice(m, node, args):

@@ -1,0 +1,269 @@
+"""ONNX import for fine-tuning: nets round trip, a real pretrained recogniser, training, re-export."""
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from insightface_bfm.errors import PackError
+from insightface_bfm.export import (
+    OnnxGraphModule,
+    backbone_from_architecture,
+    export_onnx,
+    import_onnx,
+)
+from insightface_bfm.imaging import read_image, to_network_input
+from insightface_bfm.nets import IResNet, MobileFaceNet, get_backbone
+
+torch.set_num_threads(1)
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if m.weight.requires_grad:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return module.eval()
+
+
+def _session(path_or_bytes):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _faces(n, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (n, 3, 112, 112)).astype(np.float32))
+
+
+def _relative(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+# --------------------------------------------------------------------------- our own nets
+
+
+@pytest.mark.parametrize(
+    "name, options, cls",
+    [("r18", {"width": 0.25}, IResNet), ("mbf", {"scale": 1, "expansion": 0.5, "blocks": (2, 1, 2, 1)},
+                                          MobileFaceNet)],
+)
+def test_export_then_import_gives_the_nets_class_with_the_same_outputs(tmp_path, name, options, cls):
+    net = _randomise(get_backbone(name, embedding_size=48, **options))
+    path = export_onnx(net, tmp_path / "full.onnx", "full")
+    imported = import_onnx(path)
+    assert type(imported) is cls and not imported.training
+    assert imported.embedding_size == 48
+    assert imported.bfm_architecture["backbone"] == name
+    # the arcface_torch state-dict layout, so trainer and checkpoints treat it as any backbone
+    fresh = backbone_from_architecture(imported.bfm_architecture)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in imported.state_dict().items()}
+    x = _faces(3)
+    with torch.no_grad():
+        expected, got = net(x).numpy(), imported(x).numpy()
+    assert _relative(expected, got) < 1e-5
+
+
+def test_generic_path_also_reproduces_a_nets_export(tmp_path):
+    net = _randomise(get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1)), seed=2)
+    path = export_onnx(net, tmp_path / "full.onnx", "full")
+    generic = import_onnx(path, architecture="generic")
+    assert isinstance(generic, OnnxGraphModule)
+    x = _faces(2, seed=1)
+    with torch.no_grad():
+        assert _relative(net(x).numpy(), generic(x).numpy()) < 1e-5
+
+
+# --------------------------------------------------------------------------- a real recogniser
+
+
+def _lfw_faces(shared, n=4):
+    root = shared("data", "lfw112")
+    files = sorted(root.glob("A*/*.jpg"))[:n]
+    return torch.from_numpy(to_network_input(np.stack([read_image(f) for f in files])))
+
+
+@pytest.fixture
+def mobilefacenet(shared):
+    path = shared("models", "mobilefacenet_128.onnx")
+    return path, import_onnx(path)
+
+
+def test_mobilefacenet_128_imports_and_matches_onnx_runtime(shared, mobilefacenet):
+    path, module = mobilefacenet
+    assert isinstance(module, OnnxGraphModule)  # ReLU6 MobileFaceNet: not an arcface_torch layout
+    assert module.embedding_size == 128 and not module.training
+    faces = _lfw_faces(shared)
+    session = _session(path)
+    # the file is frozen to batch 1; the module takes any batch
+    expected = np.concatenate([session.run(None, {"input": f[None].numpy()})[0] for f in faces])
+    with torch.no_grad():
+        got = module(faces).numpy()
+    assert got.shape == (4, 128)
+    assert np.abs(got - expected).max() < 1e-4
+    cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() > 1 - 1e-6
+    assert module.bfm_architecture == {"backbone": "onnx", "path": str(path)}
+
+
+def test_mobilefacenet_128_fine_tunes_saves_loads_and_exports(shared, mobilefacenet, tmp_path):
+    path, module = mobilefacenet
+    weights = dict(module.named_parameters())
+    assert sum(p.numel() for p in weights.values()) > 900_000  # every conv weight and bias trains
+    faces = _lfw_faces(shared)
+    with torch.no_grad():
+        before = module(faces)
+
+    module.train()
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    target = torch.nn.functional.normalize(torch.randn(4, 128, generator=torch.Generator().manual_seed(0)))
+    losses = []
+    for _ in range(3):
+        optimiser.zero_grad()
+        emb = torch.nn.functional.normalize(module(faces))
+        loss = (1 - (emb * target).sum(1)).mean()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in weights.values())
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    module.eval()
+    with torch.no_grad():
+        after = module(faces)
+    assert (after - before).abs().max() > 1e-3
+
+    # state_dict survives a save/load into a fresh import of the same file
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = import_onnx(path, verify=False)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(faces), after)
+
+    # the fine-tuned graph exports as an extractor of a pack, with a dynamic batch
+    out = export_onnx(module, tmp_path / "partial.onnx", "partial")
+    session = _session(out)
+    assert session.get_inputs()[0].shape == ["batch", 3, 112, 112]
+    got = session.run(None, {"input": faces.numpy()})[0]
+    assert np.abs(got - after.numpy()).max() < 1e-4
+    # and imports again (now through Shape/Gather/Concat/Reshape of the dynamic batch)
+    again = import_onnx(out)
+    with torch.no_grad():
+        assert np.abs(again(faces).numpy() - after.numpy()).max() < 1e-4
+
+
+def test_insightface_reads_a_reexported_generic_model(shared, mobilefacenet, tmp_path):
+    from insightface.model_zoo import get_model
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+    _, module = mobilefacenet
+    out = export_onnx(module, tmp_path / "full.onnx", "full")
+    recogniser = get_model(str(out), providers=["CPUExecutionProvider"])
+    assert isinstance(recogniser, ArcFaceONNX) and recogniser.input_mean == 127.5
+    files = sorted(shared("data", "lfw112").glob("A*/*.jpg"))[:2]
+    bgr = [read_image(f) for f in files]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(to_network_input(np.stack(bgr)))).numpy()
+    assert np.abs(recogniser.get_feat(bgr) - expected).max() < 1e-4
+
+
+def test_nets_only_import_of_a_foreign_architecture_says_why(mobilefacenet):
+    path, _ = mobilefacenet
+    with pytest.raises(PackError, match="not an arcface_torch"):
+        import_onnx(path, architecture="nets")
+
+
+# --------------------------------------------------------------------------- the interpreter
+
+
+def _operator_zoo_model() -> onnx.ModelProto:
+    """A small graph using the common operators of ONNX recognisers, frozen to batch 1."""
+    rng = np.random.default_rng(0)
+
+    def init(name, shape, low=-0.5, high=0.5):
+        return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+    inits = [
+        init("w", (4, 3, 3, 3)), init("b", (4,)),
+        init("scale", (4,), 0.5, 1.5), init("shift", (4,)), init("mean", (4,)), init("var", (4,), 0.5, 2),
+        init("slope", (4, 1, 1), 0, 0.3), init("gain", (1, 4, 1, 1)),
+        numpy_helper.from_array(np.array(0.1, np.float32), "offset"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+        init("fc", (6, 8)), init("fc_b", (6,)), init("proj", (6, 5)),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[0, 0, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"], epsilon=1e-3),
+        helper.make_node("PRelu", ["n", "slope"], ["p"]),
+        helper.make_node("Mul", ["p", "gain"], ["m"]),
+        helper.make_node("Sub", ["m", "offset"], ["s"]),
+        helper.make_node("Sigmoid", ["s"], ["sig"]),
+        helper.make_node("Add", ["s", "sig"], ["a"]),
+        helper.make_node("MaxPool", ["a"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Transpose", ["mp"], ["t"], perm=[0, 1, 3, 2]),
+        helper.make_node("Concat", ["t", "mp"], ["cat"], axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["g"], transB=1),
+        helper.make_node("Clip", ["g", "lo", "hi"], ["r6"]),
+        helper.make_node("MatMul", ["r6", "proj"], ["mm"]),
+        helper.make_node("Reshape", ["mm", "flat"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_interpreter_matches_onnx_runtime_operator_by_operator():
+    model = _operator_zoo_model()
+    session = _session(model.SerializeToString())
+    module = OnnxGraphModule(model).eval()
+    x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    expected = np.concatenate([session.run(None, {"x": row[None]})[0] for row in x])
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, 5)  # the frozen batch of 1 in Reshape follows the real batch
+    assert np.abs(got - expected).max() < 1e-5
+    # weights train, running statistics and shape constants do not
+    learnable = {name for name, _ in module.named_parameters()}
+    assert {"w", "b", "scale", "shift", "slope", "gain", "fc", "fc_b", "proj"} <= learnable
+    assert not learnable & {"mean", "var", "flat", "lo", "hi", "offset"}
+
+
+def test_missing_corrupt_or_unsupported_files_are_pack_errors(tmp_path):
+    with pytest.raises(PackError, match="not found"):
+        import_onnx(tmp_path / "absent.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a protobuf at all" * 3)
+    with pytest.raises(PackError, match="garbage.onnx"):
+        import_onnx(garbage)
+    graph = helper.make_graph(
+        [helper.make_node("Erf", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 112, 112])],
+    )
+    unsupported = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(unsupported))
+    with pytest.raises(PackError, match="'Erf'"):
+        import_onnx(unsupported)
