@@ -1,0 +1,184 @@
+"""``bfm pack`` and ``bfm models``: thin click layers over packs.py, registry.py and download.py."""
+
+from __future__ import annotations
+
+import click
+
+from .packs import ROOT_ENV, resolve_root
+
+_root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    envvar=ROOT_ENV,
+    default=None,
+    help=f"insightface root holding models/ (default: ${ROOT_ENV} or ~/.insightface).",
+)
+_registry_option = click.option(
+    "--registry",
+    type=click.Path(exists=True),
+    default=None,
+    help="A registry YAML file or a folder of entry files instead of the built-in registry.",
+)
+
+
+@click.command("pack")
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option(
+    "--detector", type=click.Path(exists=True, dir_okay=False), help="SCRFD detector ONNX to include."
+)
+@click.option("--det-pack", help="Copy the detector of an installed insightface pack (e.g. buffalo_l).")
+@click.option("--name", help="model_id of the pack (default: the name of OUT).")
+@_root_option
+@click.option("--mask-threshold", type=float, default=0.5, show_default=True, help="P(masked) threshold.")
+@click.option(
+    "--distance-threshold",
+    type=float,
+    default=None,
+    help="Verification threshold: squared L2 between normalised embeddings (2 - 2 cos).",
+)
+@click.option("--pack-version", "version", default="1", show_default=True, help="The pack's own version.")
+@click.option(
+    "--license", "license_file", type=click.Path(exists=True, dir_okay=False), help="MODEL.LICENSE text."
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def pack(
+    export_dir,
+    out,
+    detector,
+    det_pack,
+    name,
+    root,
+    mask_threshold,
+    distance_threshold,
+    version,
+    license_file,
+    overwrite,
+):
+    """Build a BFM pack in OUT from EXPORT_DIR (mask_classifier.onnx, full.onnx, partial.onnx).
+
+    OUT is a folder; put it under ROOT/models/NAME to load it as FaceAnalysis(name=NAME).
+    """
+    from .packs import build_pack
+
+    if detector is None and det_pack is None:
+        raise click.UsageError("give --detector PATH.onnx or --det-pack NAME (a pack needs a face detector)")
+    result = build_pack(
+        export_dir,
+        out,
+        detector=detector,
+        det_pack=det_pack,
+        name=name,
+        root=root,
+        mask_threshold=mask_threshold,
+        verification_distance=distance_threshold,
+        version=version,
+        license_file=license_file,
+        overwrite=overwrite,
+    )
+    click.echo(f"pack {result.name} written to {result.path} ({len(result.files)} files, sha256 verified)")
+
+
+@click.group("models")
+def models():
+    """List, download, verify and remove model-zoo packs."""
+
+
+def _registry(path):
+    from .registry import load_registry
+
+    return load_registry(path)
+
+
+def _mb(size):
+    return "?" if size is None else f"{size / 1e6:.0f} MB"
+
+
+@models.command("list")
+@_root_option
+@_registry_option
+def list_models(root, registry):
+    """Registry entries and their state under ROOT/models."""
+    from .registry import installed_status
+
+    root = resolve_root(root)
+    entries = _registry(registry)
+    for entry in entries.values():
+        checksum = "sha256 published" if entry.verifiable else "sha256 unknown"
+        click.echo(
+            f"{entry.name:<14} {entry.kind:<12} {_mb(entry.size):>8}  {checksum:<17} "
+            f"{installed_status(entry, root):<28} {entry.licence}"
+        )
+    click.echo(f"(root: {root})")
+
+
+def _parse_sha(values):
+    out = {}
+    for value in values:
+        name, sep, digest = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{value!r}: expected FILE=SHA256", param_hint="--sha256")
+        out[name] = digest.strip().lower()
+    return out
+
+
+@models.command("download")
+@click.argument("name")
+@_root_option
+@_registry_option
+@click.option(
+    "--sha256", "sha256", multiple=True, help="FILE=HASH for a file the registry has no sha256 for."
+)
+@click.option("--allow-unverified", is_flag=True, help="Accept files without a published sha256.")
+@click.option("--force", is_flag=True, help="Replace an installed copy.")
+@click.option("--retries", type=int, default=4, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def download(name, root, registry, sha256, allow_unverified, force, retries, quiet):
+    """Download NAME into ROOT/models/NAME (resumable; re-run after an interruption)."""
+    from .download import install
+    from .registry import get_entry
+
+    entry = get_entry(_registry(registry), name)
+    target = install(
+        entry,
+        resolve_root(root),
+        sha256_overrides=_parse_sha(sha256),
+        allow_unverified=allow_unverified,
+        force=force,
+        progress=not quiet,
+        retries=retries,
+    )
+    click.echo(f"{name} installed at {target}")
+
+
+@models.command("verify")
+@click.argument("name")
+@_root_option
+@_registry_option
+@click.option(
+    "--allow-unverified", is_flag=True, help="Accept sources downloaded without a published sha256."
+)
+def verify(name, root, registry, allow_unverified):
+    """Check every installed file of NAME against the sha256 recorded at download."""
+    from .registry import get_entry, verify_installed
+
+    report = verify_installed(
+        get_entry(_registry(registry), name), resolve_root(root), allow_unverified=allow_unverified
+    )
+    note = f"; unverified source: {', '.join(report['unverified'])}" if report["unverified"] else ""
+    click.echo(f"{name}: {report['files']} files OK at {report['path']}{note}")
+
+
+@models.command("remove")
+@click.argument("name")
+@_root_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def remove(name, root, yes):
+    """Delete ROOT/models/NAME."""
+    from .registry import remove_installed
+
+    target = resolve_root(root) / "models" / name
+    if not yes:
+        click.confirm(f"delete {target}?", abort=True)
+    remove_installed(name, resolve_root(root))
+    click.echo(f"removed {target}")
