@@ -26,12 +26,13 @@ def mask_loss(logits_unmasked: torch.Tensor, logits_masked: torch.Tensor) -> tor
     """Eq. 1: softmax cross-entropy of C over unmasked (class 0) and masked (class 1) faces,
     averaged over all samples of both groups."""
     logits = torch.cat([logits_unmasked, logits_masked]).float()
+    device = logits.device
     targets = torch.cat(
         [
-            torch.full((len(logits_unmasked),), MaskClassifier.UNMASKED, dtype=torch.long),
-            torch.full((len(logits_masked),), MaskClassifier.MASKED, dtype=torch.long),
+            torch.full((len(logits_unmasked),), MaskClassifier.UNMASKED, dtype=torch.long, device=device),
+            torch.full((len(logits_masked),), MaskClassifier.MASKED, dtype=torch.long, device=device),
         ]
-    ).to(logits.device)
+    )
     return F.cross_entropy(logits, targets)
 
 

@@ -116,7 +116,7 @@ def test_embedding_size_changes_only_the_head():
 def test_forward_shapes_small_variants():
     x = torch.randn(2, 3, 112, 112)
     r = get_backbone("r18", embedding_size=64, width=0.125, layers=(1, 1, 1, 1))
-    m = get_backbone("mbf", embedding_size=32, scale=1, blocks=(1, 1, 1, 1), expansion=0.25)
+    m = get_backbone("mbf", embedding_size=32, scale=1, blocks=(2, 1, 1, 1), expansion=0.25)
     assert r(x).shape == (2, 64)
     assert m(x).shape == (2, 32)
     assert r(x).dtype == m(x).dtype == torch.float32
