@@ -184,15 +184,6 @@ def cheek_window(xp, u, v):
     return (au > 0.3) * (au < 0.85) * (v > 0.45) * (v < 1.0)
 
 
-def roi_corners(frame: FaceFrame, shape_bottom: float, width: float):
-    """Image points that bound everything a mask with this bottom and width can touch."""
-    pts = []
-    for side in (-1.0, 1.0):
-        for v in (0.0, shape_bottom + 0.1):
-            pts.append(frame.side_point(side, width + 0.75, v))
-    return pts
-
-
 def angle_vector(degrees: float):
     r = math.radians(degrees)
     return math.cos(r), math.sin(r)

@@ -47,11 +47,12 @@ def check_kps(kps, image_shape, name: str = "kps") -> np.ndarray:
 
 
 def _frame(pts: np.ndarray, name: str) -> geo.FaceFrame:
-    frame = geo.face_frame(np, pts)
+    with np.errstate(all="ignore"):  # degenerate points are reported below, not warned about
+        frame = geo.face_frame(np, pts)
     frame = geo.FaceFrame(*(float(getattr(frame, k)) for k in (
         "cx", "cy", "ax", "ay", "nose_u", "depth", "w_left", "w_right", "nose_v")))
     iod = float(np.hypot(*(pts[1] - pts[0])))
-    if not (frame.depth > 0.2 * iod and frame.depth > 1.0 and iod > 1.0):
+    if not (frame.depth > 0.2 * iod and frame.depth > 1.0 and iod > 1.0 and np.isfinite(frame.nose_v)):
         raise ImageError(
             f"{name}: degenerate points (eye distance {iod:.1f} px, eye-to-mouth {frame.depth:.1f} px); "
             "expected left eye, right eye, nose tip, left and right mouth corner"
@@ -121,42 +122,50 @@ def render_mask(image, kps, style=None, rng=None):
     shape = _shape(style)
 
     h, w = img.shape[:2]
-    corners = np.array(geo.roi_corners(frame, style.bottom, style.width), dtype=np.float64)
-    x0 = int(np.clip(np.floor(corners[:, 0].min()), 0, w))
-    x1 = int(np.clip(np.ceil(corners[:, 0].max()) + 1, 0, w))
-    y0 = int(np.clip(np.floor(corners[:, 1].min()), 0, h))
-    y1 = int(np.clip(np.ceil(corners[:, 1].max()) + 1, 0, h))
     out = img.copy()
-    region = np.zeros((h, w), dtype=bool)
-    if x1 <= x0 or y1 <= y0:
-        return out, region
-    xs, ys, u, v, wmap = _coords(pts, frame, (x0, y0, x1, y1))
-    tex_rng = np.random.default_rng(style.seed)
+    region_u8 = np.zeros((h, w), dtype=np.uint8)
+    box = _mask_box(frame, shape, w, h)
+    if box is None:
+        return out, region_u8.view(bool)
+    x0, y0, x1, y1 = box
+    xs, ys, u, v, wmap = _coords(pts, frame, box)
 
     inside = geo.outline_distance(np, frame, shape, u, v, wmap)
     a_mask = geo.coverage(np, inside)
-    loops = 1.0 if style.loops else 0.0
-    strap = geo.strap_distance(np, frame, shape, loops, xs, ys)
-    a_strap = np.clip(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0) * (1.0 - a_mask)
 
+    # the face's exposure and side light, measured on the cheeks the mask will cover
     roi = img[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
     rh, rw = gray.shape
     window = geo.cheek_window(np, u, v)
-    left = window & (u < 0)
-    right = window & (u >= 0)
-    nl, nr = int(left.sum()), int(right.sum())
+    left = (window & (u < 0)).astype(np.float32)
+    right = (window & (u >= 0)).astype(np.float32)
+    nl, nr = float(left.sum()), float(right.sum())
     mean = float(gray.mean())
-    luma_l = float(gray[left].mean()) if nl else mean
-    luma_r = float(gray[right].mean()) if nr else mean
+    luma_l = float((gray * left).sum()) / nl if nl else mean
+    luma_r = float((gray * right).sum()) / nr if nr else mean
     cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else mean
-    light = look.side_light(np, u, luma_l, luma_r) * float(look.brightness_gain(np, cheek))
+    gain = float(look.brightness_gain(np, cheek))
+    light = look.side_light(np, u, luma_l, luma_r) * gain
 
-    base = np.array(style.colors[0], dtype=np.float32)
-    accent = np.array(style.colors[1], dtype=np.float32)
-    if style.pattern == "plain":
-        color = base[None, None, :]
-    else:
+    # straps first (under the mask), drawn anti-aliased by cv2 on the whole image
+    loops = 1.0 if style.loops else 0.0
+    base = style.colors[0]
+    strap_color = np.array((225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base])
+    thickness = max(1, int(geo.strap_thickness(frame, loops)))
+    for i, (ax, ay, bx, by) in enumerate(geo.strap_segments(frame, shape, loops)):
+        side = -1.0 if i < 2 else 1.0
+        col = np.clip(strap_color * gain * float(look.side_light(np, side, luma_l, luma_r)), 0, 255)
+        p0 = (int(round(ax * 16)), int(round(ay * 16)))
+        p1 = (int(round(bx * 16)), int(round(by * 16)))
+        cv2.line(out, p0, p1, col.tolist(), thickness, cv2.LINE_AA, 4)
+        cv2.line(region_u8, p0, p1, 1, thickness, cv2.LINE_8, 4)
+
+    # the mask surface: base colour (or a two-colour print) x shading, plus fabric grain
+    shade = look.shading(np, frame, shape, u, v, wmap, inside, float(style.pleats), float(style.seam))
+    shade *= light
+    pat = None
+    if style.pattern != "plain":
         cos_a, sin_a = geo.angle_vector(style.pattern_angle)
         r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, style.pattern_scale)
         if style.pattern == "checks":
@@ -166,29 +175,56 @@ def render_mask(image, kps, style=None, rng=None):
         elif style.pattern == "dots":
             pat = look.print_dots(np, r1, r2, style.pattern_scale * frame.depth)
         else:
-            pat = look.print_noise(np, _noise_print(tex_rng, u, v))
-        color = base + (accent - base) * pat[..., None]
-
-    shade = look.shading(np, frame, shape, u, v, wmap, inside, float(style.pleats), float(style.seam))
-    layer = color * (shade * light)[..., None]
-    if style.grain > 0:
-        layer = layer + (tex_rng.standard_normal((rh, rw), dtype=np.float32) * style.grain)[..., None]
-    a_valve = None
+            pat = look.print_noise(np, _noise_print(np.random.default_rng(style.seed), u, v))
+    grain = _grain(style.seed, rh, rw) * style.grain if style.grain > 0 else None
+    valve = None
     if style.valve:
         cx, cy = geo.valve_center(frame, shape, style.valve_side)
         radius = geo.valve_radius(frame)
         v_in = radius - np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
         a_valve = geo.coverage(np, v_in) * a_mask
-        valve = np.array(style.colors[2], dtype=np.float32) * (look.valve_shading(np, v_in, radius) * light)[
-            ..., None]
-        layer = layer + (valve - layer) * a_valve[..., None]
+        valve = (a_valve, look.valve_shading(np, v_in, radius) * light)
 
-    strap_color = (base * 0.85 + 30.0) if style.type != "surgical" else np.float32(225.0) + 0 * base
-    straps = strap_color * light[..., None]
+    # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting)
+    dst = out[y0:y1, x0:x1]
+    planes = []
+    for c, (cb, ca, cv_) in enumerate(zip(style.colors[0], style.colors[1], style.colors[2])):
+        layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
+        if grain is not None:
+            layer += grain
+        if valve is not None:
+            layer += (cv_ * valve[1] - layer) * valve[0]
+        f = dst[:, :, c].astype(np.float32)
+        f += (layer - f) * a_mask
+        planes.append(f)
+    out[y0:y1, x0:x1] = np.clip(cv2.merge(planes) + 0.5, 0, 255).astype(np.uint8)
+    region_u8[y0:y1, x0:x1] |= (a_mask > 0.5).view(np.uint8)
+    return out, region_u8.view(bool)
 
-    f = roi.astype(np.float32)
-    f += (straps - f) * a_strap[..., None]
-    f += (layer - f) * a_mask[..., None]
-    out[y0:y1, x0:x1] = np.clip(f + 0.5, 0, 255).astype(np.uint8)
-    region[y0:y1, x0:x1] = (a_mask > 0.5) | (a_strap > 0.5)
-    return out, region
+
+def _mask_box(frame, shape, w, h):
+    """Pixel box (x0, y0, x1, y1) holding the mask outline, clipped to the image; None if empty."""
+    pts = []
+    for side in (-1.0, 1.0):
+        for v in (shape.top * frame.nose_v - 0.02, 1.0, shape.bottom + 0.02):
+            pts.append(frame.side_point(side, shape.width + 0.03, v))
+        pts.append(frame.side_point(side, 0.0, shape.bottom + 0.02))
+    pts = np.asarray(pts)
+    x0 = int(np.clip(np.floor(pts[:, 0].min()) - 1, 0, w))
+    x1 = int(np.clip(np.ceil(pts[:, 0].max()) + 2, 0, w))
+    y0 = int(np.clip(np.floor(pts[:, 1].min()) - 1, 0, h))
+    y1 = int(np.clip(np.ceil(pts[:, 1].max()) + 2, 0, h))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+_GRAIN_TILE = np.random.default_rng(20240607).standard_normal((512, 512)).astype(np.float32)
+
+
+def _grain(seed: int, h: int, w: int) -> np.ndarray:
+    """Unit-variance pixel noise for a style: a window of a fixed tile chosen by the seed."""
+    if h > 384 or w > 384:  # large faces in raw photos: fresh noise of the right size
+        return np.random.default_rng(seed).standard_normal((h, w), dtype=np.float32)
+    oy, ox = divmod(seed % (128 * 128), 128)
+    return _GRAIN_TILE[oy: oy + h, ox: ox + w]

@@ -1,0 +1,45 @@
+"""``bfm mask SRC DST``: put synthetic masks on a folder or RecordIO of faces (parsing only)."""
+
+from __future__ import annotations
+
+import click
+
+from .styles import MASK_TYPES
+
+
+@click.command("mask")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.option("--raw", is_flag=True,
+              help="SRC holds raw photos: find faces with --detector and mask every one of them.")
+@click.option("--detector", type=click.Path(exists=True),
+              help="Detector for --raw: an insightface SCRFD ONNX file or a pack folder holding one.")
+@click.option("--det-size", default=640, show_default=True, help="Detector input size (square).")
+@click.option("--det-thresh", default=0.5, show_default=True, help="Detector score threshold.")
+@click.option("--types", default=",".join(MASK_TYPES), show_default=True,
+              help="Comma-separated mask types to draw from.")
+@click.option("--seed", default=0, show_default=True, help="Seed: with the image name it fixes each style.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "folder", "rec"]), default="auto",
+              show_default=True, help="Output kind; auto = the same kind as SRC.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, fmt, quiet):
+    """Write a masked copy of SRC (aligned crops by default) to DST, with DST/mask_manifest.jsonl.
+
+    Resumable: rerun the same command and finished images are skipped.
+    """
+    from .masked_sets import load_detector, mask_dataset
+    from .styles import check_types
+
+    try:
+        types = check_types(types)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--types") from None
+    if raw and not detector:
+        raise click.UsageError("--raw needs --detector (an SCRFD ONNX file or a pack folder)")
+    if detector and not raw:
+        raise click.UsageError("--detector is for raw photos: add --raw")
+    det = load_detector(detector, det_size, det_thresh) if raw else None
+    summary = mask_dataset(src, dst, types=types, seed=seed, detector=det, fmt=fmt, progress=not quiet)
+    click.echo(str(summary))
+    for name, why in summary.misses[:10]:
+        click.echo(f"  missed {name}: {why}", err=True)
