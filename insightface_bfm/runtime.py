@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -148,6 +149,8 @@ def create_session(model, providers=None, sess_options=None, name: str = "model"
 
     Errors from ONNX Runtime (corrupt or unsupported graph) become ``PackError`` naming ``name``.
     """
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)  # onnxruntime takes str paths or bytes only
     kwargs = {"providers": choose_providers(providers)}
     if sess_options is not None:
         kwargs["sess_options"] = sess_options
@@ -193,7 +196,7 @@ class _AlignedCropNet:
             if model_file is None:
                 raise ValueError("give model_file or session")
             session = create_session(model_file, name=str(model_file))
-        self.model_file = model_file
+        self.model_file = os.fspath(model_file) if isinstance(model_file, os.PathLike) else model_file
         self.session = session
         self.name = name or str(model_file or self.taskname)
         inputs, outputs = session.get_inputs(), session.get_outputs()

@@ -121,3 +121,22 @@ def test_build_rejects_bad_exports(tmp_path, export, detector):
     with pytest.raises(PackError, match="outputs"):
         build_pack(export, tmp_path / "p", detector=export / "full.onnx")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bfm_pack_cli(tmp_path, export, detector):
+    from click.testing import CliRunner
+
+    from insightface_bfm.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "models" / "cli_pack"
+    r = runner.invoke(
+        main, ["pack", str(export), str(out), "--detector", str(detector), "--distance-threshold", "1.2"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "sha256 verified" in r.output
+    assert load_pack(out).thresholds.verification_distance == 1.2
+    r = runner.invoke(main, ["pack", str(export), str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--det-pack" in r.output
+    r = runner.invoke(main, ["pack", str(export), str(out), "--detector", str(detector)])
+    assert r.exit_code == 2 and "already exists" in r.output

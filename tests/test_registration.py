@@ -80,3 +80,23 @@ def test_legacy_folder_face_analysis_gets_mask_flags(tmp_path, shared):
     faces = app.get(img)
     assert faces and all(f.masked is True and f.mask_score > 0.9 for f in faces)
     assert faces[0].embedding.shape == (128,)
+
+
+def test_exported_mask_classifier_routes(tmp_path):
+    """The exporter's real graph (nets.MaskClassifier through export_onnx) routes to our model type."""
+    torch = pytest.importorskip("torch")
+    from insightface.model_zoo import get_model
+
+    from insightface_bfm.export import export_onnx
+    from insightface_bfm.nets import MaskClassifier
+
+    torch.manual_seed(0)
+    net = MaskClassifier().eval()
+    path = export_onnx(net, tmp_path / "mask_classifier.onnx", "mask_classifier")
+    model = get_model(str(path), providers=["CPUExecutionProvider"])
+    assert isinstance(model, MaskClassifierONNX) and model.outputs_probabilities
+    crops = np.random.default_rng(0).integers(0, 256, size=(3, 112, 112, 3), dtype=np.uint8)
+    blob = torch.from_numpy(((crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)) - 127.5) / 127.5)
+    with torch.no_grad():
+        expected = torch.softmax(net(blob), dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(model.scores(crops), expected, atol=1e-5)
