@@ -168,6 +168,8 @@ class PartialFC(nn.Module):
         return index, remapped
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, generator=None) -> torch.Tensor:
+        """Global-batch mean margin-softmax CE. ``generator`` (a torch.Generator on the embeddings'
+        device) drives the negative sampling when sample_rate < 1; None uses torch's default RNG."""
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"PartialFC expects embeddings (B, {self.embedding_size}), got {tuple(embeddings.shape)}"
