@@ -78,6 +78,27 @@ def test_export_then_import_gives_the_nets_class_with_the_same_outputs(tmp_path,
     assert _relative(expected, got) < 1e-5
 
 
+@pytest.mark.parametrize("name, options", [("r18", {"width": 0.25}), ("mbf", {})])
+def test_a_file_exported_the_arcface_torch_way_maps_onto_nets(tmp_path, name, options):
+    """arcface_torch's torch2onnx: opset 11, batch frozen to 1 then renamed, input 'data'."""
+    import warnings
+
+    net = _randomise(get_backbone(name, **options), seed=4)
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, _faces(1), str(path), input_names=["data"], opset_version=11,
+                          keep_initializers_as_inputs=False, dynamo=False)
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "None"
+    onnx.save(model, str(path))
+    imported = import_onnx(path)
+    assert imported.bfm_architecture == {"backbone": name, "embedding_size": 512, **options}
+    x = _faces(2, seed=3)
+    with torch.no_grad():
+        assert _relative(net(x).numpy(), imported(x).numpy()) < 1e-5
+
+
 def test_generic_path_also_reproduces_a_nets_export(tmp_path):
     net = _randomise(get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1)), seed=2)
     path = export_onnx(net, tmp_path / "full.onnx", "full")
@@ -249,6 +270,27 @@ def test_interpreter_matches_onnx_runtime_operator_by_operator():
     learnable = {name for name, _ in module.named_parameters()}
     assert {"w", "b", "scale", "shift", "slope", "gain", "fc", "fc_b", "proj"} <= learnable
     assert not learnable & {"mean", "var", "flat", "lo", "hi", "offset"}
+
+
+def test_a_graph_that_normalises_inside_is_fed_pixels():
+    """mxnet conversions open with Sub/Mul nodes (insightface feeds them raw RGB pixels)."""
+    consts = [numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+              numpy_helper.from_array(np.array(0.0078125, np.float32), "inv_std")]
+    nodes = [helper.make_node("Sub", ["data", "mean"], ["centred"], name="_minusscalar0"),
+             helper.make_node("Mul", ["centred", "inv_std"], ["scaled"], name="_mulscalar0"),
+             helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["fc1"])]
+    graph = helper.make_graph(
+        nodes, "mx", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 3])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxGraphModule(model)
+    assert module.expects_pixels
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 3, 112, 112)).astype(np.float32)
+    expected = _session(model.SerializeToString()).run(None, {"data": pixels})[0]
+    with torch.no_grad():
+        got = module(torch.from_numpy((pixels - 127.5) / 127.5)).numpy()
+    assert np.abs(got - expected).max() < 1e-5
 
 
 def test_missing_corrupt_or_unsupported_files_are_pack_errors(tmp_path):

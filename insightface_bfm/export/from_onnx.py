@@ -209,7 +209,7 @@ def _parametric_layers(model: onnx.ModelProto) -> tuple[list[_Layer] | None, str
                     layer.tensors["bias"] = stored[other[0]]
                     layer.output = users[0].output[0]
             layers.append(layer)
-        else:
+        elif op not in ("Identity", "Constant"):  # (aliases and constants were resolved above)
             for i in ins:
                 if i in stored and stored[i].dtype.kind == "f" and stored[i].size > 1:
                     if not (op == "Add" and any(
@@ -252,7 +252,7 @@ def _infer_backbone(layers: list[_Layer]) -> tuple[str, dict] | None:
         from ..nets import IRESNET_LAYERS
 
         name = next((n for n, lay in IRESNET_LAYERS.items() if tuple(lay) == tuple(stages)), "r50")
-        options = {"width": stem / 64}
+        options = {"width": stem / 64} if stem != 64 else {}  # only what differs from the default
         if tuple(IRESNET_LAYERS[name]) != tuple(stages):
             options["layers"] = tuple(stages)
         return name, {"embedding_size": embedding, **options}
@@ -273,6 +273,8 @@ def _infer_backbone(layers: list[_Layer]) -> tuple[str, dict] | None:
             return None
         expansion_width = int(shapes[i][0])  # the first bottleneck's 1x1 expansion
         options = {"scale": stem // 64, "blocks": tuple(blocks), "expansion": expansion_width / 128}
+        defaults = {"scale": 2, "blocks": (1, 4, 6, 2), "expansion": 1.0}  # arcface_torch's mbf
+        options = {k: v for k, v in options.items() if v != defaults[k]}
         return "mbf", {"embedding_size": embedding, **options}
     return None
 

@@ -93,8 +93,9 @@ class OnnxGraphModule(nn.Module):
     """Runs one ONNX graph (one image input, one output) with torch ops; weights are Parameters.
 
     Build it with ``OnnxGraphModule(onnx.load(path))`` or, better, ``import_onnx(path)``.
-    ``forward(x)`` takes what the ONNX model takes (for insightface recognisers: normalised RGB
-    (B,3,112,112)) and returns its output. ``embedding_size`` is the output's last dimension.
+    ``forward(x)`` takes normalised RGB (B,3,112,112) like every insightface recogniser (graphs that
+    normalise inside, as mxnet conversions do, get x*127.5+127.5) and returns the graph's output.
+    ``embedding_size`` is the output's last dimension.
     """
 
     def __init__(self, model: onnx.ModelProto, source: str = "<onnx>"):
@@ -102,6 +103,12 @@ class OnnxGraphModule(nn.Module):
         graph = model.graph
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+        # mxnet-converted insightface models normalise inside the graph (their first nodes are
+        # named Sub/_minus and Mul/_mul: insightface's own test); they are fed raw RGB pixels
+        first = [n.name for n in graph.node[:8]]
+        self.expects_pixels = any(n.startswith(("Sub", "_minus")) for n in first) and any(
+            n.startswith(("Mul", "_mul")) for n in first)
 
         initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         nodes = []
@@ -167,7 +174,8 @@ class OnnxGraphModule(nn.Module):
 
         used = {i for node in nodes for i in node.inputs if i}
         taken: set[str] = set(dir(nn.Module())) | {"source", "opset", "input_name", "output_name",
-                                                   "input_shape", "static_batch", "embedding_size"}
+                                                   "input_shape", "static_batch", "embedding_size",
+                                                   "expects_pixels", "bfm_architecture"}
         self._tensor_keys: dict[str, str] = {}
         for name, value in initializers.items():
             if name not in used:
@@ -190,6 +198,8 @@ class OnnxGraphModule(nn.Module):
         return f"source={self.source!r}, nodes={len(self._nodes)}, embedding_size={self.embedding_size}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.expects_pixels:
+            x = x * 127.5 + 127.5  # our convention is normalised input; this graph wants pixels
         env: dict[str, torch.Tensor | None] = {"": None, self.input_name: x}
         for name, key in self._tensor_keys.items():
             env[name] = getattr(self, key)
