@@ -529,7 +529,7 @@ _OPS = {
     "Softmax": _softmax(torch.softmax),
     "LogSoftmax": _softmax(torch.log_softmax),
     "LpNormalization": _lp_normalization,
-    "Shape": lambda m, n, a: torch.tensor(list(a[0].shape), dtype=torch.int64),
+    "Shape": lambda m, n, a: torch.tensor(list(a[0].shape), dtype=torch.int64, device=a[0].device),
     "Gather": _gather,
     "Cast": _cast,
 }
