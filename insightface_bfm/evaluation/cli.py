@@ -45,6 +45,8 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--mask-pairs", type=click.Choice(["one", "both"]),
               help="Put synthetic masks on the second face (one) or both faces (both) of every pair.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic masks.")
+@click.option("--mask-types", help="Comma-separated mask types to draw from (default: all of "
+              "surgical,n95,kn95,cloth,dark).")
 @click.option("--mask-manifest", type=click.Path(exists=True, dir_okay=False),
               help="Rebuild the masked set saved in this manifest (from an earlier --out).")
 @click.option("--cases", type=click.Choice(["auto", "classifier", "labels", "none"]), default="auto",
@@ -58,7 +60,7 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Write results.json, results.md, roc.png (and mask_manifest.json) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_manifest, cases, folds,
+def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types, mask_manifest, cases, folds,
              mask_threshold, batch_size, cache_dir, out_dir, quiet):
     """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
     10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
@@ -67,8 +69,9 @@ def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_manif
 
     if mask_pairs and mask_manifest:
         raise click.UsageError("give --mask-pairs or --mask-manifest, not both")
+    types = [t.strip() for t in mask_types.split(",")] if mask_types else None
     results, verification, manifest = run(
-        pairs, model, images=images, fmt=fmt, flip=flip, mask_pairs=mask_pairs, seed=seed,
+        pairs, model, images=images, fmt=fmt, flip=flip, mask_pairs=mask_pairs, seed=seed, mask_types=types,
         mask_manifest=mask_manifest, cases=cases, n_folds=folds, batch_size=batch_size,
         cache_dir=cache_dir, mask_threshold=mask_threshold, progress=not quiet, root=root,
     )

@@ -152,6 +152,7 @@ def evaluate(
     mask_pairs: str | None = None,
     seed: int = 0,
     mask_manifest=None,
+    mask_types=None,
     cases: str = "auto",
     n_folds: int = 10,
     batch_size: int = 64,
@@ -184,7 +185,7 @@ def evaluate(
             if e["pair"] >= len(pairs) or e["image"] != (pairs.left, pairs.right)[e["side"]][e["pair"]]:
                 raise DatasetError(f"{mask_manifest}: entry for pair {e['pair']} does not match {pairs_path}")
     elif mask_pairs is not None:
-        manifest = masked_pairs.plan_masks(pairs.left, pairs.right, mask_pairs, seed)
+        manifest = masked_pairs.plan_masks(pairs.left, pairs.right, mask_pairs, seed, types=mask_types)
     if embedder is None:
         embedder = open_embedder(model, flip=flip, batch_size=batch_size, mask_threshold=mask_threshold,
                                  root=root)
@@ -251,7 +252,8 @@ def evaluate(
         "routed": bool(embedder.routed),
         "flip": bool(flip),
         "mask_pairs": None if manifest is None else {"mode": mask_pairs, "seed": int(seed),
-                                                      "n_masked_faces": len(manifest["entries"])},
+                                                      "n_masked_faces": len(manifest["entries"]),
+                                                      "types": manifest.get("types")},
         "protocol": {
             "distance": "squared L2 of L2-normalised embeddings",
             "thresholds": "0 to 3.99 step 0.01, chosen on the other folds; same if distance < threshold",

@@ -30,6 +30,12 @@ def plan_masks(left: list[str], right: list[str], mode: str, seed: int = 0, type
     """The manifest: for every face to mask, its pair, side (0 left, 1 right), image and style."""
     from ..masks import random_style
 
+    if types is not None:
+        from ..masks import MASK_TYPES
+
+        unknown = [t for t in types if t not in MASK_TYPES]
+        if unknown or not types:
+            raise DatasetError(f"mask types {list(types)}: expected some of {', '.join(MASK_TYPES)}")
     if mode not in MODES:
         raise DatasetError(f"mask mode {mode!r}: expected one of {', '.join(MODES)}")
     sides = (1,) if mode == "one" else (0, 1)
@@ -40,7 +46,8 @@ def plan_masks(left: list[str], right: list[str], mode: str, seed: int = 0, type
             entries.append(
                 {"pair": k, "side": side, "image": (left, right)[side][k], "style": style.to_dict()}
             )
-    return {"version": MANIFEST_VERSION, "mode": mode, "seed": int(seed), "entries": entries}
+    return {"version": MANIFEST_VERSION, "mode": mode, "seed": int(seed),
+            "types": None if types is None else list(types), "entries": entries}
 
 
 def render(crop: np.ndarray, entry: dict, seed: int) -> np.ndarray:
