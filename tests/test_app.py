@@ -187,3 +187,17 @@ def test_altered_pack_loads_nothing(root, tmp_path):
     (broken / "full.onnx").unlink()
     with pytest.raises(PackError, match="full.onnx: missing"):
         FaceAnalysis(name=str(broken))
+
+
+def test_overhead_benchmark_runs(shared, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    shared("models", "scrfd_2.5g_bnkps.onnx")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "app_overhead.py"
+    spec = importlib.util.spec_from_file_location("app_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["-n", "1", "--images", "0", "--det-size", "320", "--classifier", "stand-in"])
+    assert result["images"] == 1 and result["faces"] == 6 and result["overhead_ratio"] > 0
+    assert "overhead ratio (median):" in capsys.readouterr().out
