@@ -57,6 +57,10 @@ _IRIS = np.array(
     dtype=np.float32,
 )
 
+# a fixed bank of sensor noise: each image adds a window of it at its own offset (much cheaper
+# than drawing 112x112x3 normal variates per image, and as deterministic)
+_NOISE = np.random.default_rng(0x5EED).standard_normal((256, 256, 3)).astype(np.float32)
+
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / (IMAGE_SIZE / 2) - 1.0
 
 
@@ -199,8 +203,9 @@ def _identity(seed: int, identity: int) -> dict:
     )
     # stubble dots fixed per identity so the beard texture is part of who someone is
     if p["beard"] == 4:
-        pts = rng.uniform([30, 78], [82, 112], (160, 2))
-        p["stubble"] = pts
+        p["stubble"] = rng.uniform([30, 80], [82, 112], (220, 2))
+    p["cheekbone"] = (rng.uniform(19, 25), rng.uniform(72, 80), rng.uniform(0.0, 0.09))
+    p["_contour"], p["_jaw"] = _face_contour(p, 0.0)
     return p
 
 
@@ -227,6 +232,7 @@ def _image_params(p: dict, rng: np.random.Generator) -> dict:
     q["light_amp"] = rng.uniform(0.0, 0.35)
     q["blur"] = rng.uniform(0.0, 1.3)
     q["noise"] = rng.uniform(2.0, 9.0)
+    q["noise_at"] = rng.integers(0, _NOISE.shape[0] - IMAGE_SIZE, 2)
     q["hair_shift"] = rng.uniform(-1.5, 1.5)
     return q
 
@@ -417,16 +423,23 @@ def _draw_beard(img, p, f, contour_lower: np.ndarray) -> None:
         )
     if style == 3:  # full beard: the jaw below the mouth line
         keep = contour_lower[contour_lower[:, 1] > my - 8]
-        top = np.array([[mr[0] + 3, my - 3], [_CX, my + p["lower_lip"] + 2], [ml[0] - 3, my - 3]])
-        poly = np.concatenate([keep, top[::-1][::-1]])
+        # the jaw runs right -> chin -> left; close it left -> right under the lower lip
+        top = np.array([[ml[0] - 3, my - 3], [_CX, my + p["lower_lip"] + 2], [mr[0] + 3, my - 3]])
+        poly = np.concatenate([keep, top])
         cv2.fillPoly(img, [_fx(poly)], col, _AA, _SHIFT)
-    if style == 4:
+    if style == 4:  # stubble: a shadow over the jaw and fine dots
+        over = img.copy()
+        keep = contour_lower[contour_lower[:, 1] > my - 2]
+        top = np.array([[ml[0] - 4, my - 2], [_CX, my - p["upper_lip"] - 3], [mr[0] + 4, my - 2]])
+        cv2.fillPoly(over, [_fx(np.concatenate([keep, top]))], col, _AA, _SHIFT)
+        cv2.addWeighted(over, 0.3, img, 0.7, 0, dst=img)
+        dot = _mix(p["skin"], col, 0.75)
         for x, y in p["stubble"]:
-            cv2.circle(img, _pt(x, y), _ONE // 2, _mix(p["skin"], col, 0.6), -1, _AA, _SHIFT)
+            cv2.circle(img, _pt(x, y), _ONE // 3, dot, -1, _AA, _SHIFT)
 
 
 def _face_contour(p: dict, cx: float) -> tuple[np.ndarray, np.ndarray]:
-    """Closed head outline (upper ellipse + jaw) and its lower (jaw) part."""
+    """Closed head outline (upper ellipse + jaw) and its lower (jaw) part, centred on ``cx``."""
     fw, fh, cy = p["face_w"], p["face_h"], 56.0
     a = np.linspace(math.pi, 2 * math.pi, 19)
     upper = np.stack([cx + fw * np.cos(a), cy + fh * np.sin(a)], 1)
@@ -455,7 +468,7 @@ def _render(p: dict, q: dict) -> np.ndarray:
     cx = _CX - q["yaw"]  # the head outline moves against the (aligned) features when the head turns
     f = _feature_points(p, q)
     skin = p["skin"]
-    contour, jaw = _face_contour(p, cx)
+    contour, jaw = p["_contour"] + (cx, 0.0), p["_jaw"] + (cx, 0.0)
     if p["hair_style"] == 1:  # long hair behind the head
         cv2.ellipse(
             img, _pt(cx, 70), _pt(p["face_w"] + 9, 62), 0, 0, 360, _scale(p["hair"], 0.85), -1, _AA, _SHIFT
@@ -485,6 +498,21 @@ def _render(p: dict, q: dict) -> np.ndarray:
     if p["forehead_mole"] is not None:
         cv2.circle(img, _pt(*p["forehead_mole"]), _ONE * 3 // 2, _scale(skin, 0.45), -1, _AA, _SHIFT)
     # lower face marks (drawn before nose/mouth so those stay on top)
+    cx_b, cy_b, depth = p["cheekbone"]
+    if depth > 0.04:  # cheekbone shadows
+        for sgn in (-1, 1):
+            cv2.ellipse(
+                img,
+                _pt(cx + sgn * cx_b, cy_b),
+                _pt(6, 10),
+                -sgn * 25,
+                0,
+                360,
+                _scale(skin, 1 - depth),
+                -1,
+                _AA,
+                _SHIFT,
+            )
     if p["blush"] > 0:
         over = img.copy()
         for s in (-1, 1):
@@ -548,7 +576,10 @@ def _render(p: dict, q: dict) -> np.ndarray:
     out *= q["cast"].astype(np.float32)
     if q["blur"] > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), q["blur"])
-    return out
+    y0, x0 = q["noise_at"]
+    out += _NOISE[y0 : y0 + size, x0 : x0 + size] * np.float32(q["noise"])
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 class SyntheticFaces(FaceDataset):
@@ -581,27 +612,24 @@ class SyntheticFaces(FaceDataset):
     def num_classes(self) -> int:
         return self.num_identities
 
-    def _params(self, index: int) -> tuple[dict, dict, np.random.Generator]:
+    def _params(self, index: int) -> tuple[dict, dict]:
         identity, k = divmod(index, self.images_per_identity)
         p = self._ids.get(identity)
         if p is None:
             p = self._ids[identity] = _identity(self.seed, identity)
         rng = np.random.default_rng((self.seed, identity, k, 0x1A))
-        return p, _image_params(p, rng), rng
+        return p, _image_params(p, rng)
 
     def keypoints(self, index) -> np.ndarray:
         """The 5 facial points (eyes, nose tip, mouth corners) of image ``index``, float32 5x2."""
         i = self._check_index(index)
-        p, q, _ = self._params(i)
+        p, q = self._params(i)
         f = _feature_points(p, q)
         pts = np.stack([f["le"], f["re"], f["nose"], f["ml"], f["mr"]])
         return (pts @ q["M"][:, :2].T + q["M"][:, 2]).astype(np.float32)
 
     def _load(self, index: int) -> np.ndarray:
-        p, q, rng = self._params(index)
-        out = _render(p, q)
-        out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(q["noise"])
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return _render(*self._params(index))
 
     def describe(self) -> str:
         return (
