@@ -201,3 +201,26 @@ def test_overhead_benchmark_runs(shared, capsys):
     result = bench.main(["-n", "1", "--images", "0", "--det-size", "320", "--classifier", "stand-in"])
     assert result["images"] == 1 and result["faces"] == 6 and result["overhead_ratio"] > 0
     assert "overhead ratio (median):" in capsys.readouterr().out
+
+
+def test_rendered_masks_route_to_partial(apps, t1):
+    """t1.jpg: 6 unmasked faces; after masks.render_mask draws dark masks on them, the same 6
+    faces are found and (with the darkness stand-in for C) all routed to E_P."""
+    masks = pytest.importorskip("insightface_bfm.masks")
+    app = apps["darkness"]
+    faces = app.get(t1)
+    assert len(faces) == 6 and not any(f.masked for f in faces)
+    rng = np.random.default_rng(0)
+    masked_img = t1.copy()
+    for face in faces:
+        masked_img, region = masks.render_mask(
+            masked_img, face.kps, masks.random_style(rng, types=["dark"]), rng=rng
+        )
+        assert region.any()
+    after = app.get(masked_img)
+    assert len(after) == 6
+    assert all(f.masked and f.extractor == "partial" for f in after)
+    before_c = np.array([(f.bbox[:2] + f.bbox[2:]) / 2 for f in faces])
+    after_c = np.array([(f.bbox[:2] + f.bbox[2:]) / 2 for f in after])
+    nearest = np.linalg.norm(before_c[:, None] - after_c[None], axis=2).min(axis=1)
+    assert (nearest < 15).all()  # the same faces
