@@ -13,6 +13,7 @@ from insightface_bfm.errors import PackError
 from insightface_bfm.export import (
     OnnxGraphModule,
     backbone_from_architecture,
+    calibrate_batchnorm,
     export_onnx,
     import_onnx,
 )
@@ -97,6 +98,38 @@ def test_a_file_exported_the_arcface_torch_way_maps_onto_nets(tmp_path, name, op
     x = _faces(2, seed=3)
     with torch.no_grad():
         assert _relative(net(x).numpy(), imported(x).numpy()) < 1e-5
+
+
+def test_calibration_makes_train_mode_start_where_the_file_is(tmp_path):
+    import copy
+
+    faces = _faces(16, seed=7)
+    net = get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1))
+    _randomise(net, seed=5)  # BN scales != 1: what folding loses
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # running statistics = those of ``faces``
+    with torch.no_grad():
+        net.train()(faces)
+        reference_train = net(faces)
+    net.eval()
+    path = export_onnx(net, tmp_path / "full.onnx", "full")
+    imported = import_onnx(path)
+    # the stem's BN, and per unit the BNs after conv1, conv2 and the projection shortcut
+    assert len(imported.bfm_folded_batchnorm) == 1 + 3 * 4
+
+    def train_mode_gap(module):
+        with torch.no_grad():
+            out = copy.deepcopy(module).train()(faces)
+        return _relative(reference_train.numpy(), out.numpy())
+
+    assert train_mode_gap(imported) > 0.1  # folded BNs re-normalise to unit variance
+    with torch.no_grad():
+        before = imported(faces).numpy()
+    calibrate_batchnorm(imported, faces)
+    with torch.no_grad():
+        assert _relative(before, imported(faces).numpy()) < 1e-5  # eval outputs unchanged
+    assert train_mode_gap(imported) < 0.01
 
 
 def test_generic_path_also_reproduces_a_nets_export(tmp_path):

@@ -9,7 +9,7 @@
 Torch lives here: the inference path never imports this package.
 """
 
-from .from_onnx import backbone_from_architecture, import_onnx
+from .from_onnx import backbone_from_architecture, calibrate_batchnorm, import_onnx
 from .graph_module import OnnxGraphModule
 from .to_onnx import ROLES, export_checkpoint, export_onnx, read_metadata
 
@@ -17,6 +17,7 @@ __all__ = [
     "ROLES",
     "OnnxGraphModule",
     "backbone_from_architecture",
+    "calibrate_batchnorm",
     "export_checkpoint",
     "export_onnx",
     "import_onnx",

@@ -13,8 +13,10 @@ embeddings, with an ``embedding_size`` attribute, in eval mode. Two paths:
    BatchNorm folding: exporters fold each BN that follows a conv into the conv (W' = W*g/s, bias b').
    The original g, s cannot be recovered, so we load W' into the conv and make that BN an identity
    that carries the bias (weight 1, bias b', running mean 0, running var 1-eps). Eval outputs are
-   those of the file (to float rounding); in train mode those BNs start from unit scale on batch
-   statistics like any fresh BN. To fine-tune gently, freeze BatchNorm (the trainer's option).
+   those of the file (to float rounding). In train mode such a BN would re-normalise its input to
+   unit variance on batch statistics, so either freeze BatchNorm (the trainer's option) or pass
+   a few hundred faces as ``calibration``: the folded BNs then get the real statistics of their
+   inputs with eval outputs unchanged, and train-mode outputs start close to the file's.
 2. **A generic graph interpreter** (``OnnxGraphModule``) for any other recogniser built from
    common operators: its weights become Parameters, so it trains, and it exports back to ONNX.
 """
@@ -41,13 +43,16 @@ ARCHITECTURES = ("auto", "nets", "generic")
 TOLERANCE = 1e-4
 
 
-def import_onnx(path, architecture: str = "auto", verify: bool = True) -> nn.Module:
+def import_onnx(path, architecture: str = "auto", verify: bool = True,
+                calibration: torch.Tensor | None = None) -> nn.Module:
     """Load an ONNX face recogniser as a trainable torch module (eval mode).
 
     architecture: ``auto`` (our nets class when the file is an arcface_torch IResNet or
       MobileFaceNet, else the generic interpreter), ``nets`` (that class or an error) or ``generic``.
     verify: compare the module with ONNX Runtime on a random batch; a generic import that disagrees
       raises PackError (a nets mapping that disagrees falls back to the generic path).
+    calibration: optional normalised faces (N,3,112,112); a nets import then gets realistic
+      statistics in its folded BatchNorms (``calibrate_batchnorm``), for training in train mode.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
@@ -63,6 +68,8 @@ def import_onnx(path, architecture: str = "auto", verify: bool = True) -> nn.Mod
                 module, why = None, f"it maps onto {module.bfm_architecture} but differs by {diff:.2e}"
         if module is not None:
             log.info("imported %s as nets %s", path, module.bfm_architecture)
+            if calibration is not None:
+                calibrate_batchnorm(module, calibration)
             return module
         if architecture == "nets":
             raise PackError(f"{path}: not an arcface_torch IResNet/MobileFaceNet: {why}")
@@ -309,11 +316,13 @@ def _import_as_nets(model: onnx.ModelProto, path: Path) -> tuple[nn.Module | Non
     except ValueError as e:
         return None, f"get_backbone({name!r}, {options}) failed: {e}"
     try:
-        _load_layers(layers, _execution_order(module))
+        folded = _load_layers(layers, _execution_order(module))
     except _Mismatch as e:
         return None, f"{name} {options}: {e}"
     module.embedding_size = options["embedding_size"]
     module.bfm_architecture = {"backbone": name, **options}
+    names = {id(m): n for n, m in module.named_modules()}
+    module.bfm_folded_batchnorm = [names[id(bn)] for bn in folded]
     return module, ""
 
 
@@ -340,8 +349,10 @@ def _identity_bn(bn: nn.Module, bias) -> None:
         bn.running_var.fill_(1.0 - bn.eps)
 
 
-def _load_layers(layers: list[_Layer], order: list[nn.Module]) -> None:
+def _load_layers(layers: list[_Layer], order: list[nn.Module]) -> list[nn.Module]:
+    """Copy the ONNX layers into the modules (both in execution order); returns the folded BNs."""
     i = j = 0
+    folded = []
 
     def take(kind: str) -> _Layer:
         nonlocal i
@@ -375,9 +386,11 @@ def _load_layers(layers: list[_Layer], order: list[nn.Module]) -> None:
                         mod.bias.zero_()
                 if next_is_bn and not unfolded:
                     _identity_bn(following, None)
+                    folded.append(following)
                     j += 1
             elif next_is_bn and not unfolded:
                 _identity_bn(following, bias)  # BatchNorm folded into this layer
+                folded.append(following)
                 j += 1
             elif bias is not None and np.any(bias):
                 raise _Mismatch(f"layer #{i - 1} has a bias the module has no place for")
@@ -385,9 +398,62 @@ def _load_layers(layers: list[_Layer], order: list[nn.Module]) -> None:
             layer = take("bn")
             for key in ("weight", "bias", "running_mean", "running_var"):
                 _copy(getattr(mod, key), layer.tensors[key], f"bn #{i - 1} {key}")
-            mod.eps = float(layer.attrs.get("epsilon", 1e-5))
+            eps = float(layer.attrs.get("epsilon", 1e-5))
+            if abs(eps - mod.eps) > 1e-6 * mod.eps:  # (ONNX stores it as float32)
+                mod.eps = eps
         elif isinstance(mod, nn.PReLU):
             _copy(mod.weight, take("prelu").tensors["weight"], f"prelu #{i - 1}")
         j += 1
     if i != len(layers):
         raise _Mismatch(f"{len(layers) - i} ONNX layers are left over after the module's last layer")
+    return folded
+
+
+def calibrate_batchnorm(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Give the BatchNorms that an import made identities realistic statistics, outputs unchanged.
+
+    images: normalised faces (N,3,112,112), e.g. a few hundred from the fine-tuning set.
+    A folded BN is x -> x + b. With its input's mean m and variance v over ``images`` we set
+    running_mean m, running_var v, weight sqrt(v + eps), bias b + m: eval outputs stay exactly the
+    file's, and in train mode (batch statistics) the network now starts close to them too, instead
+    of re-normalising every folded layer to unit variance. BNs whose weight is frozen (the embedding
+    BN of arcface_torch) are left as they are. Returns ``module`` (in eval mode).
+    """
+    names = getattr(module, "bfm_folded_batchnorm", None)
+    if names is None:
+        raise ValueError("calibrate_batchnorm: the module was not made by import_onnx from a nets layout")
+    targets = [module.get_submodule(n) for n in names]
+    targets = [bn for bn in targets if bn.weight.requires_grad]
+    stats = {id(bn): [0, 0.0, 0.0] for bn in targets}
+
+    def collect(bn, args):
+        x = args[0].detach().double()
+        dims = [0] + list(range(2, x.dim()))
+        count = x.numel() // x.shape[1]
+        entry = stats[id(bn)]
+        entry[0] += count
+        entry[1] = entry[1] + x.sum(dims)
+        entry[2] = entry[2] + (x * x).sum(dims)
+
+    module.eval()
+    hooks = [bn.register_forward_pre_hook(collect) for bn in targets]
+    try:
+        device = next(module.parameters()).device
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                module(images[start:start + batch_size].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        for bn in targets:
+            count, total, squares = stats[id(bn)]
+            if count == 0:
+                continue
+            mean = total / count
+            var = (squares / count - mean * mean).clamp_min(0)
+            bn.bias.add_(mean.to(bn.bias))
+            bn.running_mean.copy_(mean.to(bn.running_mean))
+            bn.running_var.copy_(var.to(bn.running_var))
+            bn.weight.copy_(torch.sqrt(var + bn.eps).to(bn.weight))
+    return module

@@ -67,11 +67,13 @@ class _WithSoftmax(nn.Module):
 
 
 def recipe_text(recipe) -> str:
-    """The recipe as YAML text (a dict is dumped with sorted keys, so equal recipes hash equal)."""
+    """The recipe as YAML text (a dict or Recipe is dumped with sorted keys: equal recipes hash equal)."""
     if recipe is None:
         return ""
     if isinstance(recipe, str):
         return recipe
+    if hasattr(recipe, "to_dict"):  # a train.recipe.Recipe
+        recipe = recipe.to_dict()
     import yaml
 
     return yaml.safe_dump(recipe, sort_keys=True)
