@@ -192,3 +192,46 @@ def test_align_command(tmp_path):
     assert "0 aligned, 2 already there" in run(*args).output
     r = run("align", tmp_path / "src", tmp_path / "dst2")
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_checkpoint_is_evaluated_through_torch(tiny, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box: one thread is faster than two contending
+    try:
+        _checkpoint_checks(torch, tiny, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _checkpoint_checks(torch, tiny, tmp_path):
+    import yaml
+
+    from insightface_bfm.evaluation.embedders import open_embedder
+    from insightface_bfm.imaging import to_network_input
+    from insightface_bfm.train.checkpoint import save_checkpoint
+    from insightface_bfm.train.model import BFMModel
+
+    recipe = {"mode": "bfm", "model": {"backbone": "mbf", "embedding_size": 64},
+              "data": {"path": "synthetic:10:2"}}
+    model = BFMModel(recipe, num_classes=10).eval()
+    save_checkpoint(tmp_path / "run", 3, model.state_dict(), {"step": 3}, yaml.safe_dump(recipe))
+    embedder = open_embedder(tmp_path / "run", flip=True)
+    assert embedder.routed and type(embedder).__name__ == "CheckpointEmbedder"
+    crops = np.stack([cv2.imread(str(tiny["lfw"] / a)) for a, _, _ in tiny["rows"][:2]])
+    out = embedder.embed(crops)
+    with torch.no_grad():
+        x = torch.from_numpy(to_network_input(crops))
+        xf = torch.from_numpy(to_network_input(np.ascontiguousarray(crops[:, :, ::-1])))
+        assert np.allclose(out["full"], (model.full(x) + model.full(xf)).numpy(), atol=1e-4)
+        assert np.allclose(out["partial"], (model.partial(x) + model.partial(xf)).numpy(), atol=1e-4)
+        assert np.allclose(out["mask_score"], model.mask_probability(x).numpy(), atol=1e-5)
+    small = tmp_path / "small.csv"
+    small.write_text("\n".join((tiny["dir"] / "pairs.csv").read_text().splitlines()[:5]) + "\n")
+    r = run("eval", small, "--images", tiny["lfw"], "--model", tmp_path / "run", "--folds", "2",
+            "--out", tmp_path / "o", "--quiet")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["n_pairs"] == 4 and res["routed"] and res["case_source"] == "classifier"
+    assert "checkpoint" in res["model_description"]

@@ -173,8 +173,10 @@ class CheckpointEmbedder:
         self.flip, self.batch_size = flip, batch_size
         self.mask_threshold = float(DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold)
         self.routed = self.model.classifier is not None and self.model.partial is not None
-        weights = sorted(Path(path).rglob("model.safetensors")) if Path(path).is_dir() else [Path(path)]
-        self.model_id = f"ckpt-{file_digest(weights[-1:])}-flip{int(flip)}"
+        from ..train.checkpoint import resolve_checkpoint
+
+        weights = resolve_checkpoint(path) / "model.safetensors"
+        self.model_id = f"ckpt-{file_digest([weights])}-flip{int(flip)}"
         self.description = f"checkpoint {path} ({self.model.mode})"
 
     def _runner(self, fn):
