@@ -227,7 +227,7 @@ def verify_installed(entry: Entry, root, *, allow_unverified: bool = False) -> d
 
 
 def remove_installed(name: str, root) -> Path:
-    """Delete ``ROOT/models/NAME`` (and leftovers of its downloads)."""
+    """Delete ``ROOT/models/NAME`` (interrupted downloads stay in ``ROOT/models/.downloads``)."""
     import shutil
 
     if not _NAME.fullmatch(name):
