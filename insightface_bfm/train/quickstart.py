@@ -23,15 +23,22 @@ TITLES = {"baseline1": "Baseline 1", "baseline2": "Baseline 2", "bfm": "BFM"}
 def run_comparison(recipe: Recipe, out: str | Path | None = None, resume: bool = False, echo=print) -> dict:
     """Train every mode of ``recipe.compare``; returns {mode: summary with "eval" and "seconds"}."""
     root = Path(out) if out is not None else recipe.output_dir
+    from ..data import open_dataset
     from .checkpoint import LAST
-    from .trainer import Trainer
+    from .trainer import InMemoryFaces, Trainer
 
+    # opened once for all modes: the same images, and (data.cache) drawn or decoded only once
+    dataset = open_dataset(recipe.data.path)
+    holdout = open_dataset(recipe.eval.holdout)
+    if recipe.data.cache:
+        dataset, holdout = InMemoryFaces(dataset), InMemoryFaces(holdout)
     results = {}
     for mode in recipe.compare:
         sub = recipe.with_mode(mode)
         run_dir = root / mode
         start = time.perf_counter()
-        trainer = Trainer(sub, resume=resume and (run_dir / LAST).exists(), out=run_dir)
+        trainer = Trainer(sub, dataset=dataset, holdout=holdout, out=run_dir,
+                          resume=resume and (run_dir / LAST).exists())
         summary = trainer.fit()
         summary["seconds"] = time.perf_counter() - start
         results[mode] = summary

@@ -72,6 +72,8 @@ class DataSection:
     mask_prob: float = _opt(1.0, min=0.0, max=1.0)
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
     flip: bool = True
+    # Decode every image once and keep them in memory (small sets only, e.g. generated faces).
+    cache: bool = False
 
 
 @dataclass
@@ -197,8 +199,11 @@ class Recipe:
         return Path(self.train.output) if self.train.output else Path("runs") / self.name
 
 
-def load_recipe(path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file."""
+def load_recipe(path, overrides: list[str] | tuple[str, ...] = (), check_paths: bool = True) -> Recipe:
+    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file.
+
+    ``check_paths``: also require the dataset and init paths to exist (off to inspect a recipe
+    written for another machine)."""
     path = str(path)
     try:
         text = Path(path).read_text()
@@ -216,7 +221,7 @@ def load_recipe(path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     for item in overrides:
         apply_override(data, item, path)
-    return Recipe.from_dict(data, source=path)
+    return Recipe.from_dict(data, source=path, check_paths=check_paths)
 
 
 def apply_override(data: dict, item: str, source: str = "--set") -> None:

@@ -64,6 +64,37 @@ def collate_faces(samples):
 
 # -- 2. on the device ------------------------------------------------------------------------------
 
+class InMemoryFaces:
+    """A dataset decoded once into one uint8 array (``data.cache``): for small sets such as the
+    quickstart's generated faces, whose drawing would otherwise be repeated every epoch."""
+
+    def __init__(self, dataset):
+        from tqdm.auto import tqdm
+
+        keep, images = [], []
+        for i in tqdm(range(len(dataset)), desc="caching images", unit="img", leave=False):
+            sample = dataset[i]
+            if sample is not None:
+                keep.append(i)
+                images.append(sample[0])
+        if not images:
+            raise BFMError(f"{dataset.describe()}: no readable image to cache")
+        self.images = np.stack(images)
+        self.labels = np.asarray(dataset.labels)[keep]
+        self.num_classes = dataset.num_classes
+        self.skipped = len(dataset) - len(keep)
+        self._describe = dataset.describe()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+    def describe(self) -> str:
+        return f"{self._describe} (cached in memory)"
+
+
 def to_network_tensor(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B,H,W,3) BGR -> float32 (B,3,H,W) RGB, (x - 127.5) / 127.5.
 
@@ -71,7 +102,8 @@ def to_network_tensor(images: torch.Tensor) -> torch.Tensor:
     a GPU receives uint8 and converts it itself.
     """
     x = images.permute(0, 3, 1, 2).flip(1).float()
-    return (x - 127.5) / 127.5
+    # contiguous NCHW: the permuted view would be channels-last by accident (see Trainer.channels_last)
+    return ((x - 127.5) / 127.5).contiguous()
 
 
 def resolve_device(spec: str, world: World | None = None) -> torch.device:
@@ -102,7 +134,8 @@ class Trainer:
     ``resume``: False, True (the run dir's ``last`` checkpoint) or a checkpoint path.
     """
 
-    def __init__(self, recipe: Recipe, dataset=None, resume=False, out: str | Path | None = None):
+    def __init__(self, recipe: Recipe, dataset=None, resume=False, out: str | Path | None = None,
+                 holdout=None):
         self.recipe = recipe
         self.run_dir = Path(out) if out is not None else recipe.output_dir
         device_spec = recipe.train.device
@@ -114,6 +147,9 @@ class Trainer:
         from ..data import open_dataset
 
         self.dataset = dataset if dataset is not None else open_dataset(recipe.data.path)
+        if recipe.data.cache and not isinstance(self.dataset, InMemoryFaces):
+            self.dataset = InMemoryFaces(self.dataset)
+        self.holdout = holdout if holdout is not None else recipe.eval.holdout
         self.global_batch = recipe.optim.batch_size
         self.sampler = GlobalBatchSampler(len(self.dataset), self.global_batch, self.world, recipe.train.seed)
         self.steps_per_epoch = len(self.dataset) // self.global_batch
@@ -125,7 +161,10 @@ class Trainer:
         self.model = BFMModel(recipe, self.dataset.num_classes)
         self.loaded = initialise(self.model, recipe.init)
         self.model.to(self.device)
-        if recipe.train.channels_last:
+        # channels_last on CUDA only: on CPU it brings little, and torch 2.13's oneDNN backward
+        # crashes (SIGSEGV) on some narrow convolutions in that layout
+        self.channels_last = recipe.train.channels_last and self.device.type == "cuda"
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if recipe.train.sync_bn and self.world.distributed:
             if self.device.type != "cuda":
@@ -204,9 +243,13 @@ class Trainer:
         if self.recipe.data.flip:
             flip = torch.rand(len(x), device=self.device, generator=self.generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        # masks drawn here, on the device of the batch (MaskAugment is a batched torch renderer)
-        x_masked, _ = self.mask_augment(x, generator=self.generator)
-        if self.recipe.train.channels_last:
+        # masks drawn here, on the device of the batch (MaskAugment is a batched torch renderer);
+        # baseline 1 never looks at masked faces, so it does not pay for drawing them
+        if self.recipe.mode == "baseline1":
+            x_masked = x
+        else:
+            x_masked, _ = self.mask_augment(x, generator=self.generator)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             x_masked = x_masked.contiguous(memory_format=torch.channels_last)
         return x, x_masked, labels
@@ -289,7 +332,7 @@ class Trainer:
             self.save()
         summary = {"mode": r.mode, "steps": self.step, "epochs": self.epoch, "run_dir": str(self.run_dir),
                    "skipped_samples": self.skipped}
-        if r.eval.holdout is not None:
+        if self.holdout is not None:
             last_eval = self.evaluate(metrics)
         if last_eval is not None:
             summary["eval"] = last_eval
@@ -302,12 +345,12 @@ class Trainer:
     def evaluate(self, metrics=None) -> dict | None:
         """Verification per case on ``eval.holdout`` (rank 0; the others wait)."""
         result = None
-        if self.world.is_main and self.recipe.eval.holdout is not None:
+        if self.world.is_main and self.holdout is not None:
             from .holdout import evaluate_holdout
 
             self.model.eval()
             e = self.recipe.eval
-            result = evaluate_holdout(self.model, e.holdout, pairs=e.pairs, folds=e.folds,
+            result = evaluate_holdout(self.model, self.holdout, pairs=e.pairs, folds=e.folds,
                                       batch_size=e.batch_size, seed=e.seed, device=self.device,
                                       mask_types=self.recipe.data.mask_types)
             self.model.train()
