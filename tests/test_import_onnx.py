@@ -208,6 +208,14 @@ def test_mobilefacenet_128_fine_tunes_saves_loads_and_exports(shared, mobileface
     fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
     with torch.no_grad():
         assert torch.equal(fresh(faces), after)
+    # ... and the state dict alone (as a checkpoint stores it, safetensors, prefixed) rebuilds it
+    from safetensors.torch import load, save
+
+    stored = load(save({f"full.{k}": v.contiguous() for k, v in module.state_dict().items()}))
+    rebuilt = OnnxGraphModule.from_state_dict(stored, prefix="full.")
+    assert rebuilt.embedding_size == 128 and not rebuilt.training
+    with torch.no_grad():
+        assert torch.equal(rebuilt(faces), after)
 
     # the fine-tuned graph exports as an extractor of a pack, with a dynamic batch
     out = export_onnx(module, tmp_path / "partial.onnx", "partial")

@@ -76,9 +76,7 @@ def import_onnx(path, architecture: str = "auto", verify: bool = True,
         log.info("%s is not a nets architecture (%s); importing it as a generic graph", path, why)
 
     module = OnnxGraphModule(model, str(path))
-    if module.embedding_size is None:
-        with torch.no_grad():
-            module.embedding_size = int(module(torch.zeros(_probe_shape(module))).shape[-1])
+    module.probe_embedding_size()
     module.bfm_architecture = {"backbone": "onnx", "path": str(path)}
     module.eval()
     if reference is not None:
@@ -110,11 +108,6 @@ def _load(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
         raise PackError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-
-
-def _probe_shape(module: OnnxGraphModule) -> list[int]:
-    shape = [d if d else 1 for d in module.input_shape] or [1, 3, 112, 112]
-    return shape
 
 
 class _OnnxReference:

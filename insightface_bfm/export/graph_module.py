@@ -51,14 +51,47 @@ _WEIGHT_SLOTS = {
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
 
+# marks a tensor whose values were left out of a skeleton (they live in the state dict)
+_STRIPPED = "bfm:stripped"
+SKELETON_KEY = "onnx_skeleton"
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.doc_string == _STRIPPED:
+        return np.zeros(tuple(tensor.dims), dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    return numpy_helper.to_array(tensor)
+
+
+def _skeleton(model: onnx.ModelProto) -> bytes:
+    """The model without its weight values: enough to rebuild the module before load_state_dict."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+
+    def strip(tensor):
+        tensor.CopyFrom(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                         doc_string=_STRIPPED))
+
+    for tensor in skeleton.graph.initializer:
+        strip(tensor)
+    for node in skeleton.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    strip(attr.t)
+    return skeleton.SerializeToString(deterministic=True)
+
+
 def _attribute_values(node: onnx.NodeProto) -> dict:
     values = {}
     for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR:
+            values[attr.name] = _array(attr.t)
+            continue
         value = onnx.helper.get_attribute_value(attr)
         if isinstance(value, bytes):
             value = value.decode("utf-8")
         elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
+            value = _array(value)
         elif isinstance(value, list | tuple):
             value = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
         values[attr.name] = value
@@ -110,7 +143,7 @@ class OnnxGraphModule(nn.Module):
         self.expects_pixels = any(n.startswith(("Sub", "_minus")) for n in first) and any(
             n.startswith(("Mul", "_mul")) for n in first)
 
-        initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        initializers = {t.name: _array(t) for t in graph.initializer}
         nodes = []
         for proto in graph.node:
             if proto.domain not in ("", "ai.onnx"):
@@ -175,7 +208,7 @@ class OnnxGraphModule(nn.Module):
         used = {i for node in nodes for i in node.inputs if i}
         taken: set[str] = set(dir(nn.Module())) | {"source", "opset", "input_name", "output_name",
                                                    "input_shape", "static_batch", "embedding_size",
-                                                   "expects_pixels", "bfm_architecture"}
+                                                   "expects_pixels", "bfm_architecture", SKELETON_KEY}
         self._tensor_keys: dict[str, str] = {}
         for name, value in initializers.items():
             if name not in used:
@@ -193,6 +226,34 @@ class OnnxGraphModule(nn.Module):
                 self.register_buffer(key, tensor)
             self._tensor_keys[name] = key
         self._nodes = nodes
+        # the graph travels in the state dict, so a checkpoint alone rebuilds the module
+        skeleton = bytearray(_skeleton(model))
+        self.register_buffer(SKELETON_KEY, torch.frombuffer(skeleton, dtype=torch.uint8).clone())
+
+    @classmethod
+    def from_state_dict(cls, state: dict, prefix: str = "", source: str = "<state dict>") -> OnnxGraphModule:
+        """Rebuild a module from its state dict alone (e.g. the ``full.`` part of a checkpoint)."""
+        key = prefix + SKELETON_KEY
+        if key not in state:
+            raise PackError(f"{source}: no '{key}' in the state dict: not an imported ONNX graph")
+        try:
+            model = onnx.load_from_string(state[key].cpu().numpy().tobytes())
+        except Exception as e:  # protobuf DecodeError and friends
+            raise PackError(f"{source}: '{key}' is not a serialised ONNX graph ({e})") from None
+        module = cls(model, source)
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(own, strict=True)
+        module.probe_embedding_size()
+        return module.eval()
+
+    def probe_embedding_size(self) -> int:
+        """``embedding_size`` from the graph's output shape or, where that is symbolic, one forward."""
+        if self.embedding_size is None:
+            shape = [d if d else 1 for d in self.input_shape] or [1, 3, 112, 112]
+            device = next((p.device for p in self.parameters()), torch.device("cpu"))
+            with torch.no_grad():
+                self.embedding_size = int(self(torch.zeros(shape, device=device)).shape[-1])
+        return self.embedding_size
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, nodes={len(self._nodes)}, embedding_size={self.embedding_size}"
