@@ -52,7 +52,8 @@ def import_onnx(path, architecture: str = "auto", verify: bool = True,
     verify: compare the module with ONNX Runtime on a random batch; a generic import that disagrees
       raises PackError (a nets mapping that disagrees falls back to the generic path).
     calibration: optional normalised faces (N,3,112,112); a nets import then gets realistic
-      statistics in its folded BatchNorms (``calibrate_batchnorm``), for training in train mode.
+      statistics in its folded BatchNorms (``calibrate_batchnorm``), for training in train mode
+      (a generic graph has no BatchNorm modules to calibrate; it is ignored there).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
@@ -77,7 +78,7 @@ def import_onnx(path, architecture: str = "auto", verify: bool = True,
 
     module = OnnxGraphModule(model, str(path))
     module.probe_embedding_size()
-    module.bfm_architecture = {"backbone": "onnx", "path": str(path)}
+    module.bfm_architecture = {"backbone": "onnx", "path": str(path.resolve())}
     module.eval()
     if reference is not None:
         diff = reference.difference(module)
@@ -119,7 +120,10 @@ class _OnnxReference:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT's own errors: invalid graph, unknown op ...
+            raise PackError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from None
         spec = self.session.get_inputs()[0]
         shape = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
         batch = shape[0] or 2
