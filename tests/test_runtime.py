@@ -98,3 +98,17 @@ def test_wrong_shapes_rejected(tmp_path, shared):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(PackError, match="junk.onnx"):
         create_session(str(tmp_path / "junk.onnx"), name=str(tmp_path / "junk.onnx"))
+
+
+def test_inference_modules_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, insightface_bfm.app, insightface_bfm.matching, insightface_bfm.runtime, "
+        "insightface_bfm.zoo.cli, insightface_bfm.zoo.download, insightface_bfm.zoo.registry; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
