@@ -73,3 +73,16 @@ def test_bad_input():
         MaskAugment()(torch.zeros(2, 1, 112, 112))
     with pytest.raises(ValueError):
         MaskAugment()(torch.zeros(2, 3, 112, 112), kps=torch.zeros(2, 4, 2))
+
+
+def test_throughput_benchmark_runs_tiny():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mask_throughput.py"
+    spec = importlib.util.spec_from_file_location("mask_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.run(n=12, batch=4, threads=1)
+    assert res["per_image"]["render_mask"] > 0 and res["batched_cpu"]["images_per_s"] > 0
+    assert "render_mask" in mod.report(res)

@@ -53,20 +53,12 @@ def shading(xp, frame, shape, u, v, w, inside, pleats, seam):
 
     ``inside``: signed distance to the outline in pixels; ``pleats``/``seam``: 0/1 flags.
     """
-    au = xp.abs(u)
-    # the mask turns away from the camera towards the cheeks and under the chin
-    below = xp.maximum(v - 1.25, 0.0 * v)
-    s = 1.0 - 0.2 * u * u - 0.35 * below
+    s = surface(xp, frame, u, v) * edge_band(xp, frame, inside)
     if not _off(pleats):
-        s = s * _pleats(xp, frame, shape, v, pleats)
+        s = s * (1.0 + pleats * (pleat_folds(xp, frame, shape, v) - 1.0))
     if not _off(seam):
-        s = s * _seam(xp, frame, u, w, seam)
-    # bound edges: a slightly darker band along the outline
-    band = xp.clip(1.0 - inside / (0.06 * frame.depth + 1.0), 0.0, 1.0)
-    s = s * (1.0 - 0.1 * band)
-    # the nose bridge rises under the top edge: a little highlight above the nose tip
-    ridge = xp.clip(1.0 - au * 3.0, 0.0, 1.0) * xp.clip(1.0 - xp.abs(v - frame.nose_v * 0.9) * 4.0, 0.0, 1.0)
-    return s * (1.0 + 0.06 * ridge)
+        s = s * (1.0 + seam * (centre_seam(xp, frame, u, w) - 1.0))
+    return s
 
 
 def _off(flag) -> bool:
@@ -74,23 +66,38 @@ def _off(flag) -> bool:
     return isinstance(flag, (int, float)) and flag == 0
 
 
-def _pleats(xp, frame, shape, v, pleats):
-    # surgical pleats: three folds between the nose wire and the chin, each lit on top, shadowed below
+def surface(xp, frame, u, v):
+    """Shape of the mask on the face, independent of the style: cached per face by the renderer."""
+    # the mask turns away from the camera towards the cheeks and under the chin
+    below = xp.maximum(v - 1.25, 0.0 * v)
+    s = 1.0 - 0.2 * u * u - 0.35 * below
+    # the nose bridge rises under the top edge: a little highlight above the nose tip
+    au = xp.abs(u)
+    ridge = xp.clip(1.0 - au * 3.0, 0.0, 1.0) * xp.clip(1.0 - xp.abs(v - frame.nose_v * 0.9) * 4.0, 0.0, 1.0)
+    return s * (1.0 + 0.06 * ridge)
+
+
+def edge_band(xp, frame, inside):
+    """Bound edges: a slightly darker band along the outline."""
+    return 1.0 - 0.1 * xp.clip(1.0 - inside / (0.06 * frame.depth + 1.0), 0.0, 1.0)
+
+
+def pleat_folds(xp, frame, shape, v):
+    """Surgical pleats: three folds between the nose wire and the chin, lit on top, shadowed below."""
     t0 = shape.top * frame.nose_v + 0.12
     t1 = shape.bottom - 0.25
     phase = 3.0 * (v - t0) / (t1 - t0)
     fold = phase - xp.floor(phase)
     in_pleats = (phase > 0) * (phase < 3)
-    pleat = 1.06 - 0.2 * fold * fold
-    return 1.0 + pleats * in_pleats * (pleat - 1.0)
+    return 1.0 + in_pleats * (0.06 - 0.2 * fold * fold)
 
 
-def _seam(xp, frame, u, w, seam):
-    # centre seam of folded respirators and some cloth masks: a dark line and two differently lit halves
+def centre_seam(xp, frame, u, w):
+    """Centre seam of folded respirators and some cloth masks: a dark line, two differently lit halves."""
     seam_px = u * w
     line = xp.clip(1.0 - xp.abs(seam_px) / (0.02 * frame.depth + 0.7), 0.0, 1.0)
     halves = 0.05 * xp.clip(seam_px / 2.0, -1.0, 1.0)
-    return 1.0 - seam * (0.35 * line - halves)
+    return 1.0 - 0.35 * line + halves
 
 
 def brightness_gain(xp, cheek_luma):

@@ -172,11 +172,24 @@ class MaskAugment(nn.Module):
                            (noise_lo, noise_hi), seeds)
 
     def render(self, images, kps, style, apply, noise, seeds):
+        """Draw the given per-sample styles; only rows below the highest eye line are computed."""
+        b, _, h, w = images.shape
+        y0 = _first_row(kps, h, w)
+        if y0 >= h:
+            return images, torch.zeros_like(images[:, :1])
+        part = images[:, :, y0:]
+        kps = kps - kps.new_tensor([0.0, float(y0)])
+        masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
+        if y0 > 0:
+            masked = torch.cat([images[:, :, :y0], masked], 2)
+            region = torch.cat([torch.zeros_like(region[:, :, :1]).expand(-1, -1, y0, -1), region], 2)
+        return masked, region
+
+    def _render_rows(self, images, kps, style, apply, noise, seeds):
         b, _, h, w = images.shape
         device = images.device
         frame = geo.face_frame(torch, kps)
-        sh = [_bcast(c) for c in style["shape"].unbind(1)]
-        shape = geo.MaskShape(*sh)
+        shape = geo.MaskShape(*[_bcast(c) for c in style["shape"].unbind(1)])
         xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
         ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
         u, v, wmap = geo.face_coords(torch, frame, xs, ys)
@@ -188,6 +201,7 @@ class MaskAugment(nn.Module):
         a_strap = torch.clamp(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0)
         a_strap = a_strap * (1.0 - a_mask)
 
+        # the face's exposure and side light, measured on the cheeks the mask will cover
         pix = images.float() * 127.5 + 127.5
         gray = 0.299 * pix[:, 0:1] + 0.587 * pix[:, 1:2] + 0.114 * pix[:, 2:3]
         window = geo.cheek_window(torch, u, v).float()
@@ -204,37 +218,46 @@ class MaskAugment(nn.Module):
         cheek = torch.where(nl + nr > 0, (luma_l * nl + luma_r * nr) / (nl + nr).clamp(min=1.0), mean)
         light = look.side_light(torch, u, luma_l, luma_r) * look.brightness_gain(torch, cheek)
 
+        # prints: each is computed only when some sample of the batch wears it
         base = style["base"][:, :, None, None]
         accent = style["accent"][:, :, None, None]
-        angle = torch.deg2rad(style["pattern_angle"])
-        scale = _bcast(style["pattern_scale"])
-        cos_a, sin_a = _bcast(torch.cos(angle)), _bcast(torch.sin(angle))
-        r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, scale)
-        onehot = F.one_hot(style["pattern"], len(PATTERNS)).float()[:, :, None, None]
-        pat = onehot[:, 1:2] * look.print_checks(torch, r1, r2)
-        pat = pat + onehot[:, 2:3] * look.print_stripes(torch, r1, r2)
-        pat = pat + onehot[:, 3:4] * look.print_dots(torch, r1, r2, scale * frame.depth)
-        grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
-        smooth = sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-                     for n in noise)
-        pat = pat + onehot[:, 4:5] * look.print_noise(torch, smooth)
-        color = base + (accent - base) * pat
+        pattern = style["pattern"]
+        used = set(torch.unique(pattern).tolist())
+        pat = None
+        if used - {0}:
+            onehot = F.one_hot(pattern, len(PATTERNS)).float()[:, :, None, None]
+            angle = torch.deg2rad(style["pattern_angle"])
+            scale = _bcast(style["pattern_scale"])
+            cos_a, sin_a = _bcast(torch.cos(angle)), _bcast(torch.sin(angle))
+            r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, scale)
+            prints = {
+                1: lambda: look.print_checks(torch, r1, r2),
+                2: lambda: look.print_stripes(torch, r1, r2),
+                3: lambda: look.print_dots(torch, r1, r2, scale * frame.depth),
+                4: lambda: look.print_noise(torch, self._noise(noise, u, v)),
+            }
+            pat = sum(onehot[:, k:k + 1] * prints[k]() for k in sorted(used - {0}))
+        color = base if pat is None else base + (accent - base) * pat
 
-        shade = look.shading(torch, frame, shape, u, v, wmap, inside, _bcast(style["pleats"]),
-                             _bcast(style["seam"]))
+        shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
+        if bool(style["pleats"].any()):
+            shade = shade * (1.0 + _bcast(style["pleats"]) * (look.pleat_folds(torch, frame, shape, v) - 1.0))
+        if bool(style["seam"].any()):
+            shade = shade * (1.0 + _bcast(style["seam"]) * (look.centre_seam(torch, frame, u, wmap) - 1.0))
         layer = color * (shade * light)
         # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
         hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
         grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
         layer = layer + grain * _bcast(style["grain"])
 
-        side = _bcast(style["valve_side"])
-        cx, cy = geo.valve_center(frame, shape, side)
-        radius = geo.valve_radius(frame)
-        v_in = radius - torch.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
-        a_valve = geo.coverage(torch, v_in) * a_mask * _bcast(style["valve"])
-        valve = style["valve_rgb"][:, :, None, None] * (look.valve_shading(torch, v_in, radius) * light)
-        layer = layer + (valve - layer) * a_valve
+        if bool(style["valve"].any()):
+            side = _bcast(style["valve_side"])
+            cx, cy = geo.valve_center(frame, shape, side)
+            radius = geo.valve_radius(frame)
+            v_in = radius - torch.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+            a_valve = geo.coverage(torch, v_in) * a_mask * _bcast(style["valve"])
+            valve = style["valve_rgb"][:, :, None, None] * (look.valve_shading(torch, v_in, radius) * light)
+            layer = layer + (valve - layer) * a_valve
 
         surgical = _bcast((style["type"] == MASK_TYPES.index("surgical")).float())
         strap_rgb = (base * 0.85 + 30.0) * (1.0 - surgical) + 225.0 * surgical
@@ -250,3 +273,22 @@ class MaskAugment(nn.Module):
         masked = torch.where(keep > 0, masked, images)
         region = torch.maximum(a_mask, a_strap)
         return masked, region.to(images.dtype)
+
+    @staticmethod
+    def _noise(noise, u, v):
+        """Smooth two-octave noise sampled at face coordinates (as the per-image renderer's)."""
+        grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
+        return sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+                   for n in noise)
+
+
+def _first_row(kps, h: int, w: int) -> int:
+    """First image row that can be drawn on: above the eye line nothing is (all v >= 0)."""
+    el, er = kps[:, 0], kps[:, 1]
+    dx, dy = er[:, 0] - el[:, 0], er[:, 1] - el[:, 1]
+    if not bool((dx > 2.0 * dy.abs()).all()):  # strongly rolled or flipped faces: all rows
+        return 0
+    slope = dy / dx
+    at0 = el[:, 1] - el[:, 0] * slope
+    top = torch.minimum(at0, at0 + (w - 1) * slope).min()
+    return int(max(0.0, math.floor(float(top)) - 1))

@@ -183,42 +183,59 @@ def check_types(types) -> tuple[str, ...]:
     return types
 
 
-def _jitter_color(rng: np.random.Generator, color) -> tuple[int, int, int]:
+def _pick(seq, x: float):
+    return seq[min(int(x * len(seq)), len(seq) - 1)]
+
+
+def _jitter_color(color, x: float, drift) -> tuple[int, int, int]:
     # a shade brighter or darker and a slight hue drift: no two masks quite the same colour
-    scale = rng.uniform(0.88, 1.1)
-    drift = rng.normal(0.0, 5.0, 3)
-    return tuple(int(np.clip(round(c * scale + e), 0, 255)) for c, e in zip(color, drift))
+    scale = 0.88 + 0.22 * x
+    return tuple(min(255, max(0, int(round(c * scale + e)))) for c, e in zip(color, drift))
 
 
 def random_style(rng=None, types=None) -> MaskStyle:
-    """Draw a style: type uniform over ``types`` (default all), then colours, pattern, shape and seed."""
+    """Draw a style: type uniform over ``types`` (default all), then colours, pattern, shape and seed.
+
+    ``rng``: a ``numpy.random.Generator``, a seed or None. The draw uses the same layout of
+    uniform numbers as the batched renderer's ``MaskAugment.sample_styles``.
+    """
     rng = np.random.default_rng(rng)
     types = check_types(types)
-    kind = types[int(rng.integers(len(types)))]
+    r = rng.random(24).tolist()
+    n = rng.normal(0.0, 5.0, 9).tolist()
+    seed = int(rng.integers(2**31 - 1))
+    kind = _pick(types, r[0])
     palette = PALETTES[kind]
-    base = _jitter_color(rng, palette[int(rng.integers(len(palette)))])
-    accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
-    if kind == "dark":
-        accent = palette[int(rng.integers(len(palette)))]  # dark prints stay dark
-    accent = _jitter_color(rng, accent)
-    valve_color = _jitter_color(rng, VALVE_COLORS[int(rng.integers(len(VALVE_COLORS)))])
-    odds = np.asarray(PATTERN_ODDS[kind])
-    pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=odds / odds.sum()))]
+    base = _jitter_color(_pick(palette, r[1]), r[2], n[0:3])
+    accent = _jitter_color(_pick(palette if kind == "dark" else ACCENTS, r[3]), r[4], n[3:6])
+    valve_color = _jitter_color(_pick(VALVE_COLORS, r[5]), r[6], n[6:9])
+    odds = PATTERN_ODDS[kind]
+    total, acc, pattern = sum(odds), 0.0, PATTERNS[-1]
+    for name, p in zip(PATTERNS, odds):
+        acc += p / total
+        if r[7] < acc:
+            pattern = name
+            break
     ranges = SHAPES[kind]
-    shape = {name: float(rng.uniform(*getattr(ranges, name))) for name in SHAPE_FIELDS}
-    pleats, seam, valve, loops = (bool(rng.random() < p) for p in FEATURE_ODDS[kind])
+    shape = {}
+    for i, name in enumerate(SHAPE_FIELDS):
+        lo, hi = getattr(ranges, name)
+        shape[name] = lo + (hi - lo) * r[8 + i]
+    pleats, seam, valve, loops = (x < p for x, p in zip(r[16:20], FEATURE_ODDS[kind]))
+    a = r[22]
+    angle = (a * 4.0 - 1.0) * 45.0 if a < 0.5 else (0.0 if a < 0.75 else 90.0)
     return MaskStyle(
         type=kind,
         colors=(base, accent, valve_color),
         pattern=pattern,
-        seed=int(rng.integers(2**31 - 1)),
+        seed=seed,
         pleats=pleats,
         seam=seam,
         valve=valve,
-        valve_side=float(rng.choice((-1.0, 1.0))),
+        valve_side=-1.0 if r[20] < 0.5 else 1.0,
         loops=loops,
-        pattern_scale=float(rng.uniform(0.1, 0.3)),
-        pattern_angle=float(rng.uniform(-45.0, 45.0) if rng.random() < 0.5 else rng.choice((0.0, 90.0))),
-        grain=float(rng.uniform(1.0, 6.0)),
+        pattern_scale=0.1 + 0.2 * r[21],
+        pattern_angle=angle,
+        grain=1.0 + 5.0 * r[23],
         **shape,
     )
