@@ -297,6 +297,8 @@ def profile_steps(step, steps: int, device: torch.device, out_path: Path | None,
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cudnn_benchmark:  # the trainer leaves it off; this measures what turning it on buys
+        torch.backends.cudnn.benchmark = True
     recipe, freeze, notes = build_recipe(args)
     from insightface_bfm.train.trainer import Trainer
 
@@ -405,6 +407,7 @@ def run(args) -> dict:
         "amp": recipe.train.amp,
         "channels_last": bool(trainer.channels_last),
         "compile": recipe.train.compile,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "data": args.data,
         "num_workers": recipe.data.num_workers if args.data != "memory" else 0,
         "dataset": dataset.describe(),
@@ -460,8 +463,9 @@ def format_report(r: dict) -> str:
                  if r["paper_backbone_forward_gflops"] else "")
     lines = [
         f"{r['mode']} {r['backbone']} batch {r['batch_size']} pairs, {r['num_classes']} ids, amp {r['amp']}, "
-        f"channels_last {r['channels_last']}, compile {r['compile']}, data {r['data']} "
-        f"({r['num_workers']} workers) on {r['device']} ({r['device_name']}, torch {r['torch']})",
+        f"channels_last {r['channels_last']}, compile {r['compile']}, "
+        f"cudnn.benchmark {r['cudnn_benchmark']}, data {r['data']} ({r['num_workers']} workers) "
+        f"on {r['device']} ({r['device_name']}, torch {r['torch']})",
         f"  throughput   {r['pairs_per_s']:.1f} pairs/s = {r['images_per_s']:.1f} images/s "
         f"({r['images_per_pair']} image(s) per pair through the networks)",
         f"  step         {r['step_time_s'] * ms:.1f} ms = data wait {r['data_wait_s'] * ms:.1f} ms "
@@ -501,6 +505,8 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (autotuned convolutions; off in the trainer)")
     p.add_argument("--data", choices=("jpeg", "random", "synthetic", "memory"), default="jpeg")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (recipe data.num_workers)")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
