@@ -85,6 +85,18 @@ def test_round_trip_multipart_and_insightface_header(tmp_path):
     assert ds.identity_range == (5, 8)
 
 
+def test_plain_dataset_without_header(tmp_path):
+    # im2rec-style: no header record, every key is an image (here keys 5..7, label [class, extra])
+    img = np.full((112, 112, 3), 7, np.uint8)
+    with RecordIOWriter(tmp_path / "plain.rec") as w:
+        for k, c in ((5, 2), (6, 0), (7, 1)):
+            label = [float(c), 9.0] if k == 6 else float(c)
+            w.write_idx(k, pack_img(IRHeader(0, label, k, 0), img, img_fmt=".png"))
+    ds = open_dataset(tmp_path / "plain.rec")
+    assert ds.labels.tolist() == [2, 0, 1] and ds.num_classes == 3 and ds.identity_range is None
+    assert np.array_equal(ds[1][0], img) and ds[1][1] == 0
+
+
 def test_writer_abort_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), RecordIOWriter(tmp_path / "a.rec") as w:
         w.write_idx(0, b"x")

@@ -396,11 +396,12 @@ class RecordIODataset(FaceDataset):
         super().__init__(str(rec_path))
         self.reader = RecordIOReader(rec_path, idx_path)
         self.property_path = rec_path.parent / "property"
-        if 0 not in self.reader:
-            raise DatasetError(f"{self.reader.idx_path}: no record 0 (insightface's header record)")
-        header, _ = self.reader.read_header(0)
+        if not len(self.reader):
+            raise DatasetError(f"{self.reader.idx_path}: empty index, no records")
+        # like insightface: a record 0 with an array label is the header; otherwise every key is an image
+        header = self.reader.read_header(0)[0] if 0 in self.reader else None
         self.identity_range: tuple[int, int] | None = None
-        if header.flag > 0:
+        if header is not None and header.flag > 0:
             label = np.asarray(header.label)
             first = int(label[0])
             if first < 1:
