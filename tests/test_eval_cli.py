@@ -235,3 +235,24 @@ def _checkpoint_checks(torch, tiny, tmp_path):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["n_pairs"] == 4 and res["routed"] and res["case_source"] == "classifier"
     assert "checkpoint" in res["model_description"]
+
+
+def test_onnx_evaluation_never_imports_torch(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    small = tmp_path / "small.csv"
+    small.write_text("\n".join((tiny["dir"] / "pairs.csv").read_text().splitlines()[:5]) + "\n")
+    code = (
+        "import sys\n"
+        "from insightface_bfm.cli import main\n"
+        f"args = ['eval', {str(small)!r}, '--images', {str(tiny['lfw'])!r},\n"
+        f"        '--model', {str(tiny['model'])!r}, '--folds', '2', '--mask-pairs', 'one', '--quiet']\n"
+        "try:\n"
+        "    main.main(args=args, standalone_mode=False)\n"
+        "finally:\n"
+        "    assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "one masked" in done.stdout

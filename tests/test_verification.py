@@ -260,7 +260,7 @@ def _evaluate_against_reference(lfw, model, pairs_file, n_folds_expected):
     import onnxruntime
 
     from insightface_bfm.evaluation.embedders import OnnxRecognizer
-    from insightface_bfm.evaluation.evaluate import EmbeddingCache, evaluate
+    from insightface_bfm.evaluation.run import EmbeddingCache, evaluate
 
     t0 = time.time()
     results, _, _ = evaluate(pairs_file, model, images=lfw, cache_dir=_cache_dir(), progress=False)
@@ -319,7 +319,7 @@ def test_lfw_pairs_accuracy_equals_reference(shared):
     model = shared("models", "mobilefacenet_128.onnx")
     if os.environ.get("BFM_TEST_FULL_LFW") != "1":
         from insightface_bfm.evaluation.embedders import OnnxRecognizer
-        from insightface_bfm.evaluation.evaluate import EmbeddingCache
+        from insightface_bfm.evaluation.run import EmbeddingCache
 
         cache = EmbeddingCache(_cache_dir(), OnnxRecognizer(model).model_id)
         needed = {os.path.abspath(lfw / p) for row in _ref_parse_pairs(lfw / "pairs.txt") for p in row[:2]}

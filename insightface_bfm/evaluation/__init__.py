@@ -27,7 +27,7 @@ __all__ = [
 
 
 def evaluate(*args, **kwargs):
-    """``insightface_bfm.evaluation.evaluate.evaluate`` (imported on first use)."""
-    from .evaluate import evaluate as run
+    """``insightface_bfm.evaluation.run.evaluate`` (imported on first use)."""
+    from .run import evaluate as run
 
     return run(*args, **kwargs)

@@ -64,8 +64,8 @@ def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types
              mask_threshold, batch_size, cache_dir, out_dir, quiet):
     """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
     10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
-    from .evaluate import evaluate as run
     from .report import markdown_table, write_report
+    from .run import evaluate as run
 
     if mask_pairs and mask_manifest:
         raise click.UsageError("give --mask-pairs or --mask-manifest, not both")
