@@ -112,8 +112,10 @@ def test_detector_sources_and_errors(shared, tmp_path, raw_sample):
         load_detector()
     with pytest.raises(BFMError, match="exactly one"):
         load_detector(scrfd, det_pack="buffalo_l")
-    with pytest.raises(PackError, match="not found"):
+    with pytest.raises(PackError, match="not installed"):
         load_detector(det_pack="nope", root=tmp_path)
+    with pytest.raises(PackError, match="not load it as a face detector"):
+        load_detector(shared("models", "mobilefacenet_128.onnx"))
     pack = tmp_path / "models" / "mypack"
     pack.mkdir(parents=True)
     os.symlink(scrfd, pack / "det_2.5g.onnx")

@@ -30,9 +30,11 @@ MISSES_FILE = "misses.txt"
 LANDMARKS_FILE = "landmarks.tsv"
 
 
-def load_detector(detector=None, det_pack: str | None = None, root: str = "~/.insightface",
+def load_detector(detector=None, det_pack: str | None = None, root=None,
                   det_size: int = 640, threshold: float = 0.5):
-    """insightface's SCRFD from an ONNX file, or the detection model of an insightface pack."""
+    """insightface's SCRFD from an ONNX file, or the detector of an insightface (or BFM) pack found
+    the way ``FaceAnalysis(det_pack=...)`` finds it (``zoo.packs.find_detector``: name under ROOT/models,
+    ROOT from ``root``, ``$INSIGHTFACE_BFM_ROOT`` or ``~/.insightface``)."""
     from insightface.model_zoo import get_model
 
     if (detector is None) == (det_pack is None):
@@ -42,22 +44,18 @@ def load_detector(detector=None, det_pack: str | None = None, root: str = "~/.in
         path = os.fspath(detector)
         if not os.path.isfile(path):
             raise PackError(f"{path}: detector ONNX file not found")
-        candidates = [path]
     else:
-        pack_dir = Path(os.path.expanduser(root)) / "models" / det_pack
-        if not pack_dir.is_dir():
-            raise PackError(f"{pack_dir}: insightface pack {det_pack!r} not found "
-                            "(download it or give --detector)")
-        candidates = sorted(str(p) for p in pack_dir.glob("*.onnx"))
-    for path in candidates:
-        try:
-            model = get_model(path)
-        except Exception as e:
-            raise PackError(f"{path}: insightface cannot load it ({e})") from None
-        if model is not None and getattr(model, "taskname", None) == "detection":
-            model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
-            return model
-    raise PackError(f"{detector or det_pack}: no face detection model found there")
+        from ..zoo.packs import find_detector
+
+        path = str(find_detector(det_pack, root))
+    try:
+        model = get_model(path)
+    except Exception as e:
+        raise PackError(f"{path}: insightface cannot load it ({e})") from None
+    if model is None or getattr(model, "taskname", None) != "detection":
+        raise PackError(f"{path}: insightface does not load it as a face detector")
+    model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+    return model
 
 
 def choose_face(bboxes: np.ndarray, image_shape, policy: str) -> int:

@@ -12,7 +12,7 @@ from ..data.align import POLICIES
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--detector", type=click.Path(exists=True, dir_okay=False), help="SCRFD detector ONNX file.")
 @click.option("--det-pack", help="insightface pack whose detector to use (e.g. buffalo_l), under --root.")
-@click.option("--root", default="~/.insightface", show_default=True, help="insightface model root.")
+@click.option("--root", help="Model root for --det-pack (default $INSIGHTFACE_BFM_ROOT or ~/.insightface).")
 @click.option("--policy", type=click.Choice(POLICIES), default="largest", show_default=True,
               help="Which face to keep when a photo holds several.")
 @click.option("--det-size", type=int, default=640, show_default=True, help="Detector input size.")
