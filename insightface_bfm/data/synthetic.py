@@ -226,9 +226,10 @@ def _image_params(p: dict, rng: np.random.Generator) -> dict:
     angle = float(np.clip(rng.normal(0, 5.0), -11, 11))
     scale = rng.uniform(0.93, 1.07)
     tx, ty = rng.uniform(-2.5, 2.5, 2)
+    squeeze = rng.uniform(0.92, 1.0)  # a turned head looks narrower
     m = cv2.getRotationMatrix2D((_CX, 62.0), angle, scale)
     m[:, 2] += (tx, ty)
-    q["M"] = m
+    q["M"] = m @ np.array([[squeeze, 0.0, (1 - squeeze) * _CX], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     q["yaw"] = rng.uniform(-4.0, 4.0)
     q["smile"] = rng.uniform(-0.3, 1.0)
     q["open"] = rng.uniform(0.5, 5.5) if rng.random() < 0.3 else 0.0
@@ -240,7 +241,8 @@ def _image_params(p: dict, rng: np.random.Generator) -> dict:
     q["gain"] = rng.uniform(0.72, 1.22)
     q["cast"] = rng.uniform(0.88, 1.12, 3)
     q["light_dir"] = rng.normal(0, 1, 2)
-    q["light_amp"] = rng.uniform(0.0, 0.35)
+    q["light_amp"] = rng.uniform(0.0, 0.45)
+    q["gray"] = rng.random() < 0.08  # some cameras and photos are monochrome
     q["blur"] = rng.uniform(0.0, 1.3)
     q["noise"] = rng.uniform(2.0, 9.0)
     q["noise_at"] = rng.integers(0, _NOISE.shape[0] - IMAGE_SIZE, 2)
@@ -580,6 +582,8 @@ def _render(p: dict, q: dict) -> np.ndarray:
     # lighting: gain, colour cast and a directional gradient
     d = q["light_dir"] / (np.linalg.norm(q["light_dir"]) + 1e-6)
     field = q["gain"] * (1.0 + q["light_amp"] * (d[0] * _XX + d[1] * _YY))
+    if q["gray"]:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     out = img.astype(np.float32)
     out *= field[..., None]
     out *= q["cast"].astype(np.float32)
