@@ -61,3 +61,28 @@ def test_skipped_counter_is_per_process(folder):
     p.join(20)
     assert q.get(timeout=5) == 0  # a forked worker counts its own skips
     assert ds.skipped == 1
+
+
+def test_data_package_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, insightface_bfm.data, insightface_bfm.data.cli; "
+        "insightface_bfm.data.open_dataset('synthetic:2:2')[0]; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_bfm_data_info_synthetic():
+    from click.testing import CliRunner
+
+    from insightface_bfm.cli import main
+
+    result = CliRunner().invoke(main, ["data", "info", "synthetic:3:4:1"])
+    assert result.exit_code == 0, result.output
+    assert "3 identities x 4 images = 12 images" in result.output
+    assert "min 4, median 4, max 4" in result.output
+    result = CliRunner().invoke(main, ["data", "info", "synthetic:x"])
+    assert result.exit_code == 2 and "synthetic:N_IDS:IMGS_PER_ID" in result.output
