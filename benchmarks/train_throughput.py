@@ -232,9 +232,29 @@ def peak_tflops_for(device: torch.device, given: float | None) -> tuple[float | 
 
 # -- profile ------------------------------------------------------------------------------------------
 
-_MATMUL = re.compile(r"gemm|xmma|wgmma|cutlass|conv|fprop|dgrad|wgrad|implicit|mkldnn|addmm|\bmm\b|matmul",
-                     re.I)
+# kernel / op names of matrix work (cuDNN/cuBLAS/CUTLASS conv and GEMM kernels, oneDNN and aten ops on
+# CPU) and of layout conversions (NCHW <-> NHWC copies: a sign of a layout mismatch)
+_MATMUL = re.compile(r"gemm|xmma|wgmma|cutlass|convolve|convolution|conv2d|fprop|dgrad|wgrad|implicit|mkldnn"
+                     r"|addmm|\bmm\b|matmul", re.I)
 _LAYOUT = re.compile(r"nchwtonhwc|nhwctonchw|transpose|permute", re.I)
+
+
+def summarise_kernels(rows: list[tuple[str, float]], steps: int, wall: float, on_device: bool) -> dict:
+    """(name, self time in us) of every device kernel (or CPU aten op) over ``steps`` steps taking
+    ``wall`` seconds -> shares of matrix work / layout copies / the rest, device busy time, top 15."""
+    total = sum(t for _, t in rows) or 1.0
+    layout = sum(t for name, t in rows if _LAYOUT.search(name))
+    matmul = sum(t for name, t in rows if _MATMUL.search(name) and not _LAYOUT.search(name))
+    top = sorted(rows, key=lambda row: row[1], reverse=True)[:15]
+    return {
+        "steps": steps,
+        "wall_s": wall,
+        "busy_fraction": (total / 1e6) / wall if on_device else None,
+        "matmul_share": matmul / total,
+        "layout_share": layout / total,
+        "other_share": 1 - (matmul + layout) / total,
+        "top": [{"name": name[:120], "ms_per_step": t / 1e3 / steps, "share": t / total} for name, t in top],
+    }
 
 
 def profile_steps(step, steps: int, device: torch.device, out_path: Path | None, wall_sync) -> dict:
@@ -258,24 +278,12 @@ def profile_steps(step, steps: int, device: torch.device, out_path: Path | None,
             return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
         return e.self_cpu_time_total
 
-    if on_device:
-        rows = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA") and self_time(e) > 0]
+    if on_device:  # kernels (device events), not the CPU ops that launched them
+        chosen = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
     else:
-        rows = [e for e in events if e.key.startswith("aten::") and self_time(e) > 0]
-    total = sum(self_time(e) for e in rows) or 1.0
-    matmul = sum(self_time(e) for e in rows if _MATMUL.search(e.key) and not _LAYOUT.search(e.key))
-    layout = sum(self_time(e) for e in rows if _LAYOUT.search(e.key))
-    top = sorted(rows, key=self_time, reverse=True)[:15]
-    summary = {
-        "steps": steps,
-        "wall_s": wall,
-        "busy_fraction": (total / 1e6) / wall if on_device else None,
-        "matmul_share": matmul / total,
-        "layout_share": layout / total,
-        "other_share": 1 - (matmul + layout) / total,
-        "top": [{"name": e.key[:120], "ms_per_step": self_time(e) / 1e3 / steps,
-                 "share": self_time(e) / total} for e in top],
-    }
+        chosen = [e for e in events if e.key.startswith("aten::")]
+    rows = [(e.key, float(self_time(e))) for e in chosen if self_time(e) > 0]
+    summary = summarise_kernels(rows, steps, wall, on_device)
     if out_path is not None:
         from insightface_bfm.atomic import atomic_write_text
 

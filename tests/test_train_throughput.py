@@ -59,13 +59,28 @@ def test_bfm_tiny_on_cpu_with_loader_workers(bench, tmp_path, capsys):
 
 
 def test_baseline1_counts_one_pass_and_cpu_mfu_is_na(bench, tmp_path):
-    r = _run(bench, tmp_path, "--mode", "baseline1", "--data", "memory")
-    assert r["mode"] == "baseline1" and r["images_per_pair"] == 1
+    r = _run(bench, tmp_path, "--mode", "baseline1", "--data", "memory", "--no-step-sync")
+    assert r["mode"] == "baseline1" and r["images_per_pair"] == 1 and not r["step_sync"]
+    assert r["prepare_s"] is None and r["compute_s"] > 0  # no sync inside the step: no split
     assert r["images_per_s"] == pytest.approx(r["pairs_per_s"])
     assert r["paper_gflops_per_pair"] == pytest.approx(3 * r["backbone_forward_gflops"])
     assert 0.9 < r["gflops_per_pair"] / r["paper_gflops_per_pair"] < 1.5
     assert r["data_wait_fraction"] < 0.05  # one batch held in memory
     assert r["peak_tflops"] is None and r["mfu"] is None and "n/a" in r["peak_source"]
+
+
+def test_kernel_summary_classifies_matrix_layout_and_other_work(bench):
+    rows = [("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 500.0),
+            ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 200.0),
+            ("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn>", 100.0),
+            ("void cudnn::ops::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true>", 100.0),
+            ("void at::native::vectorized_elementwise_kernel<4, at::native::convert_functor>", 60.0),
+            ("void cudnn::bn_fw_tr_1C11_kernel_NCHW<__nv_bfloat16, float>", 40.0)]
+    s = bench.summarise_kernels(rows, steps=2, wall=0.002, on_device=True)
+    assert s["matmul_share"] == pytest.approx(0.8) and s["layout_share"] == pytest.approx(0.1)
+    assert s["other_share"] == pytest.approx(0.1)
+    assert s["busy_fraction"] == pytest.approx(0.5)  # 1000 us of kernels in 2 ms
+    assert s["top"][0]["ms_per_step"] == pytest.approx(0.25) and len(s["top"]) == 6
 
 
 def test_r50_forward_is_the_papers_12_6_gflops(bench):
