@@ -496,8 +496,8 @@ def _render(p: dict, q: dict) -> np.ndarray:
         for s in (-1, 1):
             pts = np.array(
                 [
-                    [cx + s * (p["face_w"] + 3), 30],
-                    [cx + s * (p["face_w"] - 4), 45],
+                    [cx + s * (p["face_w"] - 8), 24],
+                    [cx + s * (p["face_w"] - 3), 45],
                     [cx + s * (p["face_w"] - 1), 85],
                     [cx + s * (p["face_w"] + 8), 95],
                 ]
