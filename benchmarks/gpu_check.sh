@@ -108,8 +108,8 @@ for name in ("bfm_r50", "baseline1_r50", "bfm_r50_cudnn", "bfm_r50_compile"):
 first = next((json.loads((out / f"{n}.json").read_text()) for n in ("bfm_r50", "baseline1_r50")
               if (out / f"{n}.json").is_file()), None)
 if first:
-    print(f"Device: {first['device_name']}, torch {first['torch']}; peak {first['peak_tflops']} TFLOP/s "
-          f"({first['peak_source']}); batch {first['batch_size']} pairs, {first['num_classes']} identities, "
+    peak = f"{first['peak_tflops']:g} TFLOP/s ({first['peak_source']})" if first["peak_tflops"] else "n/a"
+    print(f"Device: {first['device_name']}, torch {first['torch']}; peak {peak}; batch {first['batch_size']} pairs, {first['num_classes']} identities, "
           f"amp {first['amp']}, channels_last {first['channels_last']}, data {first['data']} "
           f"({first['num_workers']} workers), {first['steps']} timed steps after {first['warmup']} warm-up.\n")
 print("| run | pairs/s | images/s | step ms | data wait | peak GiB | GFLOPs/pair (counted) "
@@ -130,7 +130,8 @@ if bfm:
     if p:
         busy = f"device busy {100 * p['busy_fraction']:.0f}% of wall; " if p["busy_fraction"] is not None else ""
         print(f"Profile of bfm_r50 ({p['steps']} steps): {busy}matrix kernels {100 * p['matmul_share']:.0f}%, "
-              f"layout copies {100 * p['layout_share']:.0f}%, other {100 * p['other_share']:.0f}% of kernel time. "
+              f"layout copies {100 * p['layout_share']:.0f}%, other {100 * p['other_share']:.0f}% of "
+              f"{'kernel' if p['busy_fraction'] is not None else 'CPU op'} time. "
               "Top: " + "; ".join(f"{t['name'][:70]} {100 * t['share']:.0f}%" for t in p["top"][:5]))
 EOF
 }
