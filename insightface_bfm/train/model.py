@@ -50,12 +50,17 @@ class BFMModel(nn.Module):
                                  sample_rate=cfg.sample_rate, **margin)
             return make_head(cfg.head, cfg.embedding_size, self.num_classes, s=cfg.s, **margin)
 
+        # E_F and E_P (and their heads) start from the same random weights, which are also those
+        # of a baseline's one model under the same seed: a comparison then differs by the method
+        # only, not by the luck of the initialisation.
+        start = torch.random.get_rng_state()
         self.full = extractor()
         self.head_full = head()
         if self.mode == "bfm":
-            self.classifier = MaskClassifier() if cfg.classifier else None
+            torch.random.set_rng_state(start)
             self.partial = extractor()
             self.head_partial = head()
+            self.classifier = MaskClassifier() if cfg.classifier else None
         else:
             self.classifier = self.partial = self.head_partial = None
         self.frozen_bn = False  # every BatchNorm stays in eval mode (init.freeze_bn)

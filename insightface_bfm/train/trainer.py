@@ -7,7 +7,7 @@ Where things happen, in the order a batch meets them:
                     counting corrupt samples; ``GlobalBatchSampler`` fixes the order.
 2. on the device    ``Trainer.prepare_batch``: uint8 -> normalised RGB float (``to_network_tensor``),
                     random flip, then the masks are drawn (``MaskAugment``, on the batch's device
-                    with the trainer's own generator): the pair (x, masked x).
+                    with the trainer's own generators): the pair (x, masked x).
 3. loss terms       ``BFMModel.forward`` (train/model.py) -> one function of
                     ``insightface_bfm.losses`` per equation; ``losses.total_loss`` weights them (eq. 7).
 4. update           ``Trainer.optimize``: backward (AMP-scaled for fp16), optional clipping, SGD
@@ -17,7 +17,7 @@ Where things happen, in the order a batch meets them:
                     identities (train/holdout.py).
 
 Resuming restores weights, optimizer, step, the position in the epoch, the Python / NumPy / torch
-RNGs and the mask generator, so the continued loss sequence equals an uninterrupted run's.
+RNGs and the flip and mask generators, so the continued loss sequence equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -173,12 +173,16 @@ class Trainer:
         self.model.train()
         self.step_model = self._wrap(self.model)
 
-        # -- masks, drawn on the batch's device with a generator of our own (saved in checkpoints)
+        # -- flips and masks, drawn on the batch's device with generators of our own (saved in
+        # checkpoints). Two streams: every mode then sees the same flips, and the modes that draw
+        # masks the same masks, so a comparison with one seed differs only by the method.
         from ..masks.batched import MaskAugment
 
         self.mask_augment = MaskAugment(types=recipe.data.mask_types, p=recipe.data.mask_prob).to(self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(recipe.train.seed * 1000 + self.world.rank)
+        self.generators = {}
+        for offset, stream in enumerate(("flip", "mask")):
+            self.generators[stream] = torch.Generator(device=self.device)
+            self.generators[stream].manual_seed(self._stream_seed(offset))
 
         # -- optimizer: SGD on the trainable parameters, fused kernels where torch has them
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -200,6 +204,9 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+    def _stream_seed(self, offset: int, step: int = 0) -> int:
+        return (self.recipe.train.seed * 1000 + self.world.rank) * 2 + offset + 7919 * step
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -241,14 +248,14 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         x = to_network_tensor(images)
         if self.recipe.data.flip:
-            flip = torch.rand(len(x), device=self.device, generator=self.generator) < 0.5
+            flip = torch.rand(len(x), device=self.device, generator=self.generators["flip"]) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         # masks drawn here, on the device of the batch (MaskAugment is a batched torch renderer);
         # baseline 1 never looks at masked faces, so it does not pay for drawing them
         if self.recipe.mode == "baseline1":
             x_masked = x
         else:
-            x_masked, _ = self.mask_augment(x, generator=self.generator)
+            x_masked, _ = self.mask_augment(x, generator=self.generators["mask"])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             x_masked = x_masked.contiguous(memory_format=torch.channels_last)
@@ -380,7 +387,8 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped": self.skipped, "world_size": self.world.world_size,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": ckpt.capture_rng(), "mask_generator": self.generator.get_state(),
+                "rng": ckpt.capture_rng(),
+                "generators": {k: g.get_state() for k, g in self.generators.items()},
             }
             path = ckpt.save_checkpoint(self.run_dir, self.step, weights, state, self.recipe.to_yaml(),
                                         keep=self.recipe.train.keep_checkpoints)
@@ -409,9 +417,11 @@ class Trainer:
         self.batch_in_epoch, self.skipped = state["batch_in_epoch"], state["skipped"]
         ckpt.restore_rng(state["rng"])
         if state["world_size"] == self.world.world_size:
-            self.generator.set_state(state["mask_generator"])
-        else:  # another world size: the per-rank mask streams cannot continue, start new ones
-            self.generator.manual_seed(self.recipe.train.seed * 1000 + self.world.rank + 7919 * self.step)
+            for k, g in self.generators.items():
+                g.set_state(state["generators"][k])
+        else:  # another world size: the per-rank streams cannot continue, start new ones
+            for offset, g in enumerate(self.generators.values()):
+                g.manual_seed(self._stream_seed(offset, self.step))
         self._say(f"resumed from {where} at step {self.step} "
                   f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
 
