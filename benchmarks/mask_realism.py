@@ -49,9 +49,14 @@ def lfw_split(root: Path, n: int, split_file: str, rng) -> list[str]:
 
 
 def photo_jitter(img: np.ndarray, rng) -> np.ndarray:
-    """Generic photo variation (not fitted to any test set): exposure, low resolution, JPEG, flip."""
+    """Generic photo variation (not fitted to any test set): exposure, colour, low
+    resolution, blur, JPEG, flip."""
     out = img.astype(np.float32) * rng.uniform(0.7, 1.25) + rng.uniform(-20, 20)
     img = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.1:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if rng.random() < 0.2:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
     if rng.random() < 0.5:
         s = rng.uniform(0.35, 0.8)
         small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -109,7 +114,7 @@ def predict(model, images, torch, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run(n_train=3000, n_test=1000, epochs=3, det_size=320, seed=0, threads=2, log=print,
+def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, log=print,
         misses_png=None) -> dict:
     import torch
 
@@ -173,7 +178,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=3000, help="LFW DevTrain crops (each bare + masked)")
     ap.add_argument("--test", type=int, default=1000, help="LFW DevTest crops (each bare + masked)")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--det-size", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

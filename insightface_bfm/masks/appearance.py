@@ -70,7 +70,7 @@ def surface(xp, frame, u, v):
     """Shape of the mask on the face, independent of the style: cached per face by the renderer."""
     # the mask turns away from the camera towards the cheeks and under the chin
     below = xp.maximum(v - 1.25, 0.0 * v)
-    s = 1.0 - 0.2 * u * u - 0.35 * below
+    s = 1.0 - 0.28 * u * u - 0.35 * below
     # the nose bridge rises under the top edge: a little highlight above the nose tip
     au = xp.abs(u)
     ridge = xp.clip(1.0 - au * 3.0, 0.0, 1.0) * xp.clip(1.0 - xp.abs(v - frame.nose_v * 0.9) * 4.0, 0.0, 1.0)

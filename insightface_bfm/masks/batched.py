@@ -28,6 +28,7 @@ from .styles import (
     PATTERNS,
     SHAPE_FIELDS,
     SHAPES,
+    STRAPS_VISIBLE,
     VALVE_COLORS,
     check_types,
 )
@@ -51,7 +52,7 @@ def _bcast(t):
 class MaskAugment(nn.Module):
     """Put a random synthetic mask on each aligned crop of a batch.
 
-    ``forward(images, kps=None, generator=None)``: ``images`` float (B,3,H,W) RGB in [-1, 1]
+    ``forward(images, generator=None, kps=None)``: ``images`` float (B,3,H,W) RGB in [-1, 1]
     (H = W = 112 for ArcFace crops) on any device; ``kps`` optional (B,5,2) points in pixels,
     default the ArcFace template with a small random similarity jitter and per-point noise.
     Returns ``(masked, region)``: masked images like ``images`` and region (B,1,H,W) in [0, 1]
@@ -130,7 +131,7 @@ class MaskAugment(nn.Module):
     def sample_styles(self, batch: int, generator=None, device=None) -> dict:
         """Per-sample style parameters as tensors (the batched twin of ``random_style``)."""
         device = device or self.template.device
-        r = self._rand((batch, 24), generator, device)
+        r = self._rand((batch, 25), generator, device)
         drift = self._randn((batch, 3, 3), generator, device)
         t_local = torch.clamp((r[:, 0] * len(self.types)).long(), max=len(self.types) - 1)
         t = self.type_ids.to(device)[t_local]
@@ -151,10 +152,11 @@ class MaskAugment(nn.Module):
             "pattern_angle": torch.where(r[:, 22] < 0.5, (r[:, 22] * 4 - 1) * 45.0,
                                          torch.where(r[:, 22] < 0.75, 0.0, 90.0)),
             "grain": 1.0 + 5.0 * r[:, 23],
+            "straps_visible": (r[:, 24] < STRAPS_VISIBLE).float(),
         }
 
     # -- rendering ------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, kps: torch.Tensor | None = None, generator=None):
+    def forward(self, images: torch.Tensor, generator=None, kps: torch.Tensor | None = None):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"MaskAugment: expected images of shape (B,3,H,W), got {tuple(images.shape)}")
         b, _, h, w = images.shape
@@ -199,7 +201,7 @@ class MaskAugment(nn.Module):
         loops = _bcast(style["loops"])
         strap = geo.strap_distance(torch, frame, shape, loops, xs, ys)
         a_strap = torch.clamp(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0)
-        a_strap = a_strap * (1.0 - a_mask)
+        a_strap = a_strap * (1.0 - a_mask) * _bcast(style["straps_visible"])
 
         # the face's exposure and side light, measured on the cheeks the mask will cover
         pix = images.float() * 127.5 + 127.5

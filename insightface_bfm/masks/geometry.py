@@ -100,8 +100,13 @@ class MaskShape:
         self.bottom, self.bottom_curve, self.bottom_point = bottom, bottom_curve, bottom_point
         self.width, self.jaw = width, jaw
 
-    def top_edge(self, frame, u, au):
-        return self.top * frame.nose_v + self.top_curve * u * u + self.top_point * au
+    def top_centre(self, xp, frame):
+        # never closer to the eye line than one pixel: the anti-aliased edge stays below it
+        return xp.maximum(self.top * frame.nose_v, 1.0 / frame.depth + 0.0 * frame.nose_v)
+
+    def top_edge(self, frame, u, au, xp=None):
+        top = self.top * frame.nose_v if xp is None else self.top_centre(xp, frame)
+        return top + self.top_curve * u * u + self.top_point * au
 
     def bottom_edge(self, u, au):
         return self.bottom - self.bottom_curve * u * u - self.bottom_point * au
@@ -114,7 +119,7 @@ class MaskShape:
 def outline_distance(xp, frame: FaceFrame, shape: MaskShape, u, v, w):
     """Signed distance (pixels, approximately) to the mask outline: > 0 inside."""
     au = xp.abs(u)
-    d_top = (v - shape.top_edge(frame, u, au)) * frame.depth
+    d_top = (v - shape.top_edge(frame, u, au, xp)) * frame.depth
     d_bottom = (shape.bottom_edge(u, au) - v) * frame.depth
     d_side = (shape.side_edge(xp, v) - au) * w
     return xp.minimum(xp.minimum(d_top, d_bottom), d_side)

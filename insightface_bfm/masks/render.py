@@ -87,7 +87,7 @@ class _FaceMaps:
 
     def outline_distance(self, frame, shape):
         """``geometry.outline_distance`` from the cached maps (same formula, fewer operations)."""
-        top = (shape.top * frame.nose_v) + shape.top_curve * self.uu
+        top = shape.top_centre(np, frame) + shape.top_curve * self.uu
         if shape.top_point:
             top = top + shape.top_point * self.au
         bottom = shape.bottom - shape.bottom_curve * self.uu
@@ -158,8 +158,8 @@ def render_mask(image, kps, style=None, rng=None):
     out = img.copy()
     region_u8 = np.zeros((h, w), dtype=np.uint8)
     # one box for every style (the envelope of all random styles) keeps the face cache warm
-    envelope = geo.MaskShape(min(style.top, 0.4), 0, 0, max(style.bottom, 1.75), 0, 0,
-                             max(style.width, 1.12), 0)
+    envelope = geo.MaskShape(min(style.top, 0.2), 0, 0, max(style.bottom, 2.0), 0, 0,
+                             max(style.width, 1.25), 0)
     box = _mask_box(frame, envelope, w, h)
     if box is None:
         return out, region_u8.view(bool)
@@ -187,7 +187,8 @@ def render_mask(image, kps, style=None, rng=None):
     base = style.colors[0]
     strap_color = np.array((225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base])
     thickness = max(1, int(geo.strap_thickness(frame, loops)))
-    for i, (ax, ay, bx, by) in enumerate(geo.strap_segments(frame, shape, loops)):
+    segments = geo.strap_segments(frame, shape, loops) if style.straps_visible else []
+    for i, (ax, ay, bx, by) in enumerate(segments):
         side = -1.0 if i < 2 else 1.0
         col = np.clip(strap_color * gain * float(look.side_light(np, side, luma_l, luma_r)), 0, 255)
         p0 = (int(round(ax * 16)), int(round(ay * 16)))

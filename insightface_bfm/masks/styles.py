@@ -81,16 +81,17 @@ class ShapeRanges:
 
 
 SHAPES = {
-    "surgical": ShapeRanges((0.42, 0.7), (0.04, 0.1), (0.0, 0.0), (1.5, 1.72), (0.12, 0.22), (0.0, 0.0),
-                            (0.97, 1.1), (0.35, 0.6)),
-    "n95": ShapeRanges((0.45, 0.72), (0.22, 0.34), (0.0, 0.0), (1.45, 1.62), (0.3, 0.45), (0.0, 0.0),
-                       (0.86, 0.98), (0.7, 1.0)),
-    "kn95": ShapeRanges((0.4, 0.65), (0.02, 0.06), (0.14, 0.22), (1.55, 1.72), (0.05, 0.12), (0.25, 0.38),
-                        (0.92, 1.04), (0.45, 0.7)),
-    "cloth": ShapeRanges((0.42, 0.72), (0.1, 0.2), (0.0, 0.04), (1.48, 1.68), (0.22, 0.35), (0.0, 0.05),
-                         (0.93, 1.06), (0.6, 0.9)),
-    "dark": ShapeRanges((0.42, 0.72), (0.06, 0.2), (0.0, 0.06), (1.48, 1.7), (0.15, 0.35), (0.0, 0.08),
-                        (0.93, 1.08), (0.45, 0.9)),
+    "surgical": ShapeRanges((0.2, 0.7), (0.04, 0.1), (0.0, 0.0), (1.48, 1.85), (0.12, 0.22), (0.0, 0.0),
+                            (0.97, 1.15), (0.35, 0.6)),
+    "n95": ShapeRanges((0.22, 0.72), (0.2, 0.34), (0.0, 0.0), (1.45, 1.7), (0.3, 0.45), (0.0, 0.0),
+                       (0.86, 1.02), (0.7, 1.0)),
+    "kn95": ShapeRanges((0.2, 0.62), (0.02, 0.06), (0.14, 0.24), (1.55, 1.85), (0.05, 0.12), (0.25, 0.38),
+                        (0.92, 1.08), (0.45, 0.7)),
+    "cloth": ShapeRanges((0.2, 0.72), (0.08, 0.2), (0.0, 0.04), (1.48, 1.9), (0.15, 0.35), (0.0, 0.05),
+                         (0.93, 1.15), (0.4, 0.9)),
+    # dark includes neck gaiters and snoods: wider and lower than the face
+    "dark": ShapeRanges((0.2, 0.72), (0.04, 0.2), (0.0, 0.06), (1.48, 2.0), (0.05, 0.35), (0.0, 0.08),
+                        (0.93, 1.25), (0.1, 0.9)),
 }
 SHAPE_FIELDS = ("top", "top_curve", "top_point", "bottom", "bottom_curve", "bottom_point", "width", "jaw")
 
@@ -102,6 +103,10 @@ FEATURE_ODDS = {
     "cloth": (0.0, 0.35, 0.0, 1.0),
     "dark": (0.25, 0.3, 0.0, 1.0),
 }
+
+
+# Share of masks whose loops or straps are drawn.
+STRAPS_VISIBLE = 0.65
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class MaskStyle:
     valve: bool = False
     valve_side: float = 1.0  # +1: the wearer's left side of the image (right of the nose), -1: other side
     loops: bool = True  # ear loops, else head straps
+    straps_visible: bool = True  # loops/straps drawn (in many photos hair or the crop hides them)
     pattern_scale: float = 0.2  # pattern period in eye-to-mouth units
     pattern_angle: float = 0.0  # degrees
     grain: float = 4.0  # fabric grain noise, in grey levels
@@ -201,7 +207,7 @@ def random_style(rng=None, types=None) -> MaskStyle:
     """
     rng = np.random.default_rng(rng)
     types = check_types(types)
-    r = rng.random(24).tolist()
+    r = rng.random(25).tolist()
     n = rng.normal(0.0, 5.0, 9).tolist()
     seed = int(rng.integers(2**31 - 1))
     kind = _pick(types, r[0])
@@ -234,6 +240,7 @@ def random_style(rng=None, types=None) -> MaskStyle:
         valve=valve,
         valve_side=-1.0 if r[20] < 0.5 else 1.0,
         loops=loops,
+        straps_visible=r[24] < STRAPS_VISIBLE,
         pattern_scale=0.1 + 0.2 * r[21],
         pattern_angle=angle,
         grain=1.0 + 5.0 * r[23],
