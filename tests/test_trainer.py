@@ -208,3 +208,19 @@ def test_cli_trains_and_compares(tmp_path):
         for case in ("case1", "case2", "case3"):
             assert 0.0 <= table[mode]["eval"][case]["accuracy"] <= 1.0
     assert table["bfm"]["eval"]["classifier_accuracy"] is not None
+
+
+def test_bfm_full_extractor_trains_exactly_as_baseline1(tmp_path, faces):
+    # Same seed: same initial weights, data order and flips; E_F's gradient comes from eq. 2 only.
+    # So BFM's E_F after some steps is baseline 1's model (what makes the quickstart's table a
+    # comparison of methods, not of random draws), and E_P started from the same weights.
+    b1 = Trainer(tiny(tmp_path, "baseline1", train={"max_steps": 2}), dataset=faces)
+    b1.fit()
+    bfm = Trainer(tiny(tmp_path, "bfm", train={"max_steps": 2}), dataset=faces)
+    start = {k: v.clone() for k, v in bfm.model.partial.state_dict().items()}
+    for k, v in bfm.model.full.state_dict().items():
+        torch.testing.assert_close(start[k], v)
+    bfm.fit()
+    for k, v in b1.model.full.state_dict().items():
+        torch.testing.assert_close(bfm.model.full.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
+    assert not torch.equal(bfm.model.partial.state_dict()["conv1.weight"], start["conv1.weight"])
