@@ -224,3 +224,15 @@ def test_bfm_full_extractor_trains_exactly_as_baseline1(tmp_path, faces):
     for k, v in b1.model.full.state_dict().items():
         torch.testing.assert_close(bfm.model.full.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
     assert not torch.equal(bfm.model.partial.state_dict()["conv1.weight"], start["conv1.weight"])
+
+
+def test_partial_fc_heads_train_and_save_full_centres(tmp_path, faces):
+    r = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 2})
+    trainer = Trainer(r, dataset=faces)
+    trainer.fit()
+    weights = ckpt.load_weights(tmp_path / "bfm")
+    assert weights["head_full.weight"].shape == (6, 16) and weights["head_partial.weight"].shape == (6, 16)
+    model, _ = load_checkpoint(tmp_path / "bfm")
+    torch.testing.assert_close(model.head_full.weight, trainer.model.head_full.weight)
+    part = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 3})
+    assert Trainer(part, dataset=faces, resume=True).step == 2
