@@ -15,6 +15,7 @@ embedded with E_P when either face is classified masked, else with E_F.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from .. import losses
 from ..errors import BFMError
+from ..export.graph_module import SKELETON_KEY, OnnxGraphModule
 from ..nets import MaskClassifier, PartialFC, get_backbone, make_head
 from .recipe import Recipe
 
@@ -38,6 +40,7 @@ class BFMModel(nn.Module):
         self.mode = recipe.mode
         self.num_classes = int(num_classes)
         cfg = recipe.model
+        self.embedding_size = cfg.embedding_size
 
         def extractor():
             return get_backbone(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
@@ -81,8 +84,9 @@ class BFMModel(nn.Module):
             # eq. 1: C learns unmasked -> 0, masked -> 1 (one pass over both copies).
             logits, logits_masked = self.classifier(torch.cat([x, x_masked])).chunk(2)
             terms["mask"] = losses.mask_loss(logits, logits_masked)
-        # eq. 2: E_F on unmasked faces only.
-        terms["full"] = _arcface(self.head_full, self.full(x), labels)
+        # eq. 2: E_F on unmasked faces only (a frozen E_F has nothing to learn: skip its forward pass).
+        if not self.frozen_full:
+            terms["full"] = _arcface(self.head_full, self.full(x), labels)
         # eqs. 4 and 5: E_P on x and masked x, in one pass (BatchNorm sees both copies together).
         p, p_masked = self.partial(torch.cat([x, x_masked])).chunk(2)
         terms["guided"] = losses.guided_loss(p, p_masked)
@@ -160,6 +164,11 @@ def load_checkpoint(path, map_location: str = "cpu") -> tuple[BFMModel, dict]:
     if "head_full.weight" not in weights:
         raise BFMError(f"{ckpt}: model.safetensors has no head_full.weight (not a BFM checkpoint)")
     model = BFMModel(recipe, num_classes=weights["head_full.weight"].shape[0])
+    for role in ("full", "partial"):
+        if f"{role}.{SKELETON_KEY}" in weights:
+            # an extractor fine-tuned from a generic ONNX import: its graph travels in the weights
+            rebuilt = OnnxGraphModule.from_state_dict(weights, prefix=f"{role}.", source=str(ckpt))
+            setattr(model, role, rebuilt)
     load_strict(model, weights, f"{ckpt}")
     return model.to(map_location).eval(), recipe
 
@@ -226,10 +235,55 @@ def initialise(model: BFMModel, init) -> list[str]:
         target = getattr(model, role)
         if target is None:
             raise BFMError(f"init.{role}: a {model.mode} model has no {role} network")
-        load_strict(target, initial_weights(spec, role), f"init.{role} {spec}")
+        imported = _import_extractor(spec, role, model.embedding_size)
+        if imported is not None and imported.bfm_architecture.get("backbone") == "onnx":
+            # not a nets architecture: the imported graph itself becomes the extractor
+            setattr(model, role, imported)
+        else:
+            state = imported.state_dict() if imported is not None else initial_weights(spec, role)
+            load_strict(target, state, f"init.{role} {spec}")
         loaded.append(f"{role} <- {spec}")
+    if init.trainable is not None:
+        loaded.append(_train_only(model, init.trainable))
     if init.freeze_full:
         model.freeze_full()
     if init.freeze_bn:
         model.freeze_bn()
     return loaded
+
+
+def _import_extractor(spec: str, role: str, embedding_size: int) -> nn.Module | None:
+    """``onnx:PATH`` for E_F / E_P imported once (None for other specs). A graph that is not an
+    arcface_torch architecture (e.g. a MobileFaceNet from another code base) comes back as the
+    generic ``OnnxGraphModule`` and is used as the extractor itself, so its size must fit."""
+    if not spec.startswith("onnx:") or role == "classifier":
+        return None
+    from ..export.from_onnx import import_onnx
+
+    module = import_onnx(spec[5:])
+    if module.bfm_architecture.get("backbone") == "onnx" and module.embedding_size != embedding_size:
+        raise BFMError(f"init.{role} {spec}: the graph embeds to {module.embedding_size} dimensions but "
+                       f"model.embedding_size is {embedding_size}")
+    return module
+
+
+def _train_only(model: BFMModel, patterns: list[str]) -> str:
+    """``init.trainable``: extractor parameters whose name (within E_F / E_P / the baseline model)
+    matches one of the regular expressions keep training, the others are frozen. Fine-tuning only
+    the last layers of a pretrained network this way also skips the backward pass of the rest."""
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as e:
+        raise BFMError(f"init.trainable: {e.pattern!r} is not a regular expression ({e})") from None
+    kept, total, used = 0, 0, set()
+    for net in model.extractors().values():
+        for name, param in net.named_parameters():
+            hits = [p.pattern for p in compiled if p.search(name)]
+            used.update(hits)
+            param.requires_grad_(bool(hits))
+            kept += param.numel() if hits else 0
+            total += param.numel()
+    unused = [p for p in patterns if p not in used]
+    if unused:
+        raise BFMError(f"init.trainable: {unused[0]!r} matches no extractor parameter")
+    return f"trainable extractor parameters: {kept:,} of {total:,} ({', '.join(patterns)})"

@@ -112,6 +112,9 @@ class InitSection:
     full: str | None = None
     partial: str | None = None
     freeze_full: bool = False
+    # Regular expressions over extractor parameter names (without the 'full.' / 'partial.' prefix):
+    # only matching ones train, the rest stay frozen (fine-tune the last layers only). None = all.
+    trainable: list[str] | None = None
     # Keep every BatchNorm in eval mode (running statistics frozen; affine weights still train).
     freeze_bn: bool = False
 
