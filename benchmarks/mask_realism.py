@@ -58,7 +58,7 @@ def photo_jitter(img: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
     if rng.random() < 0.5:
-        s = rng.uniform(0.35, 0.8)
+        s = rng.uniform(0.15, 0.8)
         small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
         img = cv2.resize(small, (112, 112), interpolation=cv2.INTER_LINEAR)
     if rng.random() < 0.5:
@@ -69,12 +69,12 @@ def photo_jitter(img: np.ndarray, rng) -> np.ndarray:
     return img
 
 
-def make_pairs(crops, points, rng, jitter: bool):
+def make_pairs(crops, points, rng, jitter: bool, worn_low: float = 0.0):
     """(images, labels): every crop bare and masked (a fresh style each call)."""
     images, labels = [], []
     for img, kps in zip(crops, points):
         kps = kps + rng.normal(0, 1.0, kps.shape) if jitter else kps
-        masked, _ = render_mask(img, np.clip(kps, 0, 111), random_style(rng))
+        masked, _ = render_mask(img, np.clip(kps, 0, 111), random_style(rng, worn_low=worn_low))
         for x, y in ((img, 0), (masked, 1)):
             images.append(photo_jitter(x, rng) if jitter else x)
             labels.append(y)
@@ -115,7 +115,7 @@ def predict(model, images, torch, batch: int = 256) -> np.ndarray:
 
 
 def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, log=print,
-        misses_png=None) -> dict:
+        misses_png=None, worn_low=0.1) -> dict:
     import torch
 
     from insightface_bfm.nets import MaskClassifier
@@ -136,7 +136,7 @@ def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, lo
     model = MaskClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for epoch in range(epochs):
-        x, y = make_pairs(train, train_pts, rng, jitter=True)  # fresh masks every epoch
+        x, y = make_pairs(train, train_pts, rng, jitter=True, worn_low=worn_low)  # fresh masks each epoch
         order = rng.permutation(len(x))
         model.train()
         total = 0.0
@@ -170,8 +170,8 @@ def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, lo
         cv2.imwrite(str(misses_png), np.vstack(rows))
     real = {"photos": photos, "faces": int(len(crops)), "no_face": missed,
             "masked_recall": float(real_pred.mean())}
-    return {"train_images": 2 * len(train), "epochs": epochs, "synthetic_heldout": synthetic,
-            "rmfd_real": real, "seconds": time.perf_counter() - t0}
+    return {"train_images": 2 * len(train), "epochs": epochs, "worn_low": worn_low,
+            "synthetic_heldout": synthetic, "rmfd_real": real, "seconds": time.perf_counter() - t0}
 
 
 def main():
@@ -182,11 +182,13 @@ def main():
     ap.add_argument("--det-size", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worn-low", type=float, default=0.1,
+                    help="share of training masks worn under the nose (people do; 0 = all cover it)")
     ap.add_argument("--json")
     ap.add_argument("--misses", help="write a contact sheet (PNG) of the real masked faces called bare")
     args = ap.parse_args()
     r = run(args.train, args.test, args.epochs, args.det_size, args.seed, args.threads,
-            misses_png=args.misses)
+            misses_png=args.misses, worn_low=args.worn_low)
     s, q = r["synthetic_heldout"], r["rmfd_real"]
     print(f"synthetic held-out ({s['images']} crops, unseen people): accuracy {s['accuracy']:.2%}, "
           f"masked recall {s['masked_recall']:.2%}, unmasked specificity {s['unmasked_specificity']:.2%}")

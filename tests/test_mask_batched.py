@@ -54,6 +54,15 @@ def test_every_type_covers_nose_and_mouth(kind):
     assert (masked != x).any()
 
 
+def test_worn_low_uncovers_the_nose():
+    kps = torch.from_numpy(np.repeat(ARCFACE_KPS[None], 4, 0))
+    _, region = MaskAugment(worn_low=1.0)(_faces(4), generator=torch.Generator().manual_seed(0), kps=kps)
+    nx, ny = np.round(ARCFACE_KPS[2]).astype(int)
+    assert (region[:, 0, ny, nx] == 0).all()
+    mx, my = np.round(ARCFACE_KPS[3]).astype(int)
+    assert (region[:, 0, my, mx] == 1).all()
+
+
 def test_p_zero_passes_through_and_p_mixes():
     x = _faces(16)
     masked, region = MaskAugment(p=0.0)(x, generator=torch.Generator().manual_seed(0))

@@ -61,6 +61,8 @@ def test_bad_arguments(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--types", "scarf"])
     assert res.exit_code == 2 and "scarf" in res.output
+    res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--worn-low", "2"])
+    assert res.exit_code == 2 and "--worn-low" in res.output
     res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--raw"])
     assert res.exit_code == 2 and "--detector" in res.output
     res = runner.invoke(main, ["mask", str(src), str(src / "inside")])
@@ -111,7 +113,10 @@ def test_raw_photos_with_detector(tmp_path, shared):
     for p in sorted(raw.rglob("*.jpg"))[:2]:
         (src / p.name).write_bytes(p.read_bytes())
     dst = tmp_path / "masked"
-    res = CliRunner().invoke(main, ["mask", str(src), str(dst), "--raw", "--detector", str(det),
+    pack = tmp_path / "pack"  # a pack folder holding the detector works like the ONNX file
+    pack.mkdir()
+    (pack / "det_2.5g.onnx").symlink_to(det)
+    res = CliRunner().invoke(main, ["mask", str(src), str(dst), "--raw", "--detector", str(pack),
                                     "--det-size", "320", "--quiet"])
     assert res.exit_code == 0, res.output
     entries = read_manifest(dst / MANIFEST)[1]
@@ -122,3 +127,31 @@ def test_raw_photos_with_detector(tmp_path, shared):
         nose = np.round(e["faces"][0]["kps"][2]).astype(int)
         assert np.abs(img[nose[1], nose[0]].astype(int) - out[nose[1], nose[0]]).sum() > 0
     assert json.loads((dst / MANIFEST).read_text().splitlines()[0])["points"] == "detector"
+
+
+@pytest.mark.shared
+def test_raw_photo_every_face_masked(tmp_path, shared):
+    """insightface's t1.jpg holds 6 faces: each gets its own mask and manifest entry."""
+    import os
+
+    import insightface
+
+    t1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+    det = shared("models", "scrfd_2.5g_bnkps.onnx")
+    src = tmp_path / "group"
+    src.mkdir()
+    (src / "t1.jpg").write_bytes(open(t1, "rb").read())
+    summary = mask_dataset(src, tmp_path / "out", detector=_detector(det), progress=False)
+    assert summary.faces == 6
+    faces = read_manifest(tmp_path / "out" / MANIFEST)[1][0]["faces"]
+    assert len(faces) == 6 and len({f["style"]["seed"] for f in faces}) == 6
+    img, out = cv2.imread(t1), cv2.imread(str(tmp_path / "out" / "t1.jpg"))
+    for f in faces:
+        x, y = np.round(f["kps"][2]).astype(int)
+        assert np.abs(img[y, x].astype(int) - out[y, x]).sum() > 0
+
+
+def _detector(path):
+    from insightface_bfm.masks.masked_sets import load_detector
+
+    return load_detector(path, det_size=640)

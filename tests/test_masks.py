@@ -53,6 +53,17 @@ def test_every_type_covers_nose_and_mouth_and_spares_the_eyes(kind):
         assert 0.2 < region.mean() < 0.6
 
 
+def test_worn_low_uncovers_the_nose_only_on_request():
+    img = _face()
+    nx, ny = np.round(ARCFACE_KPS[2]).astype(int)
+    for seed in range(10):
+        _, region = render_mask(img, ARCFACE_KPS, random_style(seed, worn_low=1.0))
+        assert not region[ny, nx]
+        for px, py in ARCFACE_KPS[3:]:
+            assert region[int(round(py)), int(round(px))]
+    assert all(random_style(s).top < 1.0 for s in range(200))
+
+
 def test_every_pattern_and_feature_renders_differently():
     img = _face()
     outs = {}

@@ -30,6 +30,7 @@ from .styles import (
     SHAPES,
     STRAPS_VISIBLE,
     VALVE_COLORS,
+    WORN_LOW_TOP,
     check_types,
 )
 
@@ -60,13 +61,14 @@ class MaskAugment(nn.Module):
     (its region is 0). ``generator`` (a ``torch.Generator``) makes the draw reproducible.
     """
 
-    def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0):
+    def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0, worn_low: float = 0.0):
         super().__init__()
         self.types = check_types(types)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"MaskAugment: p={p} is not a probability")
         self.p = float(p)
         self.kps_jitter = float(kps_jitter)
+        self.worn_low = float(worn_low)  # share of masks pulled under the nose (see random_style)
         type_ids = [MASK_TYPES.index(t) for t in self.types]
         self.register_buffer("type_ids", torch.tensor(type_ids, dtype=torch.long), persistent=False)
         for name, groups in (
@@ -131,7 +133,7 @@ class MaskAugment(nn.Module):
     def sample_styles(self, batch: int, generator=None, device=None) -> dict:
         """Per-sample style parameters as tensors (the batched twin of ``random_style``)."""
         device = device or self.template.device
-        r = self._rand((batch, 25), generator, device)
+        r = self._rand((batch, 26), generator, device)
         drift = self._randn((batch, 3, 3), generator, device)
         t_local = torch.clamp((r[:, 0] * len(self.types)).long(), max=len(self.types) - 1)
         t = self.type_ids.to(device)[t_local]
@@ -142,6 +144,9 @@ class MaskAugment(nn.Module):
         pattern = pattern.clamp(max=len(PATTERNS) - 1)
         lo, hi = self.shape_lo[t], self.shape_hi[t]
         shape = lo + (hi - lo) * r[:, 8:16]
+        if self.worn_low > 0:
+            low = WORN_LOW_TOP[0] + (WORN_LOW_TOP[1] - WORN_LOW_TOP[0]) * r[:, 8]
+            shape[:, 0] = torch.where(r[:, 25] < self.worn_low, low, shape[:, 0])
         feats = (r[:, 16:20] < self.feature_odds[t]).float()
         pleats, seam, valve_on, loops = feats.unbind(1)
         return {

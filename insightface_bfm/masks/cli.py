@@ -19,10 +19,12 @@ from .styles import MASK_TYPES
 @click.option("--types", default=",".join(MASK_TYPES), show_default=True,
               help="Comma-separated mask types to draw from.")
 @click.option("--seed", default=0, show_default=True, help="Seed: with the image name it fixes each style.")
+@click.option("--worn-low", default=0.0, show_default=True,
+              help="Share of masks worn pulled down under the nose (nose tip left bare).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "folder", "rec"]), default="auto",
               show_default=True, help="Output kind; auto = the same kind as SRC.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, fmt, quiet):
+def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, worn_low, fmt, quiet):
     """Write a masked copy of SRC (aligned crops by default) to DST, with DST/mask_manifest.jsonl.
 
     Resumable: rerun the same command and finished images are skipped.
@@ -39,7 +41,10 @@ def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, fmt, quiet)
     if detector and not raw:
         raise click.UsageError("--detector is for raw photos: add --raw")
     det = load_detector(detector, det_size, det_thresh) if raw else None
-    summary = mask_dataset(src, dst, types=types, seed=seed, detector=det, fmt=fmt, progress=not quiet)
+    if not 0.0 <= worn_low <= 1.0:
+        raise click.BadParameter(f"{worn_low} is not a share in [0, 1]", param_hint="--worn-low")
+    summary = mask_dataset(src, dst, types=types, seed=seed, detector=det, fmt=fmt, worn_low=worn_low,
+                           progress=not quiet)
     click.echo(str(summary))
     for name, why in summary.misses[:10]:
         click.echo(f"  missed {name}: {why}", err=True)

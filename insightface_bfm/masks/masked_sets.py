@@ -71,7 +71,7 @@ def load_detector(path, det_size: int = 640, threshold: float = 0.5):
     return load_onnx(detector=path, det_size=det_size, threshold=threshold)
 
 
-def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None):
+def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn_low: float = 0.0):
     """Mask one image: the aligned crop (template points) or, with a detector, every face found.
 
     Returns ``(masked, faces)``, ``faces`` a list of ``{"kps", "style"}`` dicts; masked is None
@@ -88,7 +88,7 @@ def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None):
     out, faces = img, []
     h, w = img.shape[:2]
     for kps in kps_list:
-        style = random_style(rng, types)
+        style = random_style(rng, types, worn_low=worn_low)
         kps = np.asarray(kps, dtype=np.float64)
         if detector is not None:
             # a detector may place a point a little outside the photo: pull it onto the border
@@ -162,12 +162,12 @@ def _source_kind(src: Path) -> tuple[str, Path | None]:
 
 
 def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str = "auto",
-                 progress: bool = True) -> MaskSummary:
+                 worn_low: float = 0.0, progress: bool = True) -> MaskSummary:
     """Write a masked copy of ``src`` (image folder, RecordIO folder or ``.rec``) to ``dst``.
 
     ``detector``: None for aligned crops (ArcFace template points), else an insightface detector
     (``load_detector``) whose faces all get masks. ``fmt``: ``auto`` (same kind as the source),
-    ``folder`` or ``rec``.
+    ``folder`` or ``rec``. ``worn_low``: share of masks worn under the nose (default none).
     """
     types = check_types(types)
     src, dst = Path(src), Path(dst)
@@ -179,21 +179,24 @@ def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise BFMError(f"{dst}: the destination must not be the source folder {src} or inside it")
     header = {"kind": MANIFEST_KIND, "version": 1, "source": str(src), "seed": int(seed),
-              "types": list(types), "points": "detector" if detector is not None else "template"}
+              "types": list(types), "points": "detector" if detector is not None else "template",
+              "worn_low": float(worn_low)}
     manifest = Manifest(dst / MANIFEST, header)
     if manifest.entries and manifest.path.is_file():
         old = read_manifest(manifest.path)[0]
-        if (old.get("seed"), old.get("types"), old.get("points")) != (seed, list(types), header["points"]):
+        keys = ("seed", "types", "points", "worn_low")
+        if any(old.get(k, 0.0 if k == "worn_low" else None) != header[k] for k in keys):
             raise BFMError(f"{manifest.path}: made with seed {old.get('seed')}, types {old.get('types')}, "
-                           f"points {old.get('points')}; use another DST or the same settings to resume")
+                           f"points {old.get('points')}, worn_low {old.get('worn_low', 0.0)}; "
+                           "use another DST or the same settings to resume")
     items, reader = (_folder_items(src), None) if kind == "folder" else _rec_items(rec)
     summary = MaskSummary(manifest=str(manifest.path))
     if fmt == "folder":
-        _to_folder(items, dst, manifest, summary, seed, types, detector, progress)
+        _to_folder(items, dst, manifest, summary, (seed, types, detector, worn_low), progress)
     elif reader is None:
         raise BFMError(f"{src}: RecordIO output needs a RecordIO source; use format 'folder'")
     else:
-        _to_rec(items, reader, rec, dst, manifest, summary, seed, types, detector, progress)
+        _to_rec(items, reader, rec, dst, manifest, summary, (seed, types, detector, worn_low), progress)
     return summary
 
 
@@ -243,7 +246,7 @@ def _bar(items, progress, desc):
     return tqdm(items, desc=desc, unit="img", disable=not progress)
 
 
-def _to_folder(items, dst, manifest, summary, seed, types, detector, progress):
+def _to_folder(items, dst, manifest, summary, how, progress):
     dst.mkdir(parents=True, exist_ok=True)
     try:
         for item in _bar(items, progress, "masking"):
@@ -258,7 +261,7 @@ def _to_folder(items, dst, manifest, summary, seed, types, detector, progress):
                 summary.misses.append((item.name, f"unreadable: {e}"))
                 continue
             img = loaded[0] if isinstance(loaded, tuple) else loaded
-            masked, faces = mask_image(img, item.name, seed, types, detector)
+            masked, faces = mask_image(img, item.name, *how)
             if masked is None:
                 summary.misses.append((item.name, "no face found"))
                 continue
@@ -270,7 +273,7 @@ def _to_folder(items, dst, manifest, summary, seed, types, detector, progress):
         manifest.flush()
 
 
-def _to_rec(items, reader, rec, dst, manifest, summary, seed, types, detector, progress):
+def _to_rec(items, reader, rec, dst, manifest, summary, how, progress):
     from ..data.recordio import RecordIOWriter, pack_header, unpack_header
 
     out_rec, out_idx = dst / "train.rec", dst / "train.idx"
@@ -287,7 +290,7 @@ def _to_rec(items, reader, rec, dst, manifest, summary, seed, types, detector, p
                 header, body = unpack_header(payload, f"{rec} record {key}")
                 try:
                     img = decode_image(body, f"{rec} record {key}")
-                    masked, faces = mask_image(img, name, seed, types, detector)
+                    masked, faces = mask_image(img, name, *how)
                 except ImageError as e:
                     masked, faces = None, []
                     summary.misses.append((name, f"unreadable: {e}"))

@@ -70,7 +70,7 @@ PATTERN_ODDS = {
 class ShapeRanges:
     """Uniform ranges of the outline parameters of a type (see geometry.MaskShape)."""
 
-    top: tuple[float, float]  # top edge on the bridge, as a fraction of the eye-line -> nose-tip depth
+    top: tuple[float, float]  # top edge on the bridge, fraction of the eye-line -> nose-tip depth
     top_curve: tuple[float, float]  # rise of the top edge towards the cheeks (quadratic in u)
     top_point: tuple[float, float]  # pointed top (linear in |u|): KN95 fold
     bottom: tuple[float, float]  # bottom edge under the chin, in eye-to-mouth units below the eye line
@@ -149,8 +149,8 @@ class MaskStyle:
         if len(colors) != 3 or any(len(c) != 3 or min(c) < 0 or max(c) > 255 for c in colors):
             raise ValueError(f"MaskStyle.colors: expected 3 BGR triples in 0..255, got {self.colors!r}")
         object.__setattr__(self, "colors", colors)
-        if not (0.05 <= self.top <= 0.95):
-            raise ValueError(f"MaskStyle.top: {self.top} is outside 0.05..0.95 (fraction eye line -> nose)")
+        if not (0.05 <= self.top <= 1.6):
+            raise ValueError(f"MaskStyle.top: {self.top} is outside 0.05..1.6 (fraction eye line -> nose)")
         if not (1.1 <= self.bottom <= 2.2):
             raise ValueError(f"MaskStyle.bottom: {self.bottom} is outside 1.1..2.2 (eye-to-mouth units)")
         if not (0.5 <= self.width <= 1.5):
@@ -199,15 +199,20 @@ def _jitter_color(color, x: float, drift) -> tuple[int, int, int]:
     return tuple(min(255, max(0, int(round(c * scale + e)))) for c, e in zip(color, drift))
 
 
-def random_style(rng=None, types=None) -> MaskStyle:
+# A mask pulled down under the nose: top edge at this range of multiples of the nose depth.
+WORN_LOW_TOP = (1.1, 1.45)
+
+
+def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     """Draw a style: type uniform over ``types`` (default all), then colours, pattern, shape and seed.
 
-    ``rng``: a ``numpy.random.Generator``, a seed or None. The draw uses the same layout of
-    uniform numbers as the batched renderer's ``MaskAugment.sample_styles``.
+    ``rng``: a ``numpy.random.Generator``, a seed or None. ``worn_low``: share of masks worn
+    under the nose (nose tip uncovered; default 0: every mask covers the nose). The draw uses
+    the same layout of uniform numbers as the batched renderer's ``MaskAugment.sample_styles``.
     """
     rng = np.random.default_rng(rng)
     types = check_types(types)
-    r = rng.random(25).tolist()
+    r = rng.random(26).tolist()
     n = rng.normal(0.0, 5.0, 9).tolist()
     seed = int(rng.integers(2**31 - 1))
     kind = _pick(types, r[0])
@@ -227,6 +232,8 @@ def random_style(rng=None, types=None) -> MaskStyle:
     for i, name in enumerate(SHAPE_FIELDS):
         lo, hi = getattr(ranges, name)
         shape[name] = lo + (hi - lo) * r[8 + i]
+    if r[25] < worn_low:
+        shape["top"] = WORN_LOW_TOP[0] + (WORN_LOW_TOP[1] - WORN_LOW_TOP[0]) * r[8]
     pleats, seam, valve, loops = (x < p for x, p in zip(r[16:20], FEATURE_ODDS[kind]))
     a = r[22]
     angle = (a * 4.0 - 1.0) * 45.0 if a < 0.5 else (0.0 if a < 0.75 else 90.0)
