@@ -159,12 +159,12 @@ def _identity(seed: int, identity: int) -> dict:
     p["glasses_shape"] = int(rng.integers(0, 2))
     # -- lower face
     p["nose_dy"] = rng.uniform(-3.5, 3.5)
-    p["nose_w"] = rng.uniform(4.5, 9.5)
-    p["nostril"] = rng.uniform(1.1, 2.6)
+    p["nose_w"] = rng.uniform(4.5, 11.0)
+    p["nostril"] = rng.uniform(1.0, 3.0)
     p["bridge_w"] = rng.uniform(2.5, 6.0)
     p["bridge_shade"] = rng.uniform(0.75, 0.93)
     p["nose_tip"] = rng.uniform(2.0, 4.5)
-    p["mouth_w"] = rng.uniform(10.0, 17.5)
+    p["mouth_w"] = rng.uniform(9.0, 18.5)
     p["mouth_dy"] = rng.uniform(-3.5, 3.5)
     p["upper_lip"] = rng.uniform(1.3, 4.0)
     p["lower_lip"] = rng.uniform(2.0, 5.5)
@@ -188,15 +188,17 @@ def _identity(seed: int, identity: int) -> dict:
     )
     p["chin_cleft"] = rng.random() < 0.2
     p["jaw_w"] = p["face_w"] - rng.uniform(1.0, 11.0)
-    p["chin_w"] = rng.uniform(6.0, 18.0)
-    p["chin_y"] = rng.uniform(102.0, 113.0)
-    p["beard"] = int(
-        rng.choice(5, p=[0.42, 0.16, 0.12, 0.16, 0.14])
-    )  # none, moustache, goatee, full, stubble
+    p["chin_w"] = rng.uniform(5.0, 20.0)
+    p["chin_y"] = rng.uniform(100.0, 114.0)
+    # none, moustache, goatee, full, stubble
+    p["beard"] = int(rng.choice(5, p=[0.38, 0.17, 0.13, 0.17, 0.15]))
+    # facial hair usually has the hair's colour, but not always (a lower-face-only cue)
+    beard = hair if rng.random() < 0.65 else _palette(rng, _HAIR, 12.0)
+    p["beard_col"] = _bgr(beard)
     p["beard_t"] = rng.uniform(2.5, 5.5)
     p["moles"] = [
         (rng.uniform(28, 84), rng.uniform(64, 104), rng.uniform(0.7, 1.7))
-        for _ in range(int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1])))
+        for _ in range(int(rng.choice(4, p=[0.3, 0.3, 0.25, 0.15])))
     ]
     p["freckles"] = (
         rng.uniform([34, 60], [78, 84], (int(rng.integers(12, 30)), 2)) if rng.random() < 0.2 else None
@@ -405,7 +407,7 @@ def _draw_nose(img, p, f) -> None:
 
 def _draw_beard(img, p, f, contour_lower: np.ndarray, cx: float) -> None:
     style = p["beard"]
-    col = p["hair"]
+    col = p["beard_col"]
     ml, mr = f["ml"], f["mr"]
     my = (ml[1] + mr[1]) / 2
     if style in (1, 3):  # moustache (also part of the full beard)
