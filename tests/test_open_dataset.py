@@ -86,3 +86,15 @@ def test_bfm_data_info_synthetic():
     assert "min 4, median 4, max 4" in result.output
     result = CliRunner().invoke(main, ["data", "info", "synthetic:x"])
     assert result.exit_code == 2 and "synthetic:N_IDS:IMGS_PER_ID" in result.output
+
+
+def test_datasets_pickle_for_spawned_workers(folder, tmp_path):
+    import pickle
+
+    pack_folder(folder, tmp_path / "rec", progress=False)
+    for ds in (open_dataset(folder), open_dataset(tmp_path / "rec"), open_dataset("synthetic:2:2:4")):
+        first = ds[0]  # opens files / fills caches before pickling
+        copy = pickle.loads(pickle.dumps(ds))
+        again = copy[0]
+        assert np.array_equal(again[0], first[0]) and again[1] == first[1]
+        assert copy.labels.tolist() == ds.labels.tolist()
