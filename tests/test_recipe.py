@@ -27,7 +27,7 @@ def base(**sections):
     return data
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_every_shipped_recipe_loads(name):
     # Paths of the paper recipes point at the user's CASIA copy: validate everything else.
     r = load_recipe(RECIPES / name, check_paths=name == "quickstart.yaml")
@@ -35,8 +35,8 @@ def test_every_shipped_recipe_loads(name):
     assert r.source.endswith(name)
 
 
-def test_no_unlisted_recipe_ships():
-    assert sorted(p.name for p in RECIPES.glob("*.yaml")) == sorted(SHIPPED)
+def test_the_issue_recipes_ship():
+    assert set(SHIPPED) <= {p.name for p in RECIPES.glob("*.yaml")}
 
 
 def test_paper_recipe_is_the_papers_setting():
