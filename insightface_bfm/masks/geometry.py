@@ -69,8 +69,8 @@ def face_frame(xp, kps) -> FaceFrame:
     iod = xp.sqrt((erx - elx) ** 2 + (ery - ely) ** 2)
     nose_u = (nx - cx) * ax + (ny - cy) * ay
     # a nose tip found above the eye line (or at the mouth) is a detector error: keep the mask's
-    # top edge where a nose can be, so the eyes stay untouched whatever the points say
-    nose_v = xp.clip((-(nx - cx) * ay + (ny - cy) * ax) / depth, 0.25, 0.85)
+    # top edge below the eye line whatever the points say (heads tilted back reach ~0.06)
+    nose_v = xp.clip((-(nx - cx) * ay + (ny - cy) * ax) / depth, 0.05, 0.85)
     # horizontal distances from the nose to each eye and each mouth corner (mouth scaled to eye spacing)
     eye_l = nose_u - ((elx - cx) * ax + (ely - cy) * ay)
     eye_r = ((erx - cx) * ax + (ery - cy) * ay) - nose_u
