@@ -150,10 +150,10 @@ def strap_segments(frame: FaceFrame, shape: MaskShape, loops):
     v_low = 1.05
     w_low = shape.width * 0.96
     for side in (-1.0, 1.0):
-        ear = frame.side_point(side, shape.width + 0.4, 0.4)
+        ear = frame.side_point(side, shape.width + 0.28, 0.4)
         # loops: both corners to the ear; straps: straight back, one high and one low
-        hi_end = _lerp_point(frame.side_point(side, shape.width + 0.6, v_top + 0.05), ear, loops)
-        lo_end = _lerp_point(frame.side_point(side, shape.width + 0.6, v_low + 0.1), ear, loops)
+        hi_end = _lerp_point(frame.side_point(side, shape.width + 0.32, v_top + 0.05), ear, loops)
+        lo_end = _lerp_point(frame.side_point(side, shape.width + 0.32, v_low + 0.1), ear, loops)
         segs.append((*frame.side_point(side, w_top, v_top), *hi_end))
         segs.append((*frame.side_point(side, w_low, v_low), *lo_end))
     return segs
