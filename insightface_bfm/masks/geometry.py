@@ -35,7 +35,7 @@ class FaceFrame:
         self.nose_v = nose_v  # nose tip depth in v units
 
     def side_point(self, side, u, v):
-        """Like ``point`` for |u| on the side given by ``side`` (+1 right, -1 left; scalar or tensor)."""
+        """Image coordinates of face point (side * u, v); ``side`` +1 image-right, -1 left (or a tensor)."""
         if _is_number(side):
             w = self.w_right if side > 0 else self.w_left
         else:

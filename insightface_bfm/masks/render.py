@@ -8,6 +8,7 @@ of points are cached, which makes aligned crops (all on the ArcFace template) ch
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import cv2
@@ -21,6 +22,7 @@ from .styles import MASK_TYPES, MaskStyle, random_style
 
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
+_COORD_LOCK = threading.Lock()
 
 
 def check_kps(kps, image_shape, name: str = "kps") -> np.ndarray:
@@ -100,13 +102,16 @@ class _FaceMaps:
 
 def _face_maps(pts, frame, box) -> _FaceMaps:
     key = (pts.tobytes(), box)
-    hit = _COORD_CACHE.get(key)
-    if hit is not None:
-        _COORD_CACHE.move_to_end(key)
-        return hit
-    hit = _COORD_CACHE[key] = _FaceMaps(frame, box)
-    if len(_COORD_CACHE) > _COORD_CACHE_SIZE:
-        _COORD_CACHE.popitem(last=False)
+    with _COORD_LOCK:  # renderers may run in threads (data loaders)
+        hit = _COORD_CACHE.get(key)
+        if hit is not None:
+            _COORD_CACHE.move_to_end(key)
+            return hit
+    hit = _FaceMaps(frame, box)  # read-only once built: safe to share
+    with _COORD_LOCK:
+        _COORD_CACHE[key] = hit
+        if len(_COORD_CACHE) > _COORD_CACHE_SIZE:
+            _COORD_CACHE.popitem(last=False)
     return hit
 
 
