@@ -1,9 +1,13 @@
-"""Fine-tuning from a generic ONNX recogniser (train/model.py): init, trainable subset, checkpoint reload."""
+"""Fine-tuning from a generic ONNX recogniser (train/model.py), and the real-face benchmark's smoke run."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 from torch import nn
 
 from insightface_bfm.data import open_dataset
@@ -83,3 +87,29 @@ def test_generic_onnx_init_checks_sizes_and_patterns(tmp_path, generic_onnx):
     with pytest.raises(BFMError, match="'nothing_like_this' matches no extractor parameter"):
         Trainer(_recipe(tmp_path, generic_onnx, trainable=["nothing_like_this"]),
                 dataset=open_dataset("synthetic:4:2:0"))
+
+
+def test_real_faces_benchmark_smoke(tmp_path):
+    """benchmarks/real_faces/run.py end to end on a tiny setting: pack, baselines, results.json."""
+    shared_path("data", "lfw112", "pairsDevTest.txt")
+    shared_path("data", "rmfd_dev")
+    shared_path("models", "mobilefacenet_128.onnx")
+    out = tmp_path / "rf"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_faces" / "run.py"), "--out", str(out),
+           "--threads", "1", "--max-ids", "4", "--max-steps", "1", "--batch-size", "4",
+           "--max-pairs", "5", "--max-rmfd", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["train_people"] == 4 and results["data"]["people_overlap_with_devtest"] == 0
+    for model in ("baseline1", "baseline2", "bfm"):
+        for case in (1, 2, 3):
+            assert 0.0 <= results["verification"][model][f"case{case}"]["accuracy"] <= 1.0
+    assert results["pack"]["face_analysis_check"]["faces"] >= 1
+    assert (out / "baseline1.onnx").is_file() and (out / "baseline2.onnx").is_file()
+    real = results["classifier"]["rmfd_real"]
+    assert real["faces_aligned"] + real["no_face"] == 2
+    # the pack is what FaceAnalysis loads, with the shared SCRFD inside
+    manifest = json.loads((out / "pack" / "manifest.json").read_text())
+    assert manifest["bfm"]["detector"] == "scrfd_2.5g_bnkps.onnx"
+    assert set(results["timings_s"]) >= {"data", "train_baseline2", "train_bfm", "export", "verification"}

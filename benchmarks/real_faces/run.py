@@ -128,7 +128,8 @@ def load_recipe(mode: str, args, train_dir: Path, val_dir: Path | None, run_dir:
     for key in ("epochs", "lr", "batch_size"):
         value = getattr(args, key)
         if value is not None:
-            overrides.append(f"optim.{key}={value}")
+            # positional notation: YAML 1.1 reads "1e-09" as a string
+            overrides.append(f"optim.{key}={np.format_float_positional(value, trim='-')}")
     if args.epochs is not None:  # the lr drop stays on the last epoch
         overrides.append(f"optim.milestones=[{max(args.epochs - 1, 1)}]")
     if args.max_steps is not None:
@@ -369,6 +370,7 @@ def main(argv=None) -> int:
         "--no-test", action="store_true", help="skip everything on DevTest and RMFD (tuning runs)"
     )
     ap.add_argument("--no-head-init", action="store_true", help="random ArcFace heads (as bfm-train alone)")
+    ap.add_argument("--modes", default="baseline2,bfm", help="trainings to run (tuning runs: one of them)")
     ap.add_argument(
         "--set",
         action="append",
