@@ -88,7 +88,7 @@ def face_coords(xp, frame: FaceFrame, x, y):
     rx, ry = x - frame.cx, y - frame.cy
     along = rx * frame.ax + ry * frame.ay - frame.nose_u
     down = ry * frame.ax - rx * frame.ay
-    w = xp.where(along < 0, frame.w_left + 0 * along, frame.w_right + 0 * along)
+    w = xp.where(along < 0, frame.w_left, frame.w_right)
     return along / w, down / frame.depth, w
 
 
@@ -130,13 +130,13 @@ def coverage(xp, signed_distance):
     return xp.clip(signed_distance + 0.5, 0.0, 1.0)
 
 
-def segment_distance(xp, x, y, ax, ay, bx, by):
-    """Distance from pixels to the segment a-b."""
+def segment_distance2(xp, x, y, ax, ay, bx, by):
+    """Squared distance from pixels to the segment a-b."""
     dx, dy = bx - ax, by - ay
     px, py = x - ax, y - ay
-    t = xp.clip((px * dx + py * dy) / (dx * dx + dy * dy + 1e-6), 0.0, 1.0)
+    t = xp.clip((px * dx + py * dy) * (1.0 / (dx * dx + dy * dy + 1e-6)), 0.0, 1.0)
     ex, ey = px - t * dx, py - t * dy
-    return xp.sqrt(ex * ex + ey * ey)
+    return ex * ex + ey * ey
 
 
 def strap_segments(frame: FaceFrame, shape: MaskShape, loops):
@@ -165,11 +165,11 @@ def _lerp_point(a, b, t):
 
 def strap_distance(xp, frame, shape, loops, x, y):
     """Distance (pixels) to the nearest loop or strap."""
-    dist = None
+    dist2 = None
     for seg in strap_segments(frame, shape, loops):
-        dd = segment_distance(xp, x, y, *seg)
-        dist = dd if dist is None else xp.minimum(dist, dd)
-    return dist
+        dd = segment_distance2(xp, x, y, *seg)
+        dist2 = dd if dist2 is None else xp.minimum(dist2, dd)
+    return xp.sqrt(dist2)
 
 
 def strap_thickness(frame, loops):
