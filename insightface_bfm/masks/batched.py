@@ -168,6 +168,8 @@ class MaskAugment(nn.Module):
         device = images.device
         if kps is None:
             kps = self.default_kps(b, generator, device)
+            if (h, w) != (112, 112):  # crops of another size: the template scales with them
+                kps = kps * kps.new_tensor([w / 112.0, h / 112.0])
         elif kps.shape != (b, 5, 2):
             raise ValueError(f"MaskAugment: kps must have shape ({b},5,2), got {tuple(kps.shape)}")
         style = self.sample_styles(b, generator, device)
