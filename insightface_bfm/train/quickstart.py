@@ -6,6 +6,8 @@ prints verification accuracy per case (train/holdout.py) side by side and writes
 ``<output>/comparison.json``. The paper's claim to look for: Baseline 1 (unmasked training)
 is weak on masked pairs (Case 3), Baseline 2 (mixed training) gives up some accuracy on
 unmasked pairs (Case 1), BFM keeps both.
+
+When Baseline 1 is compared too, BFM's E_F is Baseline 1's trained model, frozen (see below).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def run_comparison(recipe: Recipe, out: str | Path | None = None, resume: bool =
     for mode in recipe.compare:
         sub = recipe.with_mode(mode)
         run_dir = root / mode
+        if mode == "bfm" and "baseline1" in results and sub.init.full is None:
+            # Under one seed BFM's E_F trains exactly as Baseline 1's model (same initial weights,
+            # data, flips; eq. 2 only: tests/test_trainer.py checks it), so take that model and
+            # freeze it rather than train it a second time: a third less work for BFM.
+            sub.init.full, sub.init.freeze_full = str(root / "baseline1"), True
         start = time.perf_counter()
         trainer = Trainer(sub, dataset=dataset, holdout=holdout, out=run_dir,
                           resume=resume and (run_dir / LAST).exists())
