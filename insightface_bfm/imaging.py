@@ -9,6 +9,7 @@ place that converts between the two; ``from_network_input`` is its inverse.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +26,8 @@ ARCFACE_KPS = np.array(
 
 INPUT_MEAN = 127.5
 INPUT_STD = 127.5
+# Files read as images wherever a folder of images is walked.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Largest side accepted for a raw photo: past this a decode costs gigabytes.
 MAX_IMAGE_SIDE = 16384
 
@@ -79,6 +82,24 @@ def read_image(path) -> np.ndarray:
     except OSError as e:
         raise ImageError(f"{path}: cannot read image ({e.strerror or e})") from None
     return decode_image(data, path)
+
+
+def encode_image(img: np.ndarray, suffix: str, quality: int = 95) -> bytes:
+    """Encode uint8 BGR as ``suffix`` (".jpg", ".png", ...); JPEG at ``quality``."""
+    suffix = suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, img, params)
+    if not ok:
+        raise ImageError(f"cannot encode an image of shape {getattr(img, 'shape', None)} as {suffix}")
+    return buf.tobytes()
+
+
+def list_image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursively), as sorted paths relative to it."""
+    root = Path(root)
+    return sorted(
+        p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
 
 
 def to_network_input(images) -> np.ndarray:

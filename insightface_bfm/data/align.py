@@ -17,15 +17,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, ImageError, PackError
-from ..imaging import read_image
+from ..imaging import IMAGE_EXTENSIONS, encode_image, list_image_files, read_image
+
+list_images = list_image_files  # the name the real-faces benchmark uses
 
 POLICIES = ("largest", "center")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MISSES_FILE = "misses.txt"
 LANDMARKS_FILE = "landmarks.tsv"
 
@@ -92,17 +92,6 @@ class AlignSummary:
         return f"{self.aligned} aligned, {self.skipped} already there, {len(self.misses)} missed"
 
 
-def list_images(src: Path) -> list[Path]:
-    return sorted(p.relative_to(src) for p in src.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def _encode(crop: np.ndarray, suffix: str) -> bytes:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, crop, params)
-    if not ok:
-        raise ImageError(f"cannot encode a crop as {suffix}")
-    return buf.tobytes()
 
 
 def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, progress: bool = True,
@@ -121,7 +110,7 @@ def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, p
         raise BFMError(f"{src}: source folder not found")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise BFMError(f"{dst}: the destination must not be inside the source folder {src}")
-    files = list_images(src)
+    files = list_image_files(src)
     if not files:
         raise BFMError(f"{src}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     dst.mkdir(parents=True, exist_ok=True)
@@ -141,7 +130,7 @@ def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, p
         if crop is None:
             summary.misses.append((rel.as_posix(), "no face found"))
             continue
-        atomic_write_bytes(out, _encode(crop, rel.suffix.lower()))
+        atomic_write_bytes(out, encode_image(crop, rel.suffix))
         landmarks.append(rel.as_posix() + "\t" + " ".join(f"{v:.2f}" for v in kps.reshape(-1)))
         summary.aligned += 1
     _append_lines(dst / LANDMARKS_FILE, landmarks, header="image\tkps_x1 y1 ... x5 y5 (source image)")

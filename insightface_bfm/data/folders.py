@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..imaging import read_image
+from ..imaging import IMAGE_EXTENSIONS, read_image
 from .dataset import FaceDataset
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def scan_image_folder(root) -> tuple[list[str], list[str], np.ndarray]:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from ..imaging import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _TRUE = {"1", "true", "yes", "same", "y", "t"}
 _FALSE = {"0", "false", "no", "different", "diff", "n", "f", "-1"}
 

@@ -21,12 +21,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, DatasetError, ImageError, PackError
-from ..imaging import ARCFACE_KPS, decode_image, read_image
+from ..imaging import ARCFACE_KPS, IMAGE_EXTENSIONS, decode_image, encode_image, list_image_files, read_image
 from .render import render_mask
 from .styles import MaskStyle, check_types, random_style
 
@@ -34,7 +33,6 @@ log = logging.getLogger("insightface_bfm.masks")
 
 MANIFEST = "mask_manifest.jsonl"
 MANIFEST_KIND = "insightface-bfm mask manifest"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FLUSH_EVERY_S = 20.0
 
 
@@ -102,14 +100,6 @@ def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn
     if not faces:
         return None, faces
     return out, faces
-
-
-def _encode(img: np.ndarray, suffix: str) -> bytes:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, img, params)
-    if not ok:
-        raise ImageError(f"cannot encode an image as {suffix}")
-    return buf.tobytes()
 
 
 class Manifest:
@@ -210,8 +200,7 @@ class _Item:
 
 
 def _folder_items(src: Path):
-    files = sorted(p.relative_to(src) for p in src.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = list_image_files(src)
     if not files:
         raise DatasetError(f"{src}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return [_Item(rel.as_posix(), rel, lambda rel=rel: read_image(src / rel)) for rel in files]
@@ -265,7 +254,7 @@ def _to_folder(items, dst, manifest, summary, how, progress):
             if masked is None:
                 summary.misses.append((item.name, "no face found"))
                 continue
-            atomic_write_bytes(out_path, _encode(masked, out_path.suffix.lower()))
+            atomic_write_bytes(out_path, encode_image(masked, out_path.suffix))
             manifest.add({"image": item.name, "output": item.rel.as_posix(), "faces": faces})
             summary.masked += 1
             summary.faces += len(faces)
@@ -298,7 +287,7 @@ def _to_rec(items, reader, rec, dst, manifest, summary, how, progress):
                     if not summary.misses or summary.misses[-1][0] != name:
                         summary.misses.append((name, "no face found"))
                 else:  # unmasked records are kept as they were
-                    payload = pack_header(header, _encode(masked, ".jpg"))
+                    payload = pack_header(header, encode_image(masked, ".jpg"))
                     summary.masked += 1
                     summary.faces += len(faces)
                 manifest.entries[name] = {"image": name, "faces": faces}
