@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -217,7 +218,7 @@ def evaluate_all(models: dict, pairs: Path, out: Path, log) -> dict:
                     "auc",
                     "eer",
                     "tar_at_far",
-                    "per_case",
+                    "cases", "case_source",
                     "masked_fraction",
                     "n_faces_embedded",
                     "embedding_seconds",
@@ -305,12 +306,23 @@ def pack_smoke(pack_dir: Path) -> dict:
     }
 
 
+def previous_timings(log_path: Path) -> dict[str, float]:
+    """Stage times of earlier invocations in DIR/run.log (for stages that ``--reuse`` skips)."""
+    found = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            parts = line.split("]", 1)[-1].strip().split(":")
+            if len(parts) == 2 and parts[1].strip().split(" ")[1:2] == ["s"]:
+                found[parts[0].strip()] = float(parts[1].strip().split(" ")[0])
+    return found
+
+
 def git_state() -> dict:
     def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
 
     return {
-        "commit": git("rev-parse", "HEAD"),
+        "commit": git("rev-parse", "HEAD").strip(),
         "dirty_files": [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()],
     }
 
@@ -370,6 +382,8 @@ def main(argv=None) -> int:
         "--no-test", action="store_true", help="skip everything on DevTest and RMFD (tuning runs)"
     )
     ap.add_argument("--no-head-init", action="store_true", help="random ArcFace heads (as bfm-train alone)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep trainings that an earlier invocation finished in DIR (then export and test)")
     ap.add_argument("--modes", default="baseline2,bfm", help="trainings to run (tuning runs: one of them)")
     ap.add_argument(
         "--set",
@@ -443,8 +457,10 @@ def main(argv=None) -> int:
         info.update(train_images=len(dataset), train_classes=dataset.num_classes)
         results["data"].update(info)
         log(f"training set: {dataset.describe()}")
+    earlier = previous_timings(out / "run.log") if args.reuse else {}
+    reuse = {m for m in args.modes.split(",") if args.reuse and (out / "runs" / m / "summary.json").is_file()}
     centres = None
-    if not args.no_head_init:
+    if not args.no_head_init and reuse != set(args.modes.split(",")):
         with stage("class_centres"):
             centres = class_centres(dataset)
     results["head_init"] = "class centres of the pretrained model" if centres is not None else "random"
@@ -452,6 +468,16 @@ def main(argv=None) -> int:
     results["training"] = {}
     for mode in args.modes.split(","):
         recipe = load_recipe(mode, args, train_dir, val_dir, out / "runs" / mode)
+        if mode in reuse:  # --reuse: a finished training of an earlier invocation (same recipe)
+            run_dir = out / "runs" / mode
+            summary = json.loads((run_dir / "summary.json").read_text())
+            results["training"][mode] = {"recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()),
+                                         "summary": summary, "reused_from_earlier_invocation": True}
+            for name in (f"train_{mode}", "class_centres"):
+                if name in earlier:
+                    timings[name] = earlier[name]
+            log(f"{mode}: reusing the finished training in {run_dir} ({timings.get(f'train_{mode}')} s then)")
+            continue
         with stage(f"train_{mode}"):
             summary = train(mode, recipe, centres, log)
         results["training"][mode] = {"recipe": recipe.to_dict(), "summary": summary}
@@ -497,6 +523,8 @@ def main(argv=None) -> int:
 
     results["timings_s"] = timings
     results["wall_s"] = round(time.time() - t_start, 1)
+    # with --reuse, wall_s is this invocation only; the sum of the stages is the whole experiment
+    results["stages_total_s"] = round(sum(timings.values()), 1)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     results["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
     results["load_average"] = load
