@@ -65,4 +65,8 @@ def main():
 def train_main(argv=None):
     """``bfm-train RECIPE.yaml ...``: the same as ``bfm train``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    main.main(args=["train", *args], prog_name="bfm-train")
+    try:
+        _load("train").main(args=args, prog_name="bfm-train")
+    except BFMError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)

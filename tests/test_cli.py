@@ -32,3 +32,17 @@ def test_public_api_does_not_import_torch():
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bfm_train_script_usage_and_one_line_errors(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("mode: bfm\noptim: {lr_schedul: 3}\n")
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", "from insightface_bfm.cli import train_main; train_main()", *a],
+        capture_output=True, text=True,
+    )
+    assert "Usage: bfm-train [OPTIONS] RECIPE" in run("--help").stdout
+    result = run(str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "lr_schedul" in lines[0], result.stderr
