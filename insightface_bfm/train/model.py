@@ -24,7 +24,6 @@ from torch import nn
 
 from .. import losses
 from ..errors import BFMError
-from ..export.graph_module import SKELETON_KEY, OnnxGraphModule
 from ..nets import MaskClassifier, PartialFC, get_backbone, make_head
 from .recipe import Recipe
 
@@ -164,6 +163,9 @@ def load_checkpoint(path, map_location: str = "cpu") -> tuple[BFMModel, dict]:
     if "head_full.weight" not in weights:
         raise BFMError(f"{ckpt}: model.safetensors has no head_full.weight (not a BFM checkpoint)")
     model = BFMModel(recipe, num_classes=weights["head_full.weight"].shape[0])
+    # Imported here: the ONNX graph module needs the onnx package, which training alone does not.
+    from ..export.graph_module import SKELETON_KEY, OnnxGraphModule
+
     for role in ("full", "partial"):
         if f"{role}.{SKELETON_KEY}" in weights:
             # an extractor fine-tuned from a generic ONNX import: its graph travels in the weights
