@@ -80,3 +80,15 @@ def test_atomic_open_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_files_and_temp_dirs_get_ordinary_modes(tmp_path):
+    import os
+
+    from insightface_bfm.atomic import current_umask, make_temp_dir
+
+    atomic_write_bytes(tmp_path / "f.bin", b"x")
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    d = make_temp_dir(tmp_path / "pack")
+    assert d.parent == tmp_path and d.name.startswith(".pack.")
+    assert os.stat(d).st_mode & 0o777 == 0o777 & ~current_umask()

@@ -20,14 +20,13 @@ import io
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, make_temp_dir
 from ..errors import BFMError
 
 CHECKPOINTS = "checkpoints"
@@ -44,7 +43,7 @@ def save_checkpoint(run_dir, step: int, model_state: dict, state: dict, recipe_y
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp = make_temp_dir(final)
     try:
         # safetensors refuses shared or non-contiguous storage: give it plain copies.
         weights = {k: v.detach().contiguous().cpu().clone() for k, v in model_state.items()}

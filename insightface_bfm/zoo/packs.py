@@ -41,11 +41,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, make_temp_dir
 from ..errors import ChecksumError, PackError
 
 MANIFEST = "manifest.json"
@@ -419,7 +418,7 @@ def build_pack(
         raise PackError(f"licence file {license_file}: no such file")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         for role, src in sources.items():
             shutil.copyfile(src, tmp / ROLE_FILES[role])
