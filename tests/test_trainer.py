@@ -121,11 +121,12 @@ def test_bfm_terms_come_from_the_loss_functions(faces):
 def test_resume_continues_the_exact_loss_sequence(tmp_path, faces):
     # 4 steps in one go vs 2 steps, stop, resume, 2 more; 3 steps per epoch, so the resumed run
     # restarts mid-epoch and crosses an epoch boundary (new order, lr milestone at epoch 1).
+    # C's photo variation on: its generator is part of the state too
     whole = tiny(tmp_path, "bfm", train={"max_steps": 4, "output": str(tmp_path / "whole")},
-                 model={"dropout": 0.2})
+                 model={"dropout": 0.2}, data={"classifier_photo_aug": 0.5})
     Trainer(whole, dataset=faces).fit()
     part = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "part")},
-                model={"dropout": 0.2})
+                model={"dropout": 0.2}, data={"classifier_photo_aug": 0.5})
     Trainer(part, dataset=faces).fit()
     # other work in between must not matter: RNGs come back from the checkpoint
     torch.rand(7), np.random.rand(3)

@@ -69,8 +69,12 @@ class BFMModel(nn.Module):
         self.frozen_full = False  # E_F neither trains nor updates its statistics (init.freeze_full)
 
     # -- training --------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, x_masked: torch.Tensor, labels: torch.Tensor) -> dict:
-        """Loss terms of one batch of pairs (x, masked x) of normalised RGB (B,3,112,112)."""
+    def forward(self, x: torch.Tensor, x_masked: torch.Tensor, labels: torch.Tensor,
+                classifier_input: torch.Tensor | None = None) -> dict:
+        """Loss terms of one batch of pairs (x, masked x) of normalised RGB (B,3,112,112).
+
+        ``classifier_input``: what C sees instead of ``cat([x, x_masked])`` (e.g. photo-varied copies).
+        """
         if self.mode == "baseline1":
             # One model, unmasked faces only (eq. 2).
             return {"full": _arcface(self.head_full, self.full(x), labels)}
@@ -81,7 +85,9 @@ class BFMModel(nn.Module):
         terms = {}
         if self.classifier is not None:
             # eq. 1: C learns unmasked -> 0, masked -> 1 (one pass over both copies).
-            logits, logits_masked = self.classifier(torch.cat([x, x_masked])).chunk(2)
+            if classifier_input is None:
+                classifier_input = torch.cat([x, x_masked])
+            logits, logits_masked = self.classifier(classifier_input).chunk(2)
             terms["mask"] = losses.mask_loss(logits, logits_masked)
         # eq. 2: E_F on unmasked faces only (a frozen E_F has nothing to learn: skip its forward pass).
         if not self.frozen_full:

@@ -72,6 +72,10 @@ class DataSection:
     mask_prob: float = _opt(1.0, min=0.0, max=1.0)
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
     flip: bool = True
+    # Share of the mask classifier's inputs given generic photo variation (exposure, grey, blur,
+    # low resolution, noise; train/augment.py) so that C holds on real photos. C's inputs only:
+    # E_F and E_P train on the pair as the paper has it. 0 = the paper's setting.
+    classifier_photo_aug: float = _opt(0.0, min=0.0, max=1.0)
     # Decode every image once and keep them in memory (small sets only, e.g. generated faces).
     cache: bool = False
 

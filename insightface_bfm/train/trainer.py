@@ -40,6 +40,7 @@ from .. import losses
 from ..atomic import atomic_write_text
 from ..errors import BFMError
 from . import checkpoint as ckpt
+from .augment import PhotoVariation
 from .distributed import GlobalBatchSampler, World, barrier, init_from_env
 from .model import BFMModel, initialise
 from .recipe import Recipe
@@ -201,8 +202,10 @@ class Trainer:
         from ..masks.batched import MaskAugment
 
         self.mask_augment = MaskAugment(types=recipe.data.mask_types, p=recipe.data.mask_prob).to(self.device)
+        aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
+        self.photo_variation = PhotoVariation(aug) if aug > 0 else None
         self.generators = {}
-        for offset, stream in enumerate(("flip", "mask")):
+        for offset, stream in enumerate(("flip", "mask", "photo")):
             self.generators[stream] = torch.Generator(device=self.device)
             self.generators[stream].manual_seed(self._stream_seed(offset))
 
@@ -292,7 +295,11 @@ class Trainer:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            terms = self.step_model(x, x_masked, labels)
+            if self.photo_variation is None:
+                terms = self.step_model(x, x_masked, labels)
+            else:
+                views = self.photo_variation(torch.cat([x, x_masked]), generator=self.generators["photo"])
+                terms = self.step_model(x, x_masked, labels, views)
         total = losses.total_loss(terms, self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
