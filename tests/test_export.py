@@ -2,9 +2,9 @@
 
 import hashlib
 
+import export_helpers as helpers
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import yaml
@@ -21,25 +21,6 @@ torch.set_num_threads(1)
 SMALL_MBF = {"scale": 1, "expansion": 0.25, "blocks": (1, 2, 1, 1)}
 
 
-def _randomise(module, seed=0):
-    """Non-trivial BatchNorm statistics and PReLU slopes, so that BN folding really matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
-            elif isinstance(m, torch.nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return module.eval()
-
-
-def _session(path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _normalised(a):
@@ -47,13 +28,10 @@ def _normalised(a):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def _faces(n, seed=0):
-    return torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (n, 3, 112, 112)).astype(np.float32))
-
 
 @pytest.fixture(scope="module")
 def small_mbf():
-    return _randomise(get_backbone("mbf", embedding_size=64, **SMALL_MBF))
+    return helpers.randomise(get_backbone("mbf", embedding_size=64, **SMALL_MBF))
 
 
 def test_full_export_matches_torch_at_any_batch(small_mbf, tmp_path):
@@ -66,9 +44,9 @@ def test_full_export_matches_torch_at_any_batch(small_mbf, tmp_path):
     assert dims == ["batch", 3, 112, 112]  # only the batch is dynamic
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 64]
-    session = _session(path)
+    session = helpers.session(path)
     for batch in (1, 5):
-        x = _faces(batch, seed=batch)
+        x = helpers.faces(batch, seed=batch)
         with torch.no_grad():
             expected = small_mbf(x).numpy()
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -86,19 +64,19 @@ def test_metadata_names_role_size_and_recipe(small_mbf, tmp_path):
     assert meta["recipe_sha256"] == hashlib.sha256(meta["recipe"].encode()).hexdigest()
     assert meta["note"] == "7"
     # ONNX Runtime sees the same properties the inference side reads
-    assert _session(path).get_modelmeta().custom_metadata_map["role"] == "partial"
+    assert helpers.session(path).get_modelmeta().custom_metadata_map["role"] == "partial"
 
 
 def test_mask_classifier_exports_probabilities(tmp_path):
-    classifier = _randomise(MaskClassifier(), seed=3)
+    classifier = helpers.randomise(MaskClassifier(), seed=3)
     path = export_onnx(classifier, tmp_path / "mask_classifier.onnx", "mask_classifier")
     meta = read_metadata(path)
     assert meta["role"] == "mask_classifier" and meta["output"] == "probabilities"
     assert meta["embedding_size"] == "2"
-    x = _faces(4, seed=9)
+    x = helpers.faces(4, seed=9)
     with torch.no_grad():
         expected = torch.softmax(classifier(x), dim=1).numpy()
-    got = _session(path).run(None, {"input": x.numpy()})[0]
+    got = helpers.session(path).run(None, {"input": x.numpy()})[0]
     assert got.shape == (4, 2)
     assert np.allclose(got.sum(axis=1), 1.0, atol=1e-6)
     assert np.abs(got - expected).max() < 1e-5
@@ -164,7 +142,7 @@ def _checkpoint(tmp_path, mode):
         "model": {"backbone": "mbf", "embedding_size": 32, "backbone_options": options},
     }
     torch.manual_seed(0)
-    model = _randomise(BFMModel(recipe, num_classes=5))
+    model = helpers.randomise(BFMModel(recipe, num_classes=5))
     run = tmp_path / f"run_{mode}"
     save_checkpoint(run, 3, model.state_dict(), {}, yaml.safe_dump(recipe))
     return run, model
@@ -176,14 +154,14 @@ def test_export_checkpoint_writes_three_files_that_match_the_model(tmp_path):
     assert sorted(written) == ["full", "mask_classifier", "partial"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "full.onnx", "mask_classifier.onnx", "partial.onnx"]
-    x = _faces(2, seed=4)
+    x = helpers.faces(2, seed=4)
     for role, net in (("full", model.full), ("partial", model.partial)):
         meta = read_metadata(written[role])
         assert meta["role"] == role and meta["mode"] == "bfm"
         assert yaml.safe_load(meta["recipe"])["model"]["backbone"] == "mbf"
         with torch.no_grad():
             expected = net(x).numpy()
-        got = _session(written[role]).run(None, {"input": x.numpy()})[0]
+        got = helpers.session(written[role]).run(None, {"input": x.numpy()})[0]
         assert np.abs(_normalised(got) - _normalised(expected)).max() < 1e-5
 
 

@@ -3,9 +3,9 @@
 import io
 from pathlib import Path
 
+import export_helpers as helpers
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -24,30 +24,7 @@ from insightface_bfm.nets import IResNet, MobileFaceNet, get_backbone
 torch.set_num_threads(1)
 
 
-def _randomise(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if m.weight.requires_grad:
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
-            elif isinstance(m, torch.nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return module.eval()
 
-
-def _session(path_or_bytes):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _faces(n, seed=0):
-    return torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (n, 3, 112, 112)).astype(np.float32))
 
 
 def _relative(a, b):
@@ -64,7 +41,7 @@ def _relative(a, b):
                                           MobileFaceNet)],
 )
 def test_export_then_import_gives_the_nets_class_with_the_same_outputs(tmp_path, name, options, cls):
-    net = _randomise(get_backbone(name, embedding_size=48, **options))
+    net = helpers.randomise(get_backbone(name, embedding_size=48, **options))
     path = export_onnx(net, tmp_path / "full.onnx", "full")
     imported = import_onnx(path)
     assert type(imported) is cls and not imported.training
@@ -74,7 +51,7 @@ def test_export_then_import_gives_the_nets_class_with_the_same_outputs(tmp_path,
     fresh = backbone_from_architecture(imported.bfm_architecture)
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {
         k: v.shape for k, v in imported.state_dict().items()}
-    x = _faces(3)
+    x = helpers.faces(3)
     with torch.no_grad():
         expected, got = net(x).numpy(), imported(x).numpy()
     assert _relative(expected, got) < 1e-5
@@ -85,18 +62,18 @@ def test_a_file_exported_the_arcface_torch_way_maps_onto_nets(tmp_path, name, op
     """arcface_torch's torch2onnx: opset 11, batch frozen to 1 then renamed, input 'data'."""
     import warnings
 
-    net = _randomise(get_backbone(name, **options), seed=4)
+    net = helpers.randomise(get_backbone(name, **options), seed=4)
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, _faces(1), str(path), input_names=["data"], opset_version=11,
+        torch.onnx.export(net, helpers.faces(1), str(path), input_names=["data"], opset_version=11,
                           keep_initializers_as_inputs=False, dynamo=False)
     model = onnx.load(str(path))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "None"
     onnx.save(model, str(path))
     imported = import_onnx(path)
     assert imported.bfm_architecture == {"backbone": name, "embedding_size": 512, **options}
-    x = _faces(2, seed=3)
+    x = helpers.faces(2, seed=3)
     with torch.no_grad():
         assert _relative(net(x).numpy(), imported(x).numpy()) < 1e-5
 
@@ -104,9 +81,9 @@ def test_a_file_exported_the_arcface_torch_way_maps_onto_nets(tmp_path, name, op
 def test_calibration_makes_train_mode_start_where_the_file_is(tmp_path):
     import copy
 
-    faces = _faces(16, seed=7)
+    faces = helpers.faces(16, seed=7)
     net = get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1))
-    _randomise(net, seed=5)  # BN scales != 1: what folding loses
+    helpers.randomise(net, seed=5)  # BN scales != 1: what folding loses
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.momentum = None  # running statistics = those of ``faces``
@@ -134,11 +111,11 @@ def test_calibration_makes_train_mode_start_where_the_file_is(tmp_path):
 
 
 def test_generic_path_also_reproduces_a_nets_export(tmp_path):
-    net = _randomise(get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1)), seed=2)
+    net = helpers.randomise(get_backbone("r18", embedding_size=32, width=0.25, layers=(1, 1, 1, 1)), seed=2)
     path = export_onnx(net, tmp_path / "full.onnx", "full")
     generic = import_onnx(path, architecture="generic")
     assert isinstance(generic, OnnxGraphModule)
-    x = _faces(2, seed=1)
+    x = helpers.faces(2, seed=1)
     with torch.no_grad():
         assert _relative(net(x).numpy(), generic(x).numpy()) < 1e-5
 
@@ -163,7 +140,7 @@ def test_mobilefacenet_128_imports_and_matches_onnx_runtime(shared, mobilefacene
     assert isinstance(module, OnnxGraphModule)  # ReLU6 MobileFaceNet: not an arcface_torch layout
     assert module.embedding_size == 128 and not module.training
     faces = _lfw_faces(shared)
-    session = _session(path)
+    session = helpers.session(path)
     # the file is frozen to batch 1; the module takes any batch
     expected = np.concatenate([session.run(None, {"input": f[None].numpy()})[0] for f in faces])
     with torch.no_grad():
@@ -221,7 +198,7 @@ def test_mobilefacenet_128_fine_tunes_saves_loads_and_exports(shared, mobileface
 
     # the fine-tuned graph exports as an extractor of a pack, with a dynamic batch
     out = export_onnx(module, tmp_path / "partial.onnx", "partial")
-    session = _session(out)
+    session = helpers.session(out)
     assert session.get_inputs()[0].shape == ["batch", 3, 112, 112]
     got = session.run(None, {"input": faces.numpy()})[0]
     assert np.abs(got - after.numpy()).max() < 1e-4
@@ -301,7 +278,7 @@ def _operator_zoo_model() -> onnx.ModelProto:
 
 def test_interpreter_matches_onnx_runtime_operator_by_operator():
     model = _operator_zoo_model()
-    session = _session(model.SerializeToString())
+    session = helpers.session(model.SerializeToString())
     module = OnnxGraphModule(model).eval()
     x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
     expected = np.concatenate([session.run(None, {"x": row[None]})[0] for row in x])
@@ -330,7 +307,7 @@ def test_a_graph_that_normalises_inside_is_fed_pixels():
     module = OnnxGraphModule(model)
     assert module.expects_pixels
     pixels = np.random.default_rng(0).uniform(0, 255, (1, 3, 112, 112)).astype(np.float32)
-    expected = _session(model.SerializeToString()).run(None, {"data": pixels})[0]
+    expected = helpers.session(model.SerializeToString()).run(None, {"data": pixels})[0]
     with torch.no_grad():
         got = module(torch.from_numpy((pixels - 127.5) / 127.5)).numpy()
     assert np.abs(got - expected).max() < 1e-5
