@@ -92,8 +92,8 @@ class GeneratedFaces(FaceDataset):
 
     def __init__(self, source: str, num_classes: int, length: int, pool: int = 256, seed: int = 0):
         super().__init__(f"{source}:{num_classes}")
-        self.mode, self._num_classes, self._length, self.seed = source, num_classes, length, seed
-        self._labels = np.random.default_rng(seed).integers(0, num_classes, length, dtype=np.int64)
+        self.mode, self.num_classes, self.seed = source, num_classes, seed
+        self.labels = np.random.default_rng(seed).integers(0, num_classes, length, dtype=np.int64)
         self.pool = []
         if source == "jpeg":
             import cv2
@@ -105,17 +105,6 @@ class GeneratedFaces(FaceDataset):
                 ok, buf = cv2.imencode(".jpg", faces.load(i)[0], [cv2.IMWRITE_JPEG_QUALITY, 95])
                 self.pool.append(buf)
 
-    def __len__(self) -> int:
-        return self._length
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes
-
     def _load(self, index: int) -> np.ndarray:
         if self.mode == "jpeg":
             import cv2
@@ -126,7 +115,7 @@ class GeneratedFaces(FaceDataset):
 
     def describe(self) -> str:
         extra = f", decoded from a pool of {len(self.pool)} JPEGs" if self.pool else ""
-        return f"{self.mode} faces: {self._num_classes} identities, {self._length} images{extra}"
+        return f"{self.mode} faces: {self.num_classes} identities, {len(self)} images{extra}"
 
 
 def make_dataset(source: str, num_classes: int, length: int, seed: int = 0):

@@ -43,7 +43,8 @@ def fit_aligned_crop(img: np.ndarray, source: str, size: int = IMAGE_SIZE) -> np
 class FaceDataset(Sequence):
     """Base class: a sequence of ``(bgr uint8 112x112x3, int label)``, ``None`` for bad samples.
 
-    Subclasses implement ``__len__``, ``labels`` (without decoding images), ``num_classes``,
+    Subclasses set ``labels`` (np.int64, one per sample, known without decoding an image) and
+    ``num_classes`` in ``__init__`` (the length follows from the labels), and implement
     ``_load(i)`` (return a BGR image or raise ``ImageError``/``OSError``) and ``_sample_name(i)``.
     """
 
@@ -64,18 +65,13 @@ class FaceDataset(Sequence):
     def _count_skip(self) -> None:
         self._skipped = self.skipped + 1
 
-    # -- to implement
+    labels: np.ndarray
+    num_classes: int
+
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self.labels)
 
-    @property
-    def labels(self) -> np.ndarray:
-        raise NotImplementedError
-
-    @property
-    def num_classes(self) -> int:
-        raise NotImplementedError
-
+    # -- to implement
     def _load(self, index: int) -> np.ndarray:
         raise NotImplementedError
 

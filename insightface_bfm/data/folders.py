@@ -62,18 +62,8 @@ class ImageFolderDataset(FaceDataset):
 
     def __init__(self, root):
         super().__init__(os.fspath(root))
-        self.classes, self.paths, self._labels = scan_image_folder(root)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+        self.classes, self.paths, self.labels = scan_image_folder(root)
+        self.num_classes = len(self.classes)
 
     def _sample_name(self, index: int) -> str:
         return self.paths[index]

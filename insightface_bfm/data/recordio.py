@@ -419,11 +419,11 @@ class RecordIODataset(FaceDataset):
                 raise DatasetError(f"{self.reader.idx_path}: no record {key}")
             h, _ = self.reader.read_header(key)
             labels[i] = _class_of(h.label, f"{rec_path} record {key}")
-        self._labels = labels
-        self._num_classes = self._read_num_classes()
-        if len(labels) and labels.max() >= self._num_classes:
+        self.labels = labels
+        self.num_classes = self._read_num_classes()
+        if len(labels) and labels.max() >= self.num_classes:
             raise DatasetError(
-                f"{rec_path}: label {int(labels.max())} is out of range for {self._num_classes} classes"
+                f"{rec_path}: label {int(labels.max())} is out of range for {self.num_classes} classes"
             )
 
     def _read_num_classes(self) -> int:
@@ -437,18 +437,7 @@ class RecordIODataset(FaceDataset):
                 ) from None
         if self.identity_range is not None:
             return self.identity_range[1] - self.identity_range[0]
-        return int(self._labels.max()) + 1 if len(self._labels) else 0
-
-    def __len__(self) -> int:
-        return len(self.image_keys)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
 
     def _sample_name(self, index: int) -> str:
         return f"{self.source} record {int(self.image_keys[index])}"

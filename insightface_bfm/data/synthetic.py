@@ -613,19 +613,9 @@ class SyntheticFaces(FaceDataset):
         self.num_identities = int(num_identities)
         self.images_per_identity = int(images_per_identity)
         self.seed = int(seed)
-        self._labels = np.repeat(np.arange(self.num_identities, dtype=np.int64), self.images_per_identity)
+        self.labels = np.repeat(np.arange(self.num_identities, dtype=np.int64), self.images_per_identity)
+        self.num_classes = self.num_identities
         self._ids: dict[int, dict] = {}
-
-    def __len__(self) -> int:
-        return self.num_identities * self.images_per_identity
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_identities
 
     def _params(self, index: int) -> tuple[dict, dict]:
         identity, k = divmod(index, self.images_per_identity)
