@@ -132,11 +132,10 @@ def _free_port():
 
 
 def test_two_gloo_processes_equal_full_softmax(tmp_path):
-    # fork where available: the children inherit the imported torch instead of importing it again
-    # (about 10 s saved on a busy 2-core box); they never touch the parent's thread pools (1 thread)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: a child forked from a process whose torch thread pools have run can
+    # deadlock before its first line (seen here once, in a fresh-clone CI run)
     args = (_free_port(), str(tmp_path))
-    mp.start_processes(_worker, args=args, nprocs=WORLD, join=True, start_method=method)
+    mp.start_processes(_worker, args=args, nprocs=WORLD, join=True, start_method="spawn")
     inputs, labels, centres, backbone = _global_problem()
     ref_loss, ref_emb_grad, ref_w_grad, ref_backbone_grad = _reference(
         ArcFaceHead, inputs, labels, centres, backbone, s=16.0
