@@ -233,9 +233,9 @@ def evaluate_all(models: dict, pairs: Path, out: Path, log) -> dict:
 def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> dict:
     """C on synthetic masked DevTest faces (bare vs masked, the Case 3 manifest's faces) and on the
     real masked RMFD photos after detection + alignment (``bfm align``)."""
-    from insightface_bfm.data.align import align_folder, list_images, load_detector
+    from insightface_bfm.data.align import align_folder, load_detector
     from insightface_bfm.evaluation.masked_pairs import load_manifest, render
-    from insightface_bfm.imaging import read_image
+    from insightface_bfm.imaging import list_image_files, read_image
     from insightface_bfm.runtime import MaskClassifierONNX
     from insightface_bfm.zoo.packs import load_pack
 
@@ -265,18 +265,18 @@ def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> d
     if max_rmfd:  # smoke runs: the first photos only
         rmfd = out / "data" / "rmfd_subset"
         shutil.rmtree(rmfd, ignore_errors=True)
-        for rel in list_images(RMFD)[:max_rmfd]:
+        for rel in list_image_files(RMFD)[:max_rmfd]:
             (rmfd / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(RMFD / rel, rmfd / rel)
     aligned = out / "rmfd_aligned"
     shutil.rmtree(aligned, ignore_errors=True)
     detector = load_detector(DETECTOR, det_size=320, threshold=0.3)
     summary = align_folder(rmfd, aligned, detector, policy="largest", progress=False)
-    crops_paths = list_images(aligned)
+    crops_paths = list_image_files(aligned)
     crops = np.stack([read_image(aligned / p) for p in crops_paths])
     scores = classifier.scores(crops)
     real = {
-        "photos": len(list_images(rmfd)),
+        "photos": len(list_image_files(rmfd)),
         "faces_aligned": len(crops),
         "no_face": len(summary.misses),
         "masked_recall": float(np.mean(scores >= t)),

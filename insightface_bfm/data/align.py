@@ -23,8 +23,6 @@ from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, ImageError, PackError
 from ..imaging import IMAGE_EXTENSIONS, encode_image, list_image_files, read_image
 
-list_images = list_image_files  # the name the real-faces benchmark uses
-
 POLICIES = ("largest", "center")
 MISSES_FILE = "misses.txt"
 LANDMARKS_FILE = "landmarks.tsv"
