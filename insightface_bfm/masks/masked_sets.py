@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import BFMError, DatasetError, ImageError, PackError
+from ..errors import BFMError, DatasetError, ImageError
 from ..imaging import ARCFACE_KPS, IMAGE_EXTENSIONS, decode_image, encode_image, list_image_files, read_image
 from .render import render_mask
 from .styles import MaskStyle, check_types, random_style
@@ -55,18 +55,14 @@ def image_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def load_detector(path, det_size: int = 640, threshold: float = 0.5):
-    """insightface SCRFD from an ONNX file or from the detection model of a pack folder."""
-    from ..data.align import load_detector as load_onnx
+    """insightface SCRFD from an ONNX file or from the detector of a pack folder (found as
+    ``FaceAnalysis(det_pack=...)`` finds it)."""
+    from ..data.align import load_detector as load
 
     path = Path(os.path.expanduser(os.fspath(path)))
     if path.is_dir():
-        for onnx in sorted(path.glob("*.onnx")):
-            try:
-                return load_onnx(detector=onnx, det_size=det_size, threshold=threshold)
-            except PackError:
-                continue
-        raise PackError(f"{path}: no face detection ONNX model in this folder")
-    return load_onnx(detector=path, det_size=det_size, threshold=threshold)
+        return load(det_pack=str(path), det_size=det_size, threshold=threshold)
+    return load(detector=path, det_size=det_size, threshold=threshold)
 
 
 def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn_low: float = 0.0):
