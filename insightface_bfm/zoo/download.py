@@ -40,7 +40,8 @@ CHUNK = 1 << 20
 _NO_RETRY = {400, 401, 403, 404, 410}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in chunks (the checksum of downloads, registries and packs)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -81,7 +82,7 @@ def download_file(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file():
-        if sha256 is None or _sha256(dest) == sha256:
+        if sha256 is None or sha256_file(dest) == sha256:
             return dest
         logger.warning("%s does not match its sha256; downloading it again", dest)
         dest.unlink()
@@ -171,7 +172,7 @@ def download_file(
     if not part.exists():
         raise DownloadError(f"{url}: nothing was downloaded; {_by_hand(url, dest, sha256)}")
     if sha256 is not None:
-        actual = _sha256(part)
+        actual = sha256_file(part)
         if actual != sha256:
             part.unlink()
             raise ChecksumError(
@@ -304,7 +305,7 @@ def install(
     try:
         sources = {}
         for spec, expected, path in fetched:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             sources[spec.name] = {"url": spec.url, "sha256": actual, "verified": expected is not None}
             if spec.extract:
                 unpacked = staging / ".unpack"
@@ -314,7 +315,8 @@ def install(
                 unpacked.rmdir()
             else:
                 shutil.copyfile(path, staging / spec.name)
-        files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        staged = [p for p in sorted(staging.rglob("*")) if p.is_file()]
+        files = {str(p.relative_to(staging)): sha256_file(p) for p in staged}
         receipt = {"name": entry.name, "kind": entry.kind, "sources": sources, "files": files}
         atomic_write_text(staging / RECEIPT, json.dumps(receipt, indent=2) + "\n")
         if target.exists():

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text, make_temp_dir
 from ..errors import ChecksumError, PackError
+from .download import sha256_file
 
 MANIFEST = "manifest.json"
 LICENSE_FILE = "MODEL.LICENSE"
@@ -88,14 +89,6 @@ def resolve_pack_dir(name, root=None) -> Path:
         f"pack {name!r}: no directory {direct} nor {candidate}; build one with `bfm pack EXPORT_DIR OUT` "
         f"or download one with `bfm models download NAME --root {resolve_root(root)}`"
     )
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe_name(value, where: str) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ChecksumError, PackError
-from .download import RECEIPT, _sha256
+from .download import RECEIPT, sha256_file
 from .packs import MANIFEST, load_pack
 
 KINDS = ("insightface", "bfm")
@@ -206,7 +206,7 @@ def verify_installed(entry: Entry, root, *, allow_unverified: bool = False) -> d
         path = target / rel
         if not path.is_file():
             raise PackError(f"{path}: missing (listed in {RECEIPT})")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} recorded at download")
     unverified = [n for n, s in receipt.get("sources", {}).items() if not s.get("verified")]
