@@ -34,7 +34,7 @@ import numpy as np
 import onnxruntime
 
 from .errors import PackError
-from .imaging import INPUT_MEAN, INPUT_STD, check_image
+from .imaging import INPUT_MEAN, INPUT_STD, check_image, to_network_input
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,20 @@ def _fixed_batch(session) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+def run_in_batches(session, blob: np.ndarray, step: int | None = None) -> np.ndarray:
+    """Run a one-input graph over ``blob`` in chunks of ``step`` (or the graph's fixed batch,
+    padding the last chunk), returning its first output for the ``len(blob)`` rows."""
+    fixed = _fixed_batch(session)
+    blob = np.ascontiguousarray(blob, dtype=np.float32)
+    n = blob.shape[0]
+    step = fixed or step or n
+    if fixed and n % step:  # a fixed-batch graph: pad the last chunk
+        blob = np.concatenate([blob, np.zeros((step - n % step, *blob.shape[1:]), np.float32)])
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: blob[i : i + step]})[0] for i in range(0, blob.shape[0], step)]
+    return np.concatenate(outs)[:n].astype(np.float32, copy=False)
+
+
 class _AlignedCropNet:
     """Common part of the two model types: one input [N,3,112,112], one output [N,K]."""
 
@@ -228,15 +242,7 @@ class _AlignedCropNet:
         if n == 0:
             width = self.output_shape[1] if isinstance(self.output_shape[1], int) else 0
             return np.zeros((0, width), dtype=np.float32)
-        step = self.batch_size or n
-        if n % step:  # pad the last chunk of a fixed-batch graph
-            pad = step - n % step
-            blob = np.concatenate([blob, np.zeros((pad, *blob.shape[1:]), np.float32)])
-        outs = [
-            self.session.run(self.output_names, {self.input_name: blob[i : i + step]})[0]
-            for i in range(0, blob.shape[0], step)
-        ]
-        return np.concatenate(outs)[:n].astype(np.float32, copy=False)
+        return run_in_batches(self.session, blob)
 
     def blob(self, crops) -> np.ndarray:
         """uint8 BGR crops (list or NxHxWx3 array) -> normalised RGB blob."""
@@ -248,8 +254,7 @@ class _AlignedCropNet:
                 if len(crops)
                 else np.zeros((0, 112, 112, 3), np.uint8)
             )
-        rgb = arr[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-        return (rgb - self.input_mean) / self.input_std
+        return to_network_input(arr)
 
     def _crop(self, img, face) -> np.ndarray:
         from insightface.utils import face_align

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import PackError
 from ..imaging import to_network_input
+from ..runtime import run_in_batches
 
 DEFAULT_MASK_THRESHOLD = 0.5
 
@@ -36,16 +37,6 @@ def file_digest(paths) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def _softmax_masked(logits: np.ndarray) -> np.ndarray:
-    """P(masked) from classifier output: 2 columns (index 1 = masked) or 1 logit."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim == 2 and logits.shape[1] == 2:
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e[:, 1] / e.sum(axis=1)
-    return 1.0 / (1.0 + np.exp(-logits.reshape(len(logits))))
 
 
 class _Session:
@@ -63,7 +54,6 @@ class _Session:
         self.session = session
         inp = session.get_inputs()[0]
         self.input_name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         shape = inp.shape[2:4]
         if not all(isinstance(s, int) for s in shape):
             raise PackError(f"{self.path}: input height/width must be static, got {inp.shape}")
@@ -76,15 +66,7 @@ class _Session:
         blob = to_network_input(crops)
         if (self.mean, self.std) != (127.5, 127.5):  # insightface's mxnet-era models normalise inside
             blob = (blob * 127.5 + 127.5 - self.mean) / self.std
-        step = self.fixed_batch or batch_size
-        outs = []
-        for s in range(0, len(blob), step):
-            chunk = blob[s : s + step]
-            n = len(chunk)
-            if self.fixed_batch and n < self.fixed_batch:  # pad the last chunk
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.fixed_batch - n, 0)])
-            outs.append(self.session.run(None, {self.input_name: np.ascontiguousarray(chunk)})[0][:n])
-        return np.concatenate(outs).astype(np.float32)
+        return run_in_batches(self.session, blob, batch_size)
 
 
 def _with_flip(run, crops: np.ndarray, flip: bool) -> np.ndarray:
