@@ -7,6 +7,11 @@
     eq. 7  total_loss           weighted sum of the terms (weights default to 1)
 
 Margin logits come from ``insightface_bfm.nets.margin`` heads (eqs. 3 and 6 apply the margin).
+
+Eqs. 1 and 5 are printed as (1/B) sum_i [term on x_i + term on masked x_i]: per sample, the *sum* of
+the two terms (``pair_reduction="sum"``, the default). ``pair_reduction="mean"`` halves them (the mean
+over all 2B samples), which keeps eq. 5 on eq. 2's scale; it is a named deviation (recipe key
+``loss.pair_reduction``), off in ``recipes/paper_casia_r50.yaml``.
 """
 
 from __future__ import annotations
@@ -20,20 +25,33 @@ from .nets.mask_classifier import MaskClassifier
 
 # names of the terms total_loss accepts; the trainer logs them under these names
 TERMS = ("mask", "full", "guided", "partial")
+# how eqs. 1 and 5 combine the term on x and the term on masked x of each sample
+PAIR_REDUCTIONS = ("sum", "mean")
 
 
-def mask_loss(logits_unmasked: torch.Tensor, logits_masked: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: softmax cross-entropy of C over unmasked (class 0) and masked (class 1) faces,
-    averaged over all samples of both groups."""
-    logits = torch.cat([logits_unmasked, logits_masked]).float()
-    device = logits.device
-    targets = torch.cat(
-        [
-            torch.full((len(logits_unmasked),), MaskClassifier.UNMASKED, dtype=torch.long, device=device),
-            torch.full((len(logits_masked),), MaskClassifier.MASKED, dtype=torch.long, device=device),
-        ]
-    )
-    return F.cross_entropy(logits, targets)
+def _pair_scale(pair_reduction: str) -> float:
+    if pair_reduction not in PAIR_REDUCTIONS:
+        raise ValueError(
+            f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, got {pair_reduction!r}"
+        )
+    return 1.0 if pair_reduction == "sum" else 0.5
+
+
+def mask_loss(logits_unmasked: torch.Tensor, logits_masked: torch.Tensor,
+              pair_reduction: str = "sum") -> torch.Tensor:
+    """Eq. 1: (1/B) sum_i [CE(C(x_i), unmasked=0) + CE(C(masked x_i), masked=1)].
+
+    ``pair_reduction="mean"``: half of that (the mean over all 2B samples).
+    """
+    scale = _pair_scale(pair_reduction)
+    device = logits_unmasked.device
+
+    def batch_mean_ce(logits, target):
+        targets = torch.full((len(logits),), target, dtype=torch.long, device=device)
+        return F.cross_entropy(logits.float(), targets)
+
+    return scale * (batch_mean_ce(logits_unmasked, MaskClassifier.UNMASKED)
+                    + batch_mean_ce(logits_masked, MaskClassifier.MASKED))
 
 
 def arcface_full_loss(margin_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,15 +73,17 @@ def guided_loss(feat: torch.Tensor, feat_masked: torch.Tensor) -> torch.Tensor:
 
 
 def arcface_partial_loss(
-    margin_logits: torch.Tensor, margin_logits_masked: torch.Tensor, labels: torch.Tensor
+    margin_logits: torch.Tensor, margin_logits_masked: torch.Tensor, labels: torch.Tensor,
+    pair_reduction: str = "sum",
 ) -> torch.Tensor:
-    """Eq. 5: ArcFace CE of E_P on x plus ArcFace CE on masked x, each a batch mean, averaged.
+    """Eq. 5: (1/B) sum_i [ArcFace CE of E_P on x_i + ArcFace CE on masked x_i].
 
-    We average the two terms (mean over the 2B samples) rather than sum them so that this term has
-    the same scale as eq. 2 and the default weights of eq. 7 (all 1) balance the full and the partial
-    extractor; summing would silently double E_P's identity weight relative to E_F's.
+    ``pair_reduction="mean"``: half of that, the mean over the 2B samples, which puts this term on
+    eq. 2's scale (with all weights 1, E_P's identity term then weighs as much as E_F's).
     """
-    return 0.5 * (arcface_full_loss(margin_logits, labels) + arcface_full_loss(margin_logits_masked, labels))
+    scale = _pair_scale(pair_reduction)
+    on_x = arcface_full_loss(margin_logits, labels)
+    return scale * (on_x + arcface_full_loss(margin_logits_masked, labels))
 
 
 def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None) -> torch.Tensor:

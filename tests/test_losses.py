@@ -16,20 +16,26 @@ from insightface_bfm.losses import (
 LN3 = math.log(3.0)
 
 
-def test_mask_loss_eq1():
-    # unmasked rows (target 0): softmax of [0, ln3] gives p0 = 1/4; of [ln3, 0] gives p0 = 3/4
-    # masked row (target 1): [0, 0] gives p1 = 1/2; mean over all three samples
+def test_mask_loss_eq1_as_printed():
+    # eq. 1: (1/B) sum_i [-log p(unmasked | x_i) - log p(masked | masked x_i)], B = 2 pairs.
+    # x_1: softmax [0, ln3] -> p0 = 1/4; x_2: [ln3, 0] -> p0 = 3/4
+    # masked x_1: [0, 0] -> p1 = 1/2; masked x_2: [0, ln3] -> p1 = 3/4
     unmasked = torch.tensor([[0.0, LN3], [LN3, 0.0]])
-    masked = torch.tensor([[0.0, 0.0]])
-    expected = (math.log(4) + math.log(4 / 3) + math.log(2)) / 3
+    masked = torch.tensor([[0.0, 0.0], [0.0, LN3]])
+    expected = ((math.log(4) + math.log(2)) + (math.log(4 / 3) + math.log(4 / 3))) / 2
     assert mask_loss(unmasked, masked).item() == pytest.approx(expected, abs=1e-6)
+    # the named deviation: the mean over all 2B samples, half the printed value
+    assert mask_loss(unmasked, masked, "mean").item() == pytest.approx(expected / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="pair_reduction must be one of sum, mean"):
+        mask_loss(unmasked, masked, "avg")
 
 
 def test_mask_loss_label_convention():
+    # one pair: the sum of the two terms, each -log sigmoid(+-10)
     confident_right = mask_loss(torch.tensor([[5.0, -5.0]]), torch.tensor([[-5.0, 5.0]]))
     confident_wrong = mask_loss(torch.tensor([[-5.0, 5.0]]), torch.tensor([[5.0, -5.0]]))
-    assert confident_right.item() == pytest.approx(math.log(1 + math.exp(-10)), abs=1e-6)
-    assert confident_wrong.item() == pytest.approx(10 + math.log(1 + math.exp(-10)), abs=1e-5)
+    assert confident_right.item() == pytest.approx(2 * math.log(1 + math.exp(-10)), abs=1e-6)
+    assert confident_wrong.item() == pytest.approx(2 * (10 + math.log(1 + math.exp(-10))), abs=1e-5)
 
 
 def test_arcface_full_loss_eq2():
@@ -53,12 +59,17 @@ def test_guided_loss_eq4():
         guided_loss(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
-def test_arcface_partial_loss_eq5_averages_the_two_terms():
-    # on x: [ln2, 0, 0], label 0 -> ln 2 ; on masked x: [0, ln3, 0], label 0 -> ln 5
-    logits = torch.tensor([[math.log(2), 0.0, 0.0]])
-    logits_masked = torch.tensor([[0.0, LN3, 0.0]])
-    loss = arcface_partial_loss(logits, logits_masked, torch.tensor([0]))
-    assert loss.item() == pytest.approx((math.log(2) + math.log(5)) / 2, abs=1e-6)
+def test_arcface_partial_loss_eq5_as_printed():
+    # eq. 5: (1/B) sum_i [CE on x_i + CE on masked x_i], B = 2 pairs, labels 0 and 2.
+    # x_1: [ln2, 0, 0] -> -log(2/4) = ln 2 ; masked x_1: [0, ln3, 0] -> -log(1/5) = ln 5
+    # x_2: [0, 0, ln3] -> -log(3/5) = ln 5/3 ; masked x_2: [ln2, 0, 0] -> -log(1/4) = ln 4
+    logits = torch.tensor([[math.log(2), 0.0, 0.0], [0.0, 0.0, LN3]])
+    logits_masked = torch.tensor([[0.0, LN3, 0.0], [math.log(2), 0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    expected = ((math.log(2) + math.log(5)) + (math.log(5 / 3) + math.log(4))) / 2
+    assert arcface_partial_loss(logits, logits_masked, labels).item() == pytest.approx(expected, abs=1e-6)
+    mean = arcface_partial_loss(logits, logits_masked, labels, pair_reduction="mean")
+    assert mean.item() == pytest.approx(expected / 2, abs=1e-6)
 
 
 def test_total_loss_eq7():

@@ -46,6 +46,7 @@ def test_paper_recipe_is_the_papers_setting():
     assert (r.optim.batch_size, r.optim.epochs) == (128, 100)
     assert (r.optim.milestones, r.optim.gamma) == ([30, 60, 90], 0.1)
     assert (r.loss.mask, r.loss.full, r.loss.guided, r.loss.partial) == (1.0, 1.0, 1.0, 1.0)
+    assert r.loss.pair_reduction == "sum"  # eqs. 1 and 5 as printed
     assert r.data.mask_prob == 1.0
     assert load_recipe(RECIPES / "baseline1_casia_r50.yaml", check_paths=False).mode == "baseline1"
     assert load_recipe(RECIPES / "baseline2_casia_r50.yaml", check_paths=False).mode == "baseline2"

@@ -118,6 +118,28 @@ def test_bfm_terms_come_from_the_loss_functions(faces):
         assert float(terms[name].detach()) == pytest.approx(float(value), rel=1e-5), name
 
 
+@pytest.mark.parametrize("partial_fc", [False, True])
+def test_pair_reduction_reaches_eqs_1_and_5(partial_fc):
+    # loss.pair_reduction "mean" (the named deviation) halves exactly the terms of eqs. 1 and 5
+    def terms(reduction, mode="bfm"):
+        r = Recipe.from_dict({"mode": mode, "model": dict(TINY_NET, partial_fc=partial_fc),
+                              "data": {"path": "synthetic:6:4:0"}, "loss": {"pair_reduction": reduction}})
+        torch.manual_seed(0)
+        model = BFMModel(r, 6).eval()
+        g = torch.Generator().manual_seed(1)
+        x, xm = torch.randn(4, 3, 112, 112, generator=g), torch.randn(4, 3, 112, 112, generator=g)
+        with torch.no_grad():
+            return {k: float(v) for k, v in model(x, xm, torch.tensor([0, 1, 2, 3])).items()}
+
+    printed, halved = terms("sum"), terms("mean")
+    for name in ("mask", "partial"):
+        assert printed[name] == pytest.approx(2 * halved[name], rel=1e-5), name
+    for name in ("full", "guided"):
+        assert printed[name] == pytest.approx(halved[name], rel=1e-6), name
+    baseline2 = terms("sum", "baseline2")["full"]
+    assert baseline2 == pytest.approx(2 * terms("mean", "baseline2")["full"], rel=1e-5)
+
+
 def test_resume_continues_the_exact_loss_sequence(tmp_path, faces):
     # 4 steps in one go vs 2 steps, stop, resume, 2 more; 3 steps per epoch, so the resumed run
     # restarts mid-epoch and crosses an epoch boundary (new order, lr milestone at epoch 1).

@@ -40,6 +40,7 @@ class BFMModel(nn.Module):
         self.num_classes = int(num_classes)
         cfg = recipe.model
         self.embedding_size = cfg.embedding_size
+        self.pair_reduction = recipe.loss.pair_reduction  # eqs. 1 and 5: "sum" as printed, or "mean"
 
         def extractor():
             return get_backbone(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
@@ -81,21 +82,21 @@ class BFMModel(nn.Module):
         if self.mode == "baseline2":
             # One model on unmasked and masked faces: ArcFace on both copies (eq. 5's form).
             f, f_masked = self.full(torch.cat([x, x_masked])).chunk(2)
-            return {"full": _arcface_pair(self.head_full, f, f_masked, labels)}
+            return {"full": _arcface_pair(self.head_full, f, f_masked, labels, self.pair_reduction)}
         terms = {}
         if self.classifier is not None:
             # eq. 1: C learns unmasked -> 0, masked -> 1 (one pass over both copies).
             if classifier_input is None:
                 classifier_input = torch.cat([x, x_masked])
             logits, logits_masked = self.classifier(classifier_input).chunk(2)
-            terms["mask"] = losses.mask_loss(logits, logits_masked)
+            terms["mask"] = losses.mask_loss(logits, logits_masked, self.pair_reduction)
         # eq. 2: E_F on unmasked faces only (a frozen E_F has nothing to learn: skip its forward pass).
         if not self.frozen_full:
             terms["full"] = _arcface(self.head_full, self.full(x), labels)
         # eqs. 4 and 5: E_P on x and masked x, in one pass (BatchNorm sees both copies together).
         p, p_masked = self.partial(torch.cat([x, x_masked])).chunk(2)
         terms["guided"] = losses.guided_loss(p, p_masked)
-        terms["partial"] = _arcface_pair(self.head_partial, p, p_masked, labels)
+        terms["partial"] = _arcface_pair(self.head_partial, p, p_masked, labels, self.pair_reduction)
         return terms
 
     def train(self, mode: bool = True):
@@ -143,12 +144,14 @@ def _arcface(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> t
     return losses.arcface_full_loss(head(features, labels), labels)
 
 
-def _arcface_pair(head: nn.Module, f: torch.Tensor, f_masked: torch.Tensor, labels: torch.Tensor):
+def _arcface_pair(head: nn.Module, f: torch.Tensor, f_masked: torch.Tensor, labels: torch.Tensor,
+                  pair_reduction: str):
     """Eq. 5 through a margin head, or through Partial FC: its mean over the 2B samples of both
-    copies is the same average of the two ArcFace terms that losses.arcface_partial_loss takes."""
+    copies is the "mean" form of losses.arcface_partial_loss, twice that the printed "sum"."""
     if isinstance(head, PartialFC):
-        return head(torch.cat([f, f_masked]), torch.cat([labels, labels]))
-    return losses.arcface_partial_loss(head(f, labels), head(f_masked, labels), labels)
+        mean = head(torch.cat([f, f_masked]), torch.cat([labels, labels]))
+        return mean if pair_reduction == "mean" else 2.0 * mean
+    return losses.arcface_partial_loss(head(f, labels), head(f_masked, labels), labels, pair_reduction)
 
 
 # -- checkpoints and initial weights ----------------------------------------------------------

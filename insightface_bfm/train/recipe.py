@@ -105,6 +105,10 @@ class LossSection:
     full: float = _opt(1.0, min=0.0)  # eq. 2, ArcFace of E_F (of the single model in the baselines)
     guided: float = _opt(1.0, min=0.0)  # eq. 4, E_P(masked x) pulled onto E_P(x)
     partial: float = _opt(1.0, min=0.0)  # eq. 5, ArcFace of E_P on x and masked x
+    # Eqs. 1 and 5 (and baseline 2's loss of the same form) as printed sum the term on x and the
+    # term on masked x per sample ("sum"); "mean" halves them, keeping eq. 5 on eq. 2's scale.
+    # A deviation from the paper: the recipes whose measured tables were made with it say so.
+    pair_reduction: str = _opt("sum", choices=("sum", "mean"))
 
 
 @dataclass
