@@ -135,6 +135,15 @@ def test_resume_continues_the_exact_loss_sequence(tmp_path, faces):
     expected = losses_of(tmp_path / "whole")
     assert [s for s, _ in expected] == [1, 2, 3, 4]
     assert losses_of(tmp_path / "part") == expected  # exactly, not approximately
+    assert_same_weights(tmp_path / "part", tmp_path / "whole")  # and the last step's update too
+
+
+def assert_same_weights(run, reference):
+    """Every tensor of ``run``'s last checkpoint equals ``reference``'s, bit for bit."""
+    got, want = ckpt.load_weights(run), ckpt.load_weights(reference)
+    assert set(got) == set(want)
+    differ = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not differ, f"{len(differ)} of {len(want)} tensors differ after resuming, e.g. {differ[:3]}"
 
 
 def test_checkpoint_write_is_atomic(tmp_path, faces, monkeypatch):
@@ -228,12 +237,23 @@ def test_bfm_full_extractor_trains_exactly_as_baseline1(tmp_path, faces):
 
 
 def test_partial_fc_heads_train_and_save_full_centres(tmp_path, faces):
-    r = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 2})
-    trainer = Trainer(r, dataset=faces)
+    def recipe(name, steps):
+        return tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5},
+                    train={"max_steps": steps, "output": str(tmp_path / name)})
+
+    trainer = Trainer(recipe("part", 2), dataset=faces)
     trainer.fit()
-    weights = ckpt.load_weights(tmp_path / "bfm")
+    weights = ckpt.load_weights(tmp_path / "part")
     assert weights["head_full.weight"].shape == (6, 16) and weights["head_partial.weight"].shape == (6, 16)
-    model, _ = load_checkpoint(tmp_path / "bfm")
+    model, _ = load_checkpoint(tmp_path / "part")
     torch.testing.assert_close(model.head_full.weight, trainer.model.head_full.weight)
-    part = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 3})
-    assert Trainer(part, dataset=faces, resume=True).step == 2
+    # resumed (the saved full centres are sharded again, the sampling RNG restored), the run continues
+    # as an uninterrupted one: the same losses (across an epoch boundary) and the same final centres
+    resumed = Trainer(recipe("part", 4), dataset=faces, resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    Trainer(recipe("whole", 4), dataset=faces).fit()
+    expected = losses_of(tmp_path / "whole")
+    assert [s for s, _ in expected] == [1, 2, 3, 4]
+    assert losses_of(tmp_path / "part") == expected
+    assert_same_weights(tmp_path / "part", tmp_path / "whole")
