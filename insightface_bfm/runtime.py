@@ -4,9 +4,9 @@ Everything that touches ``onnxruntime`` directly lives here, so the provider pol
 decided in one place:
 
 - ``providers=None`` means CUDA (then CPU) when an ``onnxruntime-gpu`` build can really
-  run on the GPU, and CPU otherwise. "Really" is checked once per process by building a
-  one-node session on CUDA: ONNX Runtime silently falls back to CPU when the CUDA or cuDNN
-  libraries are missing, and we would rather know.
+  run on the GPU, and CPU otherwise. "Really" is checked once per process by building and
+  running a one-node session on CUDA: ONNX Runtime silently falls back to CPU when the CUDA or
+  cuDNN libraries are missing, and we would rather know.
 - Having both the ``onnxruntime`` and ``onnxruntime-gpu`` distributions installed makes
   whichever was installed last win the shared ``onnxruntime`` module; we warn once.
 
@@ -96,8 +96,14 @@ def _probe_model_bytes() -> bytes:
     return model.SerializeToString()
 
 
+def _probe_runs(session) -> bool:
+    """The probe session gives back what it was fed (a session can build and still fail to run)."""
+    x = np.array([1.5], np.float32)
+    return bool(np.array_equal(session.run(None, {"x": x})[0], x))
+
+
 def cuda_works() -> bool:
-    """True when ONNX Runtime lists CUDA and a session really activates it (checked once)."""
+    """True when ONNX Runtime lists CUDA and a session really activates and runs it (checked once)."""
     global _cuda_works
     if _cuda_works is not None:
         return _cuda_works
@@ -110,7 +116,7 @@ def cuda_works() -> bool:
                     if callable(preload):
                         preload()
                     session = onnxruntime.InferenceSession(_probe_model_bytes(), providers=[CUDA, CPU])
-                    ok = session.get_providers()[0] == CUDA
+                    ok = session.get_providers()[0] == CUDA and _probe_runs(session)
                 except Exception as e:  # any failure means "not usable", never a crash
                     logger.info("CUDAExecutionProvider listed but unusable: %s", e)
                 if not ok:

@@ -128,12 +128,23 @@ def test_compare_pair_rule_and_lazy_embedding(apps, t1):
         app.compare(no_crop, routed[1])
 
 
-def test_verify_uses_pack_threshold(apps, t1):
-    app = apps["unmasked"]
+def test_verify_uses_pack_threshold(apps, t1, shared):
+    app = apps["unmasked"]  # E_F = mobilefacenet_128; the pack's verification distance is 1.0
+    assert app.pack.thresholds.verification_distance == 1.0
     r = app.verify(t1, t1)
     assert r.same is True and r.threshold == 1.0 and r.distance < 1e-4 and r.case == 1
-    other = t1[:, ::-1].copy()  # mirrored photo: the main face is another person
-    assert app.verify(t1, other, threshold=0.0).same is False
+    # raw LFW photos (detected here): two of Abdullah Gul, one of Abdullatif Sener (pairsDevTest.txt)
+    raw = shared("data", "lfw_raw")
+    gul_a, gul_b, sener = (cv2.imread(str(raw / name.rsplit("_", 1)[0] / f"{name}.jpg"))
+                           for name in ("Abdullah_Gul_0013", "Abdullah_Gul_0014", "Abdullatif_Sener_0001"))
+    same = app.verify(gul_a, gul_b)
+    other = app.verify(gul_a, sener)
+    assert same.threshold == other.threshold == 1.0
+    assert same.distance < 1.0 < other.distance  # the pair lies on either side of the pack's threshold
+    assert same.same is True and other.same is False
+    # an explicit threshold overrides the pack's
+    assert app.verify(gul_a, gul_b, threshold=same.distance / 2).same is False
+    assert app.verify(gul_a, sener, threshold=other.distance + 0.1).same is True
     with pytest.raises(ImageError, match="img_b: no face"):
         app.verify(t1, np.zeros((200, 200, 3), np.uint8))
 

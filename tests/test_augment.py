@@ -41,10 +41,16 @@ def test_classifier_sees_the_varied_copies_only(tmp_path):
         "train": {"output": str(tmp_path / "run"), "progress": False},
     })
     trainer = Trainer(recipe)
-    seen = []
-    trainer.model.classifier.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    seen = {}
+    for part in ("classifier", "full", "partial"):
+        getattr(trainer.model, part).register_forward_hook(
+            lambda m, inp, out, part=part: seen.setdefault(part, []).append(inp[0].detach().clone()))
     images = torch.from_numpy(__import__("numpy").stack([trainer.dataset[i][0] for i in range(8)]))
     x, xm, labels = trainer.prepare_batch(images, torch.arange(8) % 4)
     trainer.optimize(x, xm, labels)
-    assert len(seen) == 1 and seen[0].shape == (16, 3, 112, 112)
-    assert not torch.equal(seen[0], torch.cat([x, xm]))
+    assert {k: len(v) for k, v in seen.items()} == {"classifier": 1, "full": 1, "partial": 1}
+    assert seen["classifier"][0].shape == (16, 3, 112, 112)
+    assert not torch.equal(seen["classifier"][0], torch.cat([x, xm]))  # C: the varied copies
+    # E_F and E_P: exactly the faces and their masked copies, never the varied ones
+    assert torch.equal(seen["full"][0], x), "E_F was not fed the unvaried faces x"
+    assert torch.equal(seen["partial"][0], torch.cat([x, xm])), "E_P was not fed the unvaried (x, masked x)"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import shared_path
@@ -102,9 +103,49 @@ def test_real_faces_benchmark_smoke(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["train_people"] == 4 and results["data"]["people_overlap_with_devtest"] == 0
-    for model in ("baseline1", "baseline2", "bfm"):
-        for case in (1, 2, 3):
-            assert 0.0 <= results["verification"][model][f"case{case}"]["accuracy"] <= 1.0
+    n_pairs = 10  # --max-pairs 5: 5 same + 5 different
+    verification = results["verification"]
+    for case in (1, 2, 3):
+        rows = {model: verification[model][f"case{case}"] for model in ("baseline1", "baseline2", "bfm")}
+        # one saved mask manifest per set: every model embedded the very same faces
+        assert len({row["n_faces_embedded"] for row in rows.values()}) == 1, case
+        # the baselines' cases come from how the set was built: no mask, the second face, both faces
+        for model in ("baseline1", "baseline2"):
+            expected = {} if case == 1 else {str(case): n_pairs}
+            assert {c: v["n_pairs"] for c, v in rows[model]["cases"].items()} == expected, (model, case)
+        # BFM routes every pair by its classifier C
+        assert rows["bfm"]["case_source"] == "classifier"
+        assert sum(v["n_pairs"] for v in rows["bfm"]["cases"].values()) == n_pairs
+    # The design: BFM's E_F is Baseline 1 (the pretrained model, frozen) and all models saw the same
+    # masked faces, so with C answering "unmasked" the pack's three rows are Baseline 1's.
+    from insightface_bfm.evaluation import evaluate
+    from insightface_bfm.evaluation.embedders import BFMPackEmbedder
+
+    class UnmaskedC(BFMPackEmbedder):
+        def embed(self, crops):
+            return {**super().embed(crops), "mask_score": np.zeros(len(crops), np.float32)}
+
+    pairs, lfw = Path(results["data"]["test_pairs_file"]), shared_path("data", "lfw112")
+    from insightface_bfm.imaging import read_image
+    from insightface_bfm.runtime import EmbedderONNX
+
+    crops = np.stack([read_image(p) for p in sorted((lfw / "Abdullah_Gul").glob("*.jpg"))[:4]])
+    e_f, b1 = (EmbedderONNX(model_file=str(out / name)).get_feat(crops)
+               for name in ("pack/full.onnx", "baseline1.onnx"))
+    np.testing.assert_allclose(e_f, b1, atol=1e-5, err_msg="the pack's E_F is not Baseline 1")
+    for case, mask in ((1, None), (2, "one"), (3, "both")):
+        kw = {} if mask is None else {"mask_manifest": out / "manifests" / f"pairsDevTest_{mask}.json"}
+        # the BFM row is the pack's (its own C) on the saved masked set
+        routed, _, _ = evaluate(pairs, out / "pack", images=lfw, progress=False, **kw)
+        bfm = verification["bfm"][f"case{case}"]
+        for key in ("accuracy", "std", "auc", "cases", "masked_fraction"):
+            assert routed[key] == bfm[key], (case, key)
+        got, _, _ = evaluate(pairs, out / "pack", images=lfw, embedder=UnmaskedC(out / "pack"),
+                             progress=False, **kw)
+        b1 = verification["baseline1"][f"case{case}"]
+        assert {c: v["n_pairs"] for c, v in got["cases"].items()} == {"1": n_pairs}
+        assert (got["accuracy"], got["std"]) == pytest.approx((b1["accuracy"], b1["std"]), abs=1e-12), case
+        assert got["auc"] == pytest.approx(b1["auc"], abs=1e-6), case
     assert results["pack"]["face_analysis_check"]["faces"] >= 1
     assert (out / "baseline1.onnx").is_file() and (out / "baseline2.onnx").is_file()
     real = results["classifier"]["rmfd_real"]

@@ -21,7 +21,21 @@ def test_cpu_when_cuda_absent(monkeypatch):
     assert choose_providers(["CUDAExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
+def test_probe_graph_runs_on_cpu():
+    """The real probe graph of cuda_works(), in a real CPU session: it loads and returns its input."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(runtime._probe_model_bytes(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"] and len(session.get_outputs()) == 1
+    x = np.array([1.5], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x)
+    assert runtime._probe_runs(session) is True
+
+
 def test_cuda_chosen_only_when_it_really_runs(monkeypatch):
+    import onnxruntime
+
+    real_session = onnxruntime.InferenceSession
     monkeypatch.setattr(
         runtime.onnxruntime,
         "get_available_providers",
@@ -30,16 +44,31 @@ def test_cuda_chosen_only_when_it_really_runs(monkeypatch):
     monkeypatch.setattr(runtime, "_cuda_works", None)
 
     class FakeSession:
+        """A real CPU session of the probe graph (so a broken graph fails here as it would on a
+        GPU), reporting the providers of ``active`` as ORT would."""
+
+        active = None  # None: ORT's answer when the CUDA libraries are missing (CPU only)
+        fails_to_run = False
+
         def __init__(self, model, providers):
+            self.session = real_session(model, providers=["CPUExecutionProvider"])
             self.providers = providers
 
         def get_providers(self):
-            return ["CPUExecutionProvider"]  # what ORT reports when the CUDA libraries are missing
+            return list(self.providers) if self.active else ["CPUExecutionProvider"]
+
+        def run(self, outputs, feed):
+            if self.fails_to_run:
+                raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+            return self.session.run(outputs, feed)
 
     monkeypatch.setattr(runtime.onnxruntime, "InferenceSession", FakeSession)
     assert runtime.cuda_works() is False
     monkeypatch.setattr(runtime, "_cuda_works", None)
-    FakeSession.get_providers = lambda self: list(self.providers)
+    FakeSession.active, FakeSession.fails_to_run = True, True  # builds on CUDA, cannot run there
+    assert runtime.cuda_works() is False
+    monkeypatch.setattr(runtime, "_cuda_works", None)
+    FakeSession.fails_to_run = False
     assert runtime.cuda_works() is True
     assert choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(ctx_id=-1) == ["CPUExecutionProvider"]

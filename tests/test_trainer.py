@@ -157,6 +157,15 @@ def test_resume_continues_the_exact_loss_sequence(tmp_path, faces):
     expected = losses_of(tmp_path / "whole")
     assert [s for s, _ in expected] == [1, 2, 3, 4]
     assert losses_of(tmp_path / "part") == expected  # exactly, not approximately
+    assert_same_weights(tmp_path / "part", tmp_path / "whole")  # and the last step's update too
+
+
+def assert_same_weights(run, reference):
+    """Every tensor of ``run``'s last checkpoint equals ``reference``'s, bit for bit."""
+    got, want = ckpt.load_weights(run), ckpt.load_weights(reference)
+    assert set(got) == set(want)
+    differ = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not differ, f"{len(differ)} of {len(want)} tensors differ after resuming, e.g. {differ[:3]}"
 
 
 def test_checkpoint_write_is_atomic(tmp_path, faces, monkeypatch):
@@ -214,23 +223,48 @@ def test_finetune_init_and_freeze_full(tmp_path, faces):
 
 def test_cli_trains_and_compares(tmp_path):
     from insightface_bfm.cli import main
+    from insightface_bfm.train.holdout import evaluate_holdout
 
     recipe = tiny(tmp_path, "bfm").to_dict()
     recipe["train"].update(max_steps=1)
     recipe.pop("mode")
     recipe["compare"] = ["baseline1", "bfm"]
-    recipe["eval"] = {"holdout": "synthetic:5:3:7", "pairs": 40, "folds": 4, "batch_size": 16}
+    holdout = {"holdout": "synthetic:5:3:7", "pairs": 40, "folds": 4, "batch_size": 16}
+    recipe["eval"] = holdout
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "cmp")])
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Baseline 1" in result.output and "BFM" in result.output and "Case 1" in result.output
-    table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    table = json.loads((out / "comparison.json").read_text())
     assert set(table) == {"baseline1", "bfm"}
-    for mode in table:
-        for case in ("case1", "case2", "case3"):
-            assert 0.0 <= table[mode]["eval"][case]["accuracy"] <= 1.0
-    assert table["bfm"]["eval"]["classifier_accuracy"] is not None
+    base, bfm = table["baseline1"]["eval"], table["bfm"]["eval"]
+    cases = ("case1", "case2", "case3")
+    assert base["pairs"] == bfm["pairs"] == 40
+    # Baseline 1 has no E_P: it routes nothing there; BFM's routing is printed as the table has it
+    assert [base[c]["routed_partial"] for c in cases] == [0.0, 0.0, 0.0]
+    assert base["classifier_accuracy"] is None and bfm["classifier_accuracy"] is not None
+    assert "BFM routing: share of pairs sent to E_P per case: " + ", ".join(
+        f"case {k} {100 * bfm[c]['routed_partial']:.0f}%" for k, c in enumerate(cases, 1)) in result.output
+    # BFM's E_F is Baseline 1's trained model, frozen (the comparison reuses it: same weights, bit for bit)
+    b1_weights, bfm_weights = ckpt.load_weights(out / "baseline1"), ckpt.load_weights(out / "bfm")
+    extractor = [k for k in b1_weights if k.startswith("full.")]
+    assert len(extractor) > 20
+    for k in extractor:
+        assert torch.equal(bfm_weights[k], b1_weights[k]), f"BFM's {k} is not Baseline 1's"
+    # the table is what the saved models give on the held-out pairs: accuracy and routing per case
+    settings = {k: holdout[k] for k in ("pairs", "folds", "batch_size")}
+    models = {mode: load_checkpoint(out / mode)[0] for mode in table}
+    for mode, model in models.items():
+        assert evaluate_holdout(model, holdout["holdout"], **settings) == table[mode]["eval"], mode
+    # The design: where C calls no face masked, BFM is Baseline 1 (same pairs, same masks, same E_F),
+    # in every case. With C made to answer "unmasked", BFM's table must be Baseline 1's row.
+    unmasked_c = models["bfm"]
+    unmasked_c.mask_probability = lambda x: torch.zeros(len(x))
+    routed_full = evaluate_holdout(unmasked_c, holdout["holdout"], **settings)
+    for c in cases:
+        assert routed_full[c] == base[c], c
 
 
 def test_bfm_full_extractor_trains_exactly_as_baseline1(tmp_path, faces):
@@ -250,12 +284,23 @@ def test_bfm_full_extractor_trains_exactly_as_baseline1(tmp_path, faces):
 
 
 def test_partial_fc_heads_train_and_save_full_centres(tmp_path, faces):
-    r = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 2})
-    trainer = Trainer(r, dataset=faces)
+    def recipe(name, steps):
+        return tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5},
+                    train={"max_steps": steps, "output": str(tmp_path / name)})
+
+    trainer = Trainer(recipe("part", 2), dataset=faces)
     trainer.fit()
-    weights = ckpt.load_weights(tmp_path / "bfm")
+    weights = ckpt.load_weights(tmp_path / "part")
     assert weights["head_full.weight"].shape == (6, 16) and weights["head_partial.weight"].shape == (6, 16)
-    model, _ = load_checkpoint(tmp_path / "bfm")
+    model, _ = load_checkpoint(tmp_path / "part")
     torch.testing.assert_close(model.head_full.weight, trainer.model.head_full.weight)
-    part = tiny(tmp_path, "bfm", model={"partial_fc": True, "sample_rate": 0.5}, train={"max_steps": 3})
-    assert Trainer(part, dataset=faces, resume=True).step == 2
+    # resumed (the saved full centres are sharded again, the sampling RNG restored), the run continues
+    # as an uninterrupted one: the same losses (across an epoch boundary) and the same final centres
+    resumed = Trainer(recipe("part", 4), dataset=faces, resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    Trainer(recipe("whole", 4), dataset=faces).fit()
+    expected = losses_of(tmp_path / "whole")
+    assert [s for s, _ in expected] == [1, 2, 3, 4]
+    assert losses_of(tmp_path / "part") == expected
+    assert_same_weights(tmp_path / "part", tmp_path / "whole")
