@@ -19,7 +19,7 @@ _WHERE = {
     "ROLES": "to_onnx",
     "export_checkpoint": "to_onnx",
     "export_onnx": "to_onnx",
-    "read_metadata": "to_onnx",
+    "read_metadata": "metadata",
     "OnnxGraphModule": "graph_module",
     "backbone_from_architecture": "from_onnx",
     "calibrate_batchnorm": "from_onnx",
