@@ -619,3 +619,55 @@ def test_cli_convert_errors_exit_2_with_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
     assert "nothing-symbol.json: mxnet symbol file not found" in result.output
+
+
+# --------------------------------------------------------------------------- recipes: init mxnet:PREFIX,EPOCH
+
+
+def _recipe(tmp_path, spec, embedding_size=5):
+    return {
+        "mode": "bfm",
+        "model": {"backbone": "r18", "embedding_size": embedding_size, "s": 16.0, "m": 0.2,
+                  "backbone_options": {"width": 0.0625, "layers": [1, 1, 1, 1]}},
+        "data": {"path": "synthetic:4:2:0", "num_workers": 0},
+        "optim": {"batch_size": 4, "epochs": 1, "lr": 0.01},
+        "init": {"full": spec, "partial": spec, "freeze_full": True},
+        "train": {"output": str(tmp_path / "run"), "log_every": 1, "progress": False, "max_steps": 1},
+    }
+
+
+def test_recipe_init_from_mxnet_trains_and_exports(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from insightface_bfm.data import open_dataset
+    from insightface_bfm.export import OnnxGraphModule, export_checkpoint
+    from insightface_bfm.train.recipe import Recipe
+    from insightface_bfm.train.trainer import Trainer
+
+    g = mx.Graph()
+    w = _w(4, 3, 8, 8, scale=0.1)
+    c = g.op("Convolution", "conv0", [g.x, g.var("conv0_weight", w)], kernel=(8, 8), stride=(8, 8),
+             num_filter=4, no_bias=True)
+    wf, bf = _w(5, 4 * 14 * 14, scale=0.05), _w(5)
+    fc1 = g.op("FullyConnected", "fc1", [c, g.var("fc1_weight", wf), g.var("fc1_bias", bf)], num_hidden=5)
+    spec = "mxnet:" + g.save(tmp_path / "mx", heads=[fc1])
+    monkeypatch.setenv("INSIGHTFACE_BFM_CACHE", str(tmp_path / "cache"))
+    trainer = Trainer(Recipe.from_dict(_recipe(tmp_path, spec)), dataset=open_dataset("synthetic:4:2:0"))
+    assert isinstance(trainer.model.partial, OnnxGraphModule)
+    before = trainer.model.partial.fc1_weight.detach().clone()
+    trainer.fit()
+    assert not np.array_equal(before.numpy(), trainer.model.partial.fc1_weight.detach().numpy())
+    written = export_checkpoint(tmp_path / "run", tmp_path / "onnx")
+    x = pixels(size=112)
+    z = (x.astype(np.float64) - 127.5) / 128
+    close(run_onnx(written["full"], x), flat(conv_ref(z, w, stride=(8, 8))) @ wf.T + bf)  # E_F: frozen
+
+
+def test_recipe_refuses_a_bad_mxnet_spec_in_one_line(tmp_path):
+    from insightface_bfm.errors import RecipeError
+    from insightface_bfm.train.recipe import Recipe
+
+    with pytest.raises(RecipeError, match="'init.full': .*nowhere-symbol.json: mxnet symbol file not") as e:
+        Recipe.from_dict(_recipe(tmp_path, f"mxnet:{tmp_path / 'nowhere'},0"))
+    _one_line(str(e.value))
+    with pytest.raises(RecipeError, match="'init.full': .*the epoch after ',' must be an integer"):
+        Recipe.from_dict(_recipe(tmp_path, "mxnet:model,best"))
