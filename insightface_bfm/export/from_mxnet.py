@@ -142,12 +142,11 @@ def import_mxnet(spec: str, out=None, *, output: str | None = None, input_size: 
     """
     symbol_path, params_path = checkpoint_files(spec)
     if out is None:
-        h = hashlib.sha256(f"{CONVERTER_VERSION}|{output}|{input_size}|".encode())
-        for path in (symbol_path, params_path):
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        out = cache_dir() / f"{params_path.stem}-{h.hexdigest()[:16]}.onnx"
+        from ..zoo.download import sha256_file
+
+        files = "|".join(sha256_file(p) for p in (symbol_path, params_path))
+        key = f"{CONVERTER_VERSION}|{output}|{input_size}|{files}"
+        out = cache_dir() / f"{params_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         if out.is_file():
             return out
     out = Path(out)

@@ -51,18 +51,20 @@ class MxNode:
         raise self._bad(key, value, "a boolean")
 
     def integer(self, key: str, default: int | None = None) -> int:
-        value = self.text(key, None if default is None else str(default))
-        try:
-            return int(value)
-        except ValueError:
-            raise self._bad(key, value, "an integer") from None
+        return self._parsed(key, default, int, "an integer")
 
     def number(self, key: str, default: float | None = None) -> float:
-        value = self.text(key, None if default is None else repr(default))
+        return self._parsed(key, default, float, "a number")
+
+    def _parsed(self, key: str, default, cast, expected: str):
+        value = self.attrs.get(key)
+        if value is None and default is not None:
+            return default
+        value = self.text(key)
         try:
-            return float(value)
+            return cast(value)
         except ValueError:
-            raise self._bad(key, value, "a number") from None
+            raise self._bad(key, value, expected) from None
 
     def ints(self, key: str, default: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """A shape-like tuple: ``(3, 3)``, ``[3,3]``, ``(3,)``, ``3`` or ``()``; None entries are -1."""
