@@ -293,7 +293,8 @@ class _Builder:
                                                                            self.input_size])],
             [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", self.embedding_size])],
             inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        # IR 8 (opset 17's): the newest onnx writes a newer IR than older ONNX Runtimes (>= 1.17) read
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8,
                                   producer_name="insightface-bfm", producer_version=__version__)
         model.doc_string = f"converted from mxnet {self.symbol.source}: {INPUT_DESCRIPTION} -> embedding"
         return model
@@ -352,7 +353,10 @@ class _Builder:
             node = users[cur][0]
             if node.op not in _AFFINE or node.inputs[0] != (cur, 0):
                 break
-            a, b = _AFFINE[node.op](node.number("scalar"))
+            try:
+                a, b = _AFFINE[node.op](node.number("scalar"))
+            except ZeroDivisionError:
+                raise self.fail(node, "divides by a scalar of 0") from None
             scale, shift = a * scale, a * shift + b
             chain.append(node)
             cur = node.index
