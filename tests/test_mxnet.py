@@ -339,6 +339,23 @@ def case_fp16_symbol(g):  # insightface's fp16 training symbols cast around the 
     return g.op("Flatten", "flat", [y]), lambda z: flat(ref(z))
 
 
+def case_gnap_attention(g):  # symbol_utils' GNAP head: spatial norms over their mean, tiled, as weights
+    sq = g.op("square", "sq", [g.x])
+    norm = g.op("sqrt", "norm", [g.op("sum", "norm2", [sq], axis=1, keepdims=True)])
+    mean = g.op("mean", "mean", [norm])  # no axis: every axis, the batch included (as the GNAP code)
+    inverse = g.op("broadcast_div", "inverse", [mean, norm])
+    weighted = g.op("elemwise_mul", "weighted", [g.x, g.op("tile", "tiled", [inverse], reps=(1, 3, 1, 1))])
+    pooled = g.op("mean", "gap", [weighted], axis=(2, 3))
+    summed = g.op("sum", "total", [g.op("exp", "e", [weighted])], axis=(0, 1), exclude=True)
+
+    def ref(z):
+        n = np.sqrt((z * z).sum(1, keepdims=True))
+        w = z * np.tile(n.mean() / n, (1, 3, 1, 1))
+        return w.mean((2, 3)) + np.exp(w).sum((2, 3)) / 100
+    total = g.op("_div_scalar", "scaled", [summed], scalar=100)
+    return g.op("elemwise_add", "fc1", [pooled, total]), ref
+
+
 CASES = {
     "conv_dense": case_conv_dense, "conv_grouped_dilated": case_conv_grouped_dilated,
     "conv_depthwise": case_conv_depthwise, "batchnorm_defaults": case_batchnorm_defaults,
@@ -352,6 +369,7 @@ CASES = {
     **{f"pool_{k}": case_pool(k) for k in POOLS},
     "pass_through": case_pass_through, "reshapes": case_reshapes,
     "concat_slice_clip_add_n": case_concat_slice_clip_add_n, "fp16_symbol": case_fp16_symbol,
+    "gnap_attention": case_gnap_attention,
 }
 
 
@@ -363,6 +381,19 @@ def test_operator_matches_numpy_reference(tmp_path, name):
     out = import_mxnet(spec, tmp_path / "m.onnx", input_size=S)
     x = pixels()
     close(run_onnx(out, x), ref((x.astype(np.float64) - 127.5) / 128))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_converted_operators_fine_tune_through_the_onnx_interpreter(tmp_path, name):
+    """import_onnx (the path of init mxnet:) runs each converted graph in torch and checks it against ORT."""
+    pytest.importorskip("torch")
+    from insightface_bfm.export import import_onnx
+
+    g = mx.Graph()
+    head, _ = CASES[name](g)
+    module = import_onnx(import_mxnet(g.save(tmp_path, heads=[head]), tmp_path / "m.onnx", input_size=S),
+                         architecture="generic")  # raises when torch and ONNX Runtime disagree
+    assert module.embedding_size > 0
 
 
 # --------------------------------------------------------------------------- whole graphs

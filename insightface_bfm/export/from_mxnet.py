@@ -745,6 +745,42 @@ def _slice_axis(b: _Builder, node: MxNode) -> _Tensor:
     return b.emit("Slice", [x.name, *consts], node.name, tuple(shape))
 
 
+def _reduction(onnx_op: str):
+    """``sum``/``mean``: mxnet's ``axis`` (absent: every axis, batch too), ``keepdims``, ``exclude``."""
+    def convert(b: _Builder, node: MxNode) -> _Tensor:
+        x = b.input(node, 0)
+        rank = len(x.shape)
+        axes = sorted({a + rank if a < 0 else a for a in node.ints("axis", ())}) or list(range(rank))
+        if node.boolean("exclude", False):
+            axes = [a for a in range(rank) if a not in axes]
+        keep = node.boolean("keepdims", False)
+        if keep:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        if onnx_op == "ReduceSum":  # opset 13+: axes as an input
+            axes_input = b.const(f"{node.name}_axes", np.array(axes, np.int64))
+            return b.emit(onnx_op, [x.name, axes_input], node.name, shape, keepdims=int(keep))
+        return b.emit(onnx_op, [x.name], node.name, shape, axes=axes, keepdims=int(keep))
+    return convert
+
+
+def _square(b: _Builder, node: MxNode) -> _Tensor:
+    x = b.input(node, 0)
+    return b.emit("Mul", [x.name, x.name], node.name, x.shape)
+
+
+def _tile(b: _Builder, node: MxNode) -> _Tensor:
+    x = b.input(node, 0)
+    reps = list(node.ints("reps"))
+    rank = max(len(x.shape), len(reps))
+    if len(x.shape) < rank:
+        raise b.fail(node, f"reps {tuple(reps)} has more axes than the input {_show(x.shape)}")
+    reps = [1] * (rank - len(reps)) + reps  # mxnet pads reps with leading ones
+    shape = tuple(None if d is None else d * r for d, r in zip(x.shape, reps))
+    return b.emit("Tile", [x.name, b.const(f"{node.name}_reps", np.array(reps, np.int64))], node.name, shape)
+
+
 OPERATORS = {
     "Convolution": _convolution,
     "BatchNorm": _batch_norm,
@@ -763,6 +799,12 @@ OPERATORS = {
     "concat": _concat,
     "clip": _clip,
     "slice_axis": _slice_axis,
+    "sum": _reduction("ReduceSum"),
+    "mean": _reduction("ReduceMean"),
+    "sqrt": _named_activation("Sqrt"),
+    "square": _square,
+    "exp": _named_activation("Exp"),
+    "tile": _tile,
     "add_n": _add_n,
     "ElementWiseSum": _add_n,
     "_plus_scalar": _scalar("Add"),
