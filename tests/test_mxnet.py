@@ -702,3 +702,63 @@ def test_recipe_refuses_a_bad_mxnet_spec_in_one_line(tmp_path):
     _one_line(str(e.value))
     with pytest.raises(RecipeError, match="'init.full': .*the epoch after ',' must be an integer"):
         Recipe.from_dict(_recipe(tmp_path, "mxnet:model,best"))
+
+
+def _fresnet(g, channels=(4, 8, 16, 32), embedding=8):
+    """insightface's fresnet (LResNet-IR, e.g. model-r100-ii) at one unit per stage: input version 1,
+    residual_unit_v3, output 'E' (bn1, dropout, pre_fc1, fc1 with fix_gamma)."""
+    def bn(x, name, size, fix_gamma=False):
+        return g.op("BatchNorm", name, [x, g.var(f"{name}_gamma", RNG.uniform(0.5, 1.5, size)),
+                                        g.var(f"{name}_beta", _w(size, scale=0.1)),
+                                        g.var(f"{name}_moving_mean", _w(size, scale=0.1), aux=True),
+                                        g.var(f"{name}_moving_var", RNG.uniform(0.5, 1.5, size), aux=True)],
+                    fix_gamma=fix_gamma, eps=2e-5, momentum=0.9)
+
+    def conv(x, name, cin, cout, k, stride):
+        w = RNG.normal(0, math.sqrt(2 / (cin * k * k)), (cout, cin, k, k))
+        return g.op("Convolution", name, [x, g.var(f"{name}_weight", w)], kernel=(k, k),
+                    stride=(stride, stride), pad=(k // 2,) * 2, num_filter=cout, no_bias=True, workspace=256)
+
+    def prelu(x, name, size):
+        return g.op("LeakyReLU", name, [x, g.var(f"{name}_gamma", np.full(size, 0.25))], act_type="prelu")
+
+    x = g.op("_copy", "id", [g.x])  # data = identity(data); data = data - 127.5; data = data * 0.0078125
+    x = g.op("_minus_scalar", "_minusscalar0", [x], scalar=127.5)
+    x = g.op("_mul_scalar", "_mulscalar0", [x], scalar=0.0078125)
+    x = prelu(bn(conv(x, "conv0", 3, channels[0], 3, 1), "bn0", channels[0]), "relu0", channels[0])
+    cin = channels[0]
+    for stage, cout in enumerate(channels, start=1):
+        name = f"stage{stage}_unit1"
+        body = bn(x, f"{name}_bn1", cin)
+        body = bn(conv(body, f"{name}_conv1", cin, cout, 3, 1), f"{name}_bn2", cout)
+        body = prelu(body, f"{name}_relu1", cout)
+        body = bn(conv(body, f"{name}_conv2", cout, cout, 3, 2), f"{name}_bn3", cout)
+        shortcut = bn(conv(x, f"{name}_conv1sc", cin, cout, 1, 2), f"{name}_sc", cout)
+        x, cin = g.op("elemwise_add", f"_plus{stage}", [body, shortcut]), cout
+    x = g.op("Dropout", "dropout0", [bn(x, "bn1", cin)], p=0.4)
+    x = g.op("FullyConnected", "pre_fc1", [x, g.var("pre_fc1_weight", _w(embedding, cin * 49, scale=0.05)),
+                                           g.var("pre_fc1_bias", _w(embedding))], num_hidden=embedding)
+    return bn(x, "fc1", embedding, fix_gamma=True)
+
+
+def test_an_lresnet_checkpoint_fine_tunes_as_our_iresnet(tmp_path):
+    """A converted fresnet maps onto insightface_bfm.nets.IResNet (so init mxnet: with model.backbone r100
+    fine-tunes model-r100-ii as our own network), reproducing ONNX Runtime."""
+    pytest.importorskip("torch")
+    import torch
+
+    from insightface_bfm.export import import_onnx
+    from insightface_bfm.nets import IResNet
+
+    g = mx.Graph(normalise=False)
+    head = _fresnet(g)
+    out = import_mxnet(g.save(tmp_path, heads=[head]), tmp_path / "r.onnx")
+    assert onnx.load(str(out)).graph.node[0].op_type == "Conv"  # identity + normalisation folded into conv0
+    module = import_onnx(out)  # checks itself against ONNX Runtime, else falls back to the generic graph
+    assert isinstance(module, IResNet), module.bfm_architecture
+    assert module.bfm_architecture == {"backbone": "r50", "embedding_size": 8, "width": 4 / 64,
+                                       "layers": (1, 1, 1, 1)}
+    x = pixels(size=112)
+    with torch.no_grad():
+        got = module(torch.from_numpy((x - 127.5) / 127.5)).numpy()
+    close(got, run_onnx(out, x))

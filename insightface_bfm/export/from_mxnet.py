@@ -346,25 +346,30 @@ class _Builder:
                         f"{len(missing)} variable(s) besides {data.name!r} have no stored value")
 
     def _fold_normalisation(self, data: MxNode, needed: set[int], x: _Tensor) -> None:
-        """Fold the symbol's leading scalar chain with y -> 127.5 y + 127.5 into one map of the input."""
+        """Fold the symbol's leading scalar chain with y -> 127.5 y + 127.5 into one map of the input.
+
+        The chain may hold identities (fresnet opens with ``identity``, then ``- 127.5``, ``* 0.0078125``)."""
         users = {i: [u for u in us if u.index in needed] for i, us in self.symbol.consumers().items()}
         scale, shift, cur, chain = 1.0, 0.0, data.index, []
         while len(users.get(cur, [])) == 1:
             node = users[cur][0]
-            if node.op not in _AFFINE or node.inputs[0] != (cur, 0):
+            if node.inputs[0] != (cur, 0):
                 break
-            try:
-                a, b = _AFFINE[node.op](node.number("scalar"))
-            except ZeroDivisionError:
-                raise self.fail(node, "divides by a scalar of 0") from None
-            scale, shift = a * scale, a * shift + b
+            if node.op in _AFFINE:
+                try:
+                    a, b = _AFFINE[node.op](node.number("scalar"))
+                except ZeroDivisionError:
+                    raise self.fail(node, "divides by a scalar of 0") from None
+                scale, shift = a * scale, a * shift + b
+            elif node.op not in PASS_THROUGH or node.text("dtype", "float32") not in _FLOAT_TYPES:
+                break
             chain.append(node)
             cur = node.index
         # the graph wants scale * pixels + shift, with pixels = 127.5 y + 127.5
         a, b = scale * 127.5, scale * 127.5 + shift
         if abs(b) < 1e-12 * max(1.0, abs(a)):
             b = 0.0
-        folded = " ".join(f"{n.op}({n.attrs.get('scalar')})" for n in chain)
+        folded = " ".join(f"{n.op}({n.attrs.get('scalar')})" for n in chain if n.op in _AFFINE)
         folded = folded or "none (raw 0..255 RGB assumed)"
         self.normalisation = f"symbol's input chain: {folded}; converted input y = (x - 127.5) / 127.5, " \
                              f"graph input = {a:.9g} * y + {b:.9g}"
@@ -425,10 +430,13 @@ _AFFINE = {
 }
 
 
+_FLOAT_TYPES = ("float16", "float32", "float64", "bfloat16")
+
+
 def _pass_through(b: _Builder, node: MxNode) -> _Tensor:
     if node.op in ("Cast", "amp_cast"):
         dtype = node.text("dtype", "float32")
-        if dtype not in ("float16", "float32", "float64", "bfloat16"):
+        if dtype not in _FLOAT_TYPES:
             raise b.fail(node, f"a cast to {dtype} is not supported (only casts between float types)")
     return b.input(node, 0)
 
