@@ -22,6 +22,7 @@ COMMANDS = {
     "align": ("insightface_bfm.evaluation.cli:align", "Detect and align raw photos to 112x112 crops."),
     "eval": ("insightface_bfm.evaluation.cli:evaluate", "Verification accuracy per matching case."),
     "export": ("insightface_bfm.export.cli:export", "Export a checkpoint to three ONNX files."),
+    "convert": ("insightface_bfm.export.cli:convert", "Convert a legacy MXNet checkpoint to ONNX."),
     "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
     "models": ("insightface_bfm.zoo.cli:models", "List, download, verify and remove model-zoo packs."),
 }

@@ -22,3 +22,28 @@ def export(checkpoint, out_dir, opset, no_verify):
     for role, path in written.items():
         size = read_metadata(path).get("embedding_size", "?")
         click.echo(f"{role:>15}: {path} (output {size})")
+
+
+@click.group("convert")
+def convert():
+    """Convert models of other frameworks to insightface recognition ONNX files."""
+
+
+@convert.command("mxnet")
+@click.argument("checkpoint", metavar="PREFIX[,EPOCH]")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--output", help="Node whose output is the embedding (default: the symbol's head, else fc1).")
+def mxnet(checkpoint, out, output):
+    """Convert the MXNet checkpoint PREFIX-symbol.json + PREFIX-EPOCH.params to OUT (.onnx), without mxnet.
+
+    EPOCH defaults to the highest one present. OUT takes [batch,3,112,112] RGB normalised
+    (x-127.5)/127.5, as insightface's ArcFaceONNX feeds it (an in-graph normalisation is folded in).
+    """
+    from .from_mxnet import checkpoint_files, import_mxnet
+    from .metadata import read_metadata
+
+    symbol, params = checkpoint_files(checkpoint)
+    path = import_mxnet(checkpoint, out, output=output)
+    meta = read_metadata(path)
+    click.echo(f"{symbol} + {params} -> {path} (output {meta['mxnet_output']}, "
+               f"embedding {meta['embedding_size']})")

@@ -555,6 +555,12 @@ _OPS = {
         float(n.attrs.get("alpha", 0.2)) * a[0] + float(n.attrs.get("beta", 0.5)), 0.0, 1.0),
     "HardSwish": lambda m, n, a: F.hardswish(a[0]),
     "Tanh": lambda m, n, a: torch.tanh(a[0]),
+    "Elu": lambda m, n, a: F.elu(a[0], float(n.attrs.get("alpha", 1.0))),
+    "Selu": lambda m, n, a: float(n.attrs.get("gamma", 1.0507009873554805)) * F.elu(
+        a[0], float(n.attrs.get("alpha", 1.6732632423543772))),
+    "Softplus": lambda m, n, a: F.softplus(a[0]),
+    "Softsign": lambda m, n, a: F.softsign(a[0]),
+    "Tile": lambda m, n, a: a[0].repeat(*_ints(a[1])),
     "Clip": _clip,
     "Add": lambda m, n, a: a[0] + a[1],
     "Sub": lambda m, n, a: a[0] - a[1],

@@ -30,6 +30,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write_bytes
 from ..errors import BFMError
+from .metadata import read_metadata  # noqa: F401 - re-exported (export.read_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +269,3 @@ def export_checkpoint(checkpoint, out_dir, *, opset: int = OPSET, verify: bool =
             continue
         written[role] = export_onnx(net, path, role, dict(metadata), opset=opset, verify=verify)
     return written
-
-
-def read_metadata(path) -> dict[str, str]:
-    """The metadata properties (``role``, ``output``, ``embedding_size``, ``recipe`` ...) of an ONNX file."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}

@@ -207,14 +207,16 @@ def initial_weights(spec: str, role: str) -> dict[str, torch.Tensor]:
     """The state dict for part ``role`` (classifier | full | partial) from ``spec``:
 
     ``onnx:PATH``      an ONNX file imported by insightface_bfm.export.from_onnx
+    ``mxnet:PREFIX,EPOCH`` an MXNet checkpoint, converted by ``import_mxnet``, then imported as ONNX
     ``*.pth``/``*.pt`` an arcface_torch ``backbone.pth`` (a plain state dict; loaded weights_only)
     anything else      a BFM checkpoint (dir, run dir or model.safetensors): its ``role.`` part, or
                        its ``full.`` part when it has no such part (E_P from a baseline model)
     """
-    if spec.startswith("onnx:"):
+    onnx_path = _onnx_path(spec)
+    if onnx_path is not None:
         from ..export.from_onnx import import_onnx
 
-        return import_onnx(spec[5:]).state_dict()
+        return import_onnx(onnx_path).state_dict()
     if Path(spec).suffix in (".pth", ".pt"):
         try:
             state = torch.load(spec, map_location="cpu", weights_only=True)
@@ -264,18 +266,31 @@ def initialise(model: BFMModel, init) -> list[str]:
 
 
 def _import_extractor(spec: str, role: str, embedding_size: int) -> nn.Module | None:
-    """``onnx:PATH`` for E_F / E_P imported once (None for other specs). A graph that is not an
-    arcface_torch architecture (e.g. a MobileFaceNet from another code base) comes back as the
-    generic ``OnnxGraphModule`` and is used as the extractor itself, so its size must fit."""
-    if not spec.startswith("onnx:") or role == "classifier":
+    """``onnx:PATH`` / ``mxnet:PREFIX,EPOCH`` for E_F / E_P imported once (None for other specs).
+    A graph that is not an arcface_torch architecture (e.g. a MobileFaceNet from another code base)
+    comes back as the generic ``OnnxGraphModule`` and is used as the extractor itself, so its size
+    must fit."""
+    onnx_path = _onnx_path(spec) if role != "classifier" else None
+    if onnx_path is None:
         return None
     from ..export.from_onnx import import_onnx
 
-    module = import_onnx(spec[5:])
+    module = import_onnx(onnx_path)
     if module.bfm_architecture.get("backbone") == "onnx" and module.embedding_size != embedding_size:
         raise BFMError(f"init.{role} {spec}: the graph embeds to {module.embedding_size} dimensions but "
                        f"model.embedding_size is {embedding_size}")
     return module
+
+
+def _onnx_path(spec: str) -> str | None:
+    """The ONNX file behind ``onnx:PATH`` or ``mxnet:PREFIX,EPOCH`` (converted once, then cached)."""
+    if spec.startswith("onnx:"):
+        return spec[5:]
+    if spec.startswith("mxnet:"):
+        from ..export.from_mxnet import import_mxnet
+
+        return str(import_mxnet(spec))
+    return None
 
 
 def _train_only(model: BFMModel, patterns: list[str]) -> str:

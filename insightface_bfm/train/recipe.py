@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import RecipeError
+from ..errors import PackError, RecipeError
 
 MODES = ("bfm", "baseline1", "baseline2")
 BACKBONES = ("r18", "r34", "r50", "r100", "mbf")
@@ -114,7 +114,8 @@ class LossSection:
 @dataclass
 class InitSection:
     """Initial weights: a checkpoint dir / run dir / model.safetensors, an arcface_torch
-    backbone ``.pth``, or ``onnx:PATH`` (imported with insightface_bfm.export.from_onnx)."""
+    backbone ``.pth``, ``onnx:PATH`` (imported with insightface_bfm.export.from_onnx), or
+    ``mxnet:PREFIX,EPOCH`` (a legacy MXNet checkpoint, converted to ONNX, then imported the same way)."""
 
     classifier: str | None = None
     full: str | None = None
@@ -376,7 +377,14 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
             _check_dataset_path(r.eval.holdout, "eval.holdout", fail)
         for role in ("classifier", "full", "partial"):
             spec = getattr(r.init, role)
-            if spec is not None:
+            if spec is not None and spec.startswith("mxnet:"):
+                from ..export.from_mxnet import checkpoint_files
+
+                try:
+                    checkpoint_files(spec)
+                except PackError as e:
+                    fail(f"'init.{role}': {e}")
+            elif spec is not None:
                 path = spec[5:] if spec.startswith("onnx:") else spec
                 if not Path(path).exists():
                     fail(f"'init.{role}': {path} does not exist")
