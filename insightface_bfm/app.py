@@ -247,6 +247,21 @@ class FaceAnalysis(_InsightFaceAnalysis):
                     raise BFMError(f"face has no aligned_crop to compute its {extractor} embedding from")
         return faces
 
+    # -- drawing --------------------------------------------------------------------------
+
+    def draw_on(self, img, faces, names=None):
+        """insightface's picture (boxes, keypoints) with each face's masked state and score on it.
+
+        Boxes take the colour of the route (orange: masked, E_P; green: unmasked, E_F);
+        ``names`` (one per face, e.g. gallery answers) go above the mask label. See ``drawing``.
+        """
+        from .drawing import draw_faces
+
+        check_image(img, "image")
+        detected = [f for f in faces if f.get("bbox") is not None]
+        base = super().draw_on(img, detected) if detected else img
+        return draw_faces(base, faces, names)
+
     # -- matching -------------------------------------------------------------------------
 
     def compare(self, face_a, face_b, threshold: float | None = None) -> Comparison:

@@ -168,7 +168,9 @@ def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
         if name in seen:
             if seen[name].resolve() == path.resolve():
                 continue  # the same image given twice
-            raise ImageError(f"{path} and {seen[name]}: both would be named {name.as_posix()}; give them apart")
+            raise ImageError(
+                f"{path} and {seen[name]}: both would be named {name.as_posix()}; give them apart"
+            )
         seen[name] = path
         unique.append((path, name, named))
     return unique

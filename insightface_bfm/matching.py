@@ -170,6 +170,11 @@ class Gallery:
             f"Gallery({len(self)} entries, {len(set(self.identities))} identities, dim={self.embedding_size})"
         )
 
+    @property
+    def masked(self) -> np.ndarray:
+        """The masked flag of every entry, in enrolment order."""
+        return self._matrices()[2].copy()
+
     def has_source(self, source: str) -> bool:
         return source in self._source_set
 

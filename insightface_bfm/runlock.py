@@ -4,8 +4,9 @@ Long commands that write into a folder or file (``bfm mask``, ``bfm align``, ``b
 enrol``) hold ``output_lock(target, command)`` while they run. The lock is an OS advisory lock
 (``flock``) on a small file beside the output (``DST/.bfm.lock`` for a folder,
 ``.NAME.bfm.lock`` next to a file) that also records who holds it; a second run into the same
-output fails at once with one line naming the holder. The OS drops the lock when the holder
-exits, however it exits, so a killed run never leaves a stale lock behind.
+output fails at once with one line naming the holder. The holder removes the file when it ends;
+the OS drops the lock however the holder exits, so even a killed run (SIGKILL) leaves no stale
+lock, only the small file, which the next run takes over.
 
 While the lock is held, SIGTERM (``kill PID``, a job scheduler's stop) raises
 ``KeyboardInterrupt`` in the main thread, as Ctrl-C does: the ``finally`` blocks that flush
@@ -58,17 +59,40 @@ def output_lock(target, command: str, *, folder: bool = True):
     """
     path = lock_path_for(target, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _acquire(path)
+    if fd is None:
+        raise BFMError(f"{target}: in use by {_describe(path)}; wait for that run to end or stop it")
     try:
-        if not _try_lock(fd):
-            raise BFMError(f"{target}: in use by {_describe(path)}; wait for that run to end or stop it")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         with sigterm_as_interrupt():
             yield path
     finally:
-        os.close(fd)  # releases the lock; the small file stays (deleting it would race a waiter)
+        # unlink while still holding the lock, then release: the folder is left as it was
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _acquire(path: Path) -> int | None:
+    """An open, locked descriptor of ``path``, or None when another process holds it.
+
+    A holder unlinks the file before releasing it; a run that opened the old file meanwhile
+    finds its descriptor no longer matches the path and opens it afresh.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            os.close(fd)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:
