@@ -163,14 +163,15 @@ def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
     if files:
         base = Path(os.path.commonpath([p.resolve().parent for p in files]))
         out.extend((p, p.resolve().relative_to(base), True) for p in files)
-    seen, unique = {}, []
+    seen, paths, unique = {}, set(), []
     for path, name, named in out:
+        if path.resolve() in paths:
+            continue  # the same image given twice (e.g. a file and its folder)
         if name in seen:
-            if seen[name].resolve() == path.resolve():
-                continue  # the same image given twice
             raise ImageError(
                 f"{path} and {seen[name]}: both would be named {name.as_posix()}; give them apart"
             )
         seen[name] = path
+        paths.add(path.resolve())
         unique.append((path, name, named))
     return unique
