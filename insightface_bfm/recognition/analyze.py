@@ -125,7 +125,8 @@ def run_photos(app, inputs, answer: Callable, *, aligned=False, json_path=None, 
                 out = Path(draw_dir) / name
                 atomic_write_bytes(out, encode_image(picture, out.suffix))
             if on_image is not None:
-                on_image(record)
+                with bar.external_write_mode():  # a table line, then the bar again below it
+                    on_image(record)
     finally:
         # also after Ctrl-C or an error: what was answered so far is kept
         if json_path is not None and run.records:
