@@ -18,6 +18,7 @@ one that embeds the face's stored aligned crop).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ def pair_case(masked_a: bool, masked_b: bool) -> int:
 def l2_normalize(x) -> np.ndarray:
     """Rows of ``x`` scaled to unit length (float32); a zero row is an error, not a NaN."""
     arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 1:  # one probe: the fast path of every search
+        norm = float(np.sqrt(arr @ arr))
+        if not (norm > 0 and math.isfinite(norm)):
+            raise BFMError("embedding with zero or non-finite norm cannot be compared")
+        return arr / np.float32(norm)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise BFMError("embedding with zero or non-finite norm cannot be compared")
@@ -159,7 +165,7 @@ class Gallery:
         self.sources: list[str | None] = []
         self.info: dict = {}
         self._source_set: set[str] = set()
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (full, partial, masked)
+        self._pending: list[list] = []  # [full, partial, masked] batches not yet arranged
         self._store = None  # (full_sorted, partial_sorted, masked (enrolment order), order, n_unmasked)
 
     def __len__(self) -> int:
@@ -213,7 +219,7 @@ class Gallery:
         self.identities.extend(identities)
         self.sources.extend(sources)
         self._source_set.update(s for s in sources if s is not None)
-        self._pending.append((full, partial, flags.copy()))
+        self._pending.append([full, partial, flags.copy()])
         return list(range(start, start + n))
 
     def remove(self, identity: str) -> int:
@@ -236,26 +242,44 @@ class Gallery:
     def _matrices(self):
         """(full, partial) rows sorted unmasked-first, masked flags, sorted row -> index, n unmasked."""
         if self._pending or self._store is None:
-            d = self.embedding_size or 0
-            old = self._store or (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32),
-                                  np.zeros(0, bool), np.zeros(0, np.int64), 0)
-            f_old, p_old, m_old, order_old, nu_old = old
-            offset = m_old.shape[0]
-            f_new = [c[0] for c in self._pending]
-            p_new = [c[1] for c in self._pending]
-            m_new = np.concatenate([m_old] + [c[2] for c in self._pending])
-            new_masked = m_new[offset:]
-            idx_new = offset + np.arange(new_masked.shape[0])
-            f_cat = np.concatenate(f_new) if f_new else np.zeros((0, d), np.float32)
-            p_cat = np.concatenate(p_new) if p_new else np.zeros((0, d), np.float32)
-            un, ms = ~new_masked, new_masked
-            # Unmasked block (old, then new), then the masked block (old, then new).
-            full = np.concatenate([f_old[:nu_old], f_cat[un], f_old[nu_old:], f_cat[ms]])
-            partial = np.concatenate([p_old[:nu_old], p_cat[un], p_old[nu_old:], p_cat[ms]])
-            order = np.concatenate([order_old[:nu_old], idx_new[un], order_old[nu_old:], idx_new[ms]])
-            self._store = (full, partial, m_new, order, int(nu_old + un.sum()))
-            self._pending = []
+            self._store = self._arrange()
         return self._store
+
+    def _arrange(self):
+        """Merge the pending batches into the grouped layout, one matrix at a time, releasing each
+        batch's rows as they are copied (a 1M x 512 gallery must not hold several copies at once)."""
+        d = self.embedding_size or 0
+        empty = np.zeros((0, d), np.float32)
+        f_old, p_old, m_old, order_old, nu_old = self._store or (empty, empty, np.zeros(0, bool),
+                                                                  np.zeros(0, np.int64), 0)
+        pending, self._pending = self._pending, []
+        m_new = np.concatenate([m_old] + [c[2] for c in pending])
+        n_old, n = m_old.shape[0], m_new.shape[0]
+        nu = nu_old + int((~m_new[n_old:]).sum())
+        # layout: old unmasked | new unmasked | old masked | new masked
+        old_masked = slice(nu, nu + n_old - nu_old)
+        order = np.empty(n, np.int64)
+        order[:nu_old], order[old_masked] = order_old[:nu_old], order_old[nu_old:]
+        # where each pending row goes: new unmasked rows after the old unmasked block, new masked at the end
+        slots, next_u, next_m, first = [], nu_old, old_masked.stop, n_old
+        for chunk in pending:
+            m = chunk[2]
+            dest = np.empty(m.shape[0], np.int64)
+            dest[~m] = next_u + np.arange(int((~m).sum()))
+            dest[m] = next_m + np.arange(int(m.sum()))
+            next_u, next_m = next_u + int((~m).sum()), next_m + int(m.sum())
+            order[dest] = first + np.arange(m.shape[0])
+            first += m.shape[0]
+            slots.append(dest)
+        out = []
+        for which, old in ((0, f_old), (1, p_old)):
+            arr = np.empty((n, d), np.float32)
+            arr[:nu_old], arr[old_masked] = old[:nu_old], old[nu_old:]
+            for chunk, dest in zip(pending, slots):
+                arr[dest] = chunk[which]
+                chunk[which] = None
+            out.append(arr)
+        return out[0], out[1], m_new, order, nu
 
     def _sorted_scores(self, probe: Mapping, embed_missing) -> np.ndarray:
         full, partial, _, _, n_unmasked = self._matrices()
@@ -298,7 +322,7 @@ class Gallery:
         out = []
         for j in top:
             i = int(order[j])
-            sim = float(np.clip(sims[j], -1.0, 1.0))
+            sim = min(1.0, max(-1.0, float(sims[j])))
             m = bool(masked[i])
             out.append(
                 Match(self.identities[i], i, sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
