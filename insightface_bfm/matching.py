@@ -281,24 +281,46 @@ class Gallery:
             out.append(arr)
         return out[0], out[1], m_new, order, nu
 
-    def _sorted_scores(self, probe: Mapping, embed_missing) -> np.ndarray:
-        full, partial, _, _, n_unmasked = self._matrices()
-        probe_masked = _masked(probe, "probe")
-        qp = None
-        if probe_masked or n_unmasked < len(self):
+    def grouped_rows(self):
+        """The stored layout, for other search back-ends (``faiss_index``): ``(full, partial, order,
+        n_unmasked)``, rows grouped unmasked-first; row ``j`` is entry ``order[j]``. Read-only views."""
+        full, partial, _, order, n_unmasked = self._matrices()
+        return full, partial, order, n_unmasked
+
+    def probe_vectors(self, probe: Mapping, embed_missing: EmbedMissing | None = None):
+        """``(masked, q_full, q_partial)`` of a probe, normalised; a vector the pair rule does not
+        need against this gallery is None."""
+        _, _, _, _, n_unmasked = self._matrices()
+        masked = _masked(probe, "probe")
+        qp = qf = None
+        if masked or n_unmasked < len(self):
             qp = l2_normalize(face_embedding(probe, "partial", embed_missing, "probe"))
             self._check_dim(qp)
-        if probe_masked:
-            return partial @ qp
-        qf = l2_normalize(face_embedding(probe, "full", embed_missing, "probe"))
-        self._check_dim(qf)
+        if not masked:
+            qf = l2_normalize(face_embedding(probe, "full", embed_missing, "probe"))
+            self._check_dim(qf)
+        return masked, qf, qp
+
+    def match(self, index: int, similarity: float, probe_masked: bool) -> Match:
+        """The ``Match`` of entry ``index`` at ``similarity`` for a probe masked or not."""
+        sim = min(1.0, max(-1.0, float(similarity)))
+        m = bool(self._matrices()[2][index])
+        return Match(self.identities[index], int(index), sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
+                     pair_extractor(probe_masked, m))
+
+    def _sorted_scores(self, probe: Mapping, embed_missing):
+        """(similarities in stored row order, probe masked)."""
+        full, partial, _, _, n_unmasked = self._matrices()
+        masked, qf, qp = self.probe_vectors(probe, embed_missing)
+        if masked:
+            return partial @ qp, masked
         if n_unmasked == len(self):
-            return full @ qf
-        return np.concatenate([full[:n_unmasked] @ qf, partial[n_unmasked:] @ qp])
+            return full @ qf, masked
+        return np.concatenate([full[:n_unmasked] @ qf, partial[n_unmasked:] @ qp]), masked
 
     def scores(self, probe: Mapping, *, embed_missing: EmbedMissing | None = None) -> np.ndarray:
         """Cosine similarity of ``probe`` to every entry by the pair rule, float32 (N,), enrolment order."""
-        sims = self._sorted_scores(probe, embed_missing)
+        sims, _ = self._sorted_scores(probe, embed_missing)
         out = np.empty_like(sims)
         out[self._matrices()[3]] = sims
         return out
@@ -313,22 +335,12 @@ class Gallery:
             raise BFMError(f"search: k must be >= 1, got {k}")
         if not len(self):
             return []
-        sims = self._sorted_scores(probe, embed_missing)
-        _, _, masked, order, _ = self._matrices()
+        sims, probe_masked = self._sorted_scores(probe, embed_missing)
+        order = self._matrices()[3]
         k = min(k, sims.shape[0])
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
         top = top[np.lexsort((order[top], -sims[top]))]
-        probe_masked = _masked(probe, "probe")
-        out = []
-        for j in top:
-            i = int(order[j])
-            sim = min(1.0, max(-1.0, float(sims[j])))
-            m = bool(masked[i])
-            out.append(
-                Match(self.identities[i], i, sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
-                      pair_extractor(probe_masked, m))
-            )
-        return out
+        return [self.match(int(order[j]), sims[j], probe_masked) for j in top]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(full, partial, masked) in enrolment order (copies)."""
