@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
+from bfm_inference_helpers import make_face_folder
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
@@ -32,13 +32,7 @@ def _env():
 
 
 def _faces_folder(root, n):
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        d = root / f"id{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        img = np.clip(rng.normal(140, 20, (112, 112, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(d / f"img{i:03d}.png"), img)
-    return root
+    return make_face_folder(root, n, identities=3, name="img{i:03d}.png")
 
 
 # A run that is slow on purpose (each image waits), so a test can stop it part-way.

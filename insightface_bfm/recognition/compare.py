@@ -8,26 +8,14 @@ the pack's ``verification_distance``): at or below it, the same person.
 
 from __future__ import annotations
 
-from ..errors import ImageError, PackError
+from ..errors import ImageError
 from ..imaging import read_image
 from .analyze import face_record, image_faces
 
 
-def pack_threshold(app, threshold: float | None) -> float:
-    """``threshold`` if given, else the pack's verification distance, else an error saying how to set one."""
-    if threshold is None:
-        threshold = app.pack.thresholds.verification_distance
-    if threshold is None:
-        raise PackError(
-            f"{app.pack.path}: the pack has no verification threshold; pass --threshold X (squared L2, "
-            "0..4) or rebuild it with `bfm pack ... --distance-threshold X`"
-        )
-    return float(threshold)
-
-
 def compare_images(app, image_a, image_b, *, threshold: float | None = None, aligned: bool = False) -> dict:
     """Compare the main faces of two image files; returns the JSON record of ``bfm compare``."""
-    threshold = pack_threshold(app, threshold)
+    threshold = app.verification_threshold(threshold)
     faces = []
     for path in (image_a, image_b):
         found = image_faces(app, read_image(path), path, aligned=aligned, main_only=True)

@@ -29,7 +29,6 @@ from ..imaging import collect_images, decode_image
 from ..matching import Gallery
 from ..runlock import output_lock
 from .analyze import check_aligned, face_record, image_faces, run_photos
-from .compare import pack_threshold
 
 SAVE_EVERY_S = 20.0
 UNKNOWN = "unknown"
@@ -166,7 +165,7 @@ def search_images(app, gallery_path, inputs, *, k: int = 5, threshold: float | N
     gallery = open_gallery(gallery_path, app)
     if not len(gallery):
         raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
-    threshold = pack_threshold(app, threshold)
+    threshold = app.verification_threshold(threshold)
 
     def answer(faces):
         records, labels = [], []
