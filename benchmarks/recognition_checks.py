@@ -87,8 +87,8 @@ def compare_pairs(pack, out, n):
         for variant in ("unmasked", "second_masked"):
             exits, cases, extractors = [], [], []
             for a, b in pairs:
-                # `bfm mask -` kept the paths under the files' common folder: NAME/NAME_000N.jpg
-                second = lfw / b if variant == "unmasked" else masked_root / b
+                # `bfm mask -` names each output after its file (NAME_000N.jpg, unique in LFW)
+                second = lfw / b if variant == "unmasked" else masked_root / Path(b).name
                 res = checked(run("compare", lfw / a, second, "--pack", pack, "--aligned", "--json"))
                 r = json.loads(res.output)
                 exits.append(res.exit_code)

@@ -128,8 +128,8 @@ def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
     """The images a command was given: files, folders (walked), and ``-`` (paths read from stdin).
 
     Returns ``(path, name, named)`` per image: ``name`` is where outputs go relative to the
-    destination (inside a folder: the path under it; named files: the path under their common
-    parent folder, so a single file keeps its own name); ``named`` is True for files given
+    destination (inside a folder: the path under it; a named file: its file name, or where two
+    named files share one, their paths under their common folder); ``named`` is True for files given
     directly (commands treat problems with those as errors, with folder contents as misses).
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -161,8 +161,12 @@ def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
             raise ImageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         out.extend((folder / rel, rel, False) for rel in found)
     if files:
-        base = Path(os.path.commonpath([p.resolve().parent for p in files]))
-        out.extend((p, p.resolve().relative_to(base), True) for p in files)
+        unique_files = list(dict.fromkeys(p.resolve() for p in files))
+        if len({p.name for p in unique_files}) == len(unique_files):
+            out.extend((p, Path(p.name), True) for p in files)
+        else:  # two files of one name: keep their paths under their common folder apart
+            base = Path(os.path.commonpath([p.parent for p in unique_files]))
+            out.extend((p, p.resolve().relative_to(base), True) for p in files)
     seen, paths, unique = {}, set(), []
     for path, name, named in out:
         if path.resolve() in paths:

@@ -1,6 +1,7 @@
 """One run per output (lock), SIGTERM handled as Ctrl-C, single-file and stdin inputs of
 ``bfm mask`` / ``bfm align``; locks and signals checked with real subprocesses."""
 
+import io
 import json
 import os
 import signal
@@ -155,9 +156,14 @@ def test_mask_single_file_and_stdin_list(tmp_path):
     res = CliRunner().invoke(main, ["mask", "-", str(tmp_path / "list"), "--quiet"],
                              input="\n".join(map(str, listed)) + "\n")
     assert res.exit_code == 0, res.output
-    # named files keep their path under their common folder
+    # named files keep their names; two of one name keep their paths under their common folder
     written = sorted(p.relative_to(tmp_path / "list").as_posix() for p in (tmp_path / "list").rglob("*.png"))
-    assert written == ["id0/img000.png", "id1/img001.png"]
+    assert written == ["img000.png", "img001.png"]
+    twin = tmp_path / "twin" / "id0" / "img000.png"
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(listed[0].read_bytes())
+    found = collect_images(["-"], stdin=io.StringIO(f"{listed[0]}\n{twin}\n"))
+    assert sorted(n.as_posix() for _, n, _ in found) == ["src/id0/img000.png", "twin/id0/img000.png"]
     res = CliRunner().invoke(main, ["mask", str(one), str(one.parent), "--quiet"])
     assert res.exit_code == 2 and "overwrite the source" in res.output
     res = CliRunner().invoke(main, ["mask", str(tmp_path / "nope.png"), str(tmp_path / "o")])
