@@ -197,3 +197,51 @@ def test_collect_images_names_and_errors(tmp_path):
     (other / "img000.png").write_bytes((src / "id0" / "img000.png").read_bytes())
     with pytest.raises(BFMError, match="both would be named"):
         collect_images([src, tmp_path / "other"])
+
+
+# `bfm gallery enrol` under SIGTERM: a stand-in app (the gallery code only needs its pack's identity
+# and get_aligned), slow on purpose, one crop per network run.
+SLOW_ENROL = textwrap.dedent("""
+    import sys, time, zlib
+    from types import SimpleNamespace
+    import numpy as np
+    from insightface.app.common import Face
+    from insightface_bfm.recognition import gallery as gallery_files
+
+    class SlowApp:
+        pack = SimpleNamespace(name="stand-in", embedding_size=8, files={"f": "1", "p": "2"},
+                               full="f", partial="p")
+        def get_aligned(self, crops, embed="routed"):
+            time.sleep(0.1 * len(crops))
+            faces = []
+            for crop in crops:
+                v = np.random.default_rng(zlib.crc32(crop.tobytes())).normal(size=8)
+                faces.append(Face(masked=False, mask_score=0.0, extractor="full", embedding_full=v,
+                                  embedding_partial=-v, embedding=v))
+            return faces
+    gallery_files.BATCH = 1
+    gallery_files.SAVE_EVERY_S = 0.3
+    print("started", flush=True)
+    print(gallery_files.enrol_folder(SlowApp(), sys.argv[2], sys.argv[1], aligned=True, progress=False))
+""")
+
+
+def test_gallery_enrol_sigterm_saves_and_resumes(tmp_path):
+    from insightface_bfm.matching import Gallery
+
+    src = _faces_folder(tmp_path / "people", 24)
+    g = tmp_path / "g.npz"
+    proc = _start(SLOW_ENROL, src, g)
+    _wait_for(lambda: g.exists() and len(Gallery.load(g)) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Terminated" in err, err
+    done = len(Gallery.load(g))
+    assert 3 <= done < 24
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock, no temporary
+    proc = _start(SLOW_ENROL, src, g)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"{24 - done} enrolled, {done} already there" in out, out
+    final = Gallery.load(g)
+    assert len(final) == 24 and sorted(set(final.identities)) == ["id0", "id1", "id2"]
