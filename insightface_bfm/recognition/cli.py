@@ -33,7 +33,7 @@ def _face_row(i, face):
 
 
 @click.command("analyze")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
 @pack_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write one JSON object per image (JSON lines) to this file.")
@@ -120,7 +120,7 @@ def enrol(gallery_path, folder, pack, root, det_size, aligned, quiet):
 
 @gallery.command("search")
 @click.argument("gallery_path", metavar="GALLERY", type=click.Path(dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
 @pack_options
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Matches per face.")
 @click.option("--threshold", type=float,
