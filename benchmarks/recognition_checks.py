@@ -75,7 +75,7 @@ def lfw_pairs(n):
     return same, diff
 
 
-def compare_pairs(pack, out, n):
+def compare_pairs(pack, out, n, threshold=()):
     lfw = SHARED / "data" / "lfw112"
     same, diff = lfw_pairs(n)
     # masked copies of every second face, written once by `bfm mask -` (paths on stdin)
@@ -89,7 +89,8 @@ def compare_pairs(pack, out, n):
             for a, b in pairs:
                 # `bfm mask -` names each output after its file (NAME_000N.jpg, unique in LFW)
                 second = lfw / b if variant == "unmasked" else masked_root / Path(b).name
-                res = checked(run("compare", lfw / a, second, "--pack", pack, "--aligned", "--json"))
+                res = checked(run("compare", lfw / a, second, "--pack", pack, "--aligned", "--json",
+                                  *threshold))
                 r = json.loads(res.output)
                 exits.append(res.exit_code)
                 cases.append(r["case"])
@@ -102,7 +103,7 @@ def compare_pairs(pack, out, n):
     return result
 
 
-def gallery_top1(pack, out, people):
+def gallery_top1(pack, out, people, threshold=()):
     lfw = SHARED / "data" / "lfw112"
     chosen = [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2][:people]
     for d in chosen:
@@ -116,7 +117,7 @@ def gallery_top1(pack, out, people):
     result = {"people": len(chosen)}
     for key, probes in (("unmasked", out / "probe"), ("masked", out / "probe_masked")):
         checked(run("gallery", "search", g, probes, "--pack", pack, "--aligned", "--quiet",
-                    "--json", out / f"search_{key}.jsonl"))
+                    "--json", out / f"search_{key}.jsonl", *threshold))
         records = jsonl(out / f"search_{key}.jsonl")
         top1 = [r["faces"][0]["matches"][0]["identity"] == Path(r["image"]).parent.name for r in records]
         known = [r["faces"][0]["identity"] == Path(r["image"]).parent.name for r in records]
@@ -132,16 +133,20 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="working folder (emptied first)")
     ap.add_argument("--pairs", type=int, default=20, help="same and different LFW pairs each")
     ap.add_argument("--people", type=int, default=50, help="LFW people in the gallery")
+    ap.add_argument("--threshold", type=float,
+                    help="verification distance for compare/search (default: the pack's; a pack without one "
+                         "needs it)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    summary = {"pack": str(args.pack)}
+    summary = {"pack": str(args.pack), "threshold": args.threshold}
+    threshold = () if args.threshold is None else ("--threshold", args.threshold)
     summary["analyze"] = analyze_t1(args.pack, out)
     print(json.dumps(summary["analyze"]), flush=True)
-    summary["compare"] = compare_pairs(args.pack, out, args.pairs)
+    summary["compare"] = compare_pairs(args.pack, out, args.pairs, threshold)
     print(json.dumps(summary["compare"]), flush=True)
-    summary["gallery"] = gallery_top1(args.pack, out, args.people)
+    summary["gallery"] = gallery_top1(args.pack, out, args.people, threshold)
     print(json.dumps(summary["gallery"]), flush=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(f"wrote {out / 'summary.json'}; pictures: {out / 'drawn'}, {out / 'drawn_masked'}")
