@@ -63,6 +63,8 @@ def draw_faces(img: np.ndarray, faces, names=None) -> np.ndarray:
             lines.append(label)
         # text about a third of the box wide, readable on small crops and large photos alike
         scale = float(np.clip((x2 - x1) / 180.0, 0.3, 1.5))
+        if face.get("bbox") is None:  # an aligned crop: the label covers as little of it as it can
+            scale = 0.3
         _label_block(out, lines, (x1, y1, x2, y2), colour, scale, max(1, round(scale * 1.5)))
     return out
 
