@@ -247,6 +247,21 @@ class FaceAnalysis(_InsightFaceAnalysis):
                     raise BFMError(f"face has no aligned_crop to compute its {extractor} embedding from")
         return faces
 
+    # -- drawing --------------------------------------------------------------------------
+
+    def draw_on(self, img, faces, names=None):
+        """insightface's picture (boxes, keypoints) with each face's masked state and score on it.
+
+        Boxes take the colour of the route (orange: masked, E_P; green: unmasked, E_F);
+        ``names`` (one per face, e.g. gallery answers) go above the mask label. See ``drawing``.
+        """
+        from .drawing import draw_faces
+
+        check_image(img, "image")
+        detected = [f for f in faces if f.get("bbox") is not None]
+        base = super().draw_on(img, detected) if detected else img
+        return draw_faces(base, faces, names)
+
     # -- matching -------------------------------------------------------------------------
 
     def compare(self, face_a, face_b, threshold: float | None = None) -> Comparison:
@@ -259,6 +274,17 @@ class FaceAnalysis(_InsightFaceAnalysis):
         """
         return compare(face_a, face_b, embed_missing=self.embed_missing, threshold=threshold)
 
+    def verification_threshold(self, threshold: float | None = None) -> float:
+        """``threshold`` if given, else the pack's ``verification_distance`` (squared L2), else an error."""
+        if threshold is None:
+            threshold = self.pack.thresholds.verification_distance
+        if threshold is None:
+            raise PackError(
+                f"{self.pack.path}: the pack has no verification threshold; pass one (threshold=, "
+                "--threshold X: squared L2, 0..4) or rebuild it with `bfm pack ... --distance-threshold X`"
+            )
+        return float(threshold)
+
     def verify(self, img_a, img_b, threshold: float | None = None) -> Comparison:
         """Same person? The main face of each image, compared by the pair rule.
 
@@ -266,13 +292,7 @@ class FaceAnalysis(_InsightFaceAnalysis):
         """
         check_image(img_a, "img_a")
         check_image(img_b, "img_b")
-        if threshold is None:
-            threshold = self.pack.thresholds.verification_distance
-        if threshold is None:
-            raise PackError(
-                f"{self.pack.path}: the pack has no verification threshold; pass threshold= "
-                "(squared L2) or rebuild it with `bfm pack ... --distance-threshold X`"
-            )
+        threshold = self.verification_threshold(threshold)
         faces = []
         for img, label in ((img_a, "img_a"), (img_b, "img_b")):
             found = self.get(img, max_num=1)

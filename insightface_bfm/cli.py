@@ -25,6 +25,9 @@ COMMANDS = {
     "convert": ("insightface_bfm.export.cli:convert", "Convert a legacy MXNet checkpoint to ONNX."),
     "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
     "models": ("insightface_bfm.zoo.cli:models", "List, download, verify and remove model-zoo packs."),
+    "analyze": ("insightface_bfm.recognition.cli:analyze", "Every face in photos: masked or not, route."),
+    "compare": ("insightface_bfm.recognition.cli:compare", "Same person? Two photos by the pair rule."),
+    "gallery": ("insightface_bfm.recognition.cli:gallery", "Enrol people, search photos, list, remove."),
 }
 
 

@@ -9,6 +9,7 @@ place that converts between the two; ``from_network_input`` is its inverse.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -117,3 +118,64 @@ def from_network_input(blob) -> np.ndarray:
     """Inverse of ``to_network_input``: float Nx3xHxW RGB in [-1, 1] -> uint8 NxHxWx3 BGR."""
     arr = np.asarray(blob, dtype=np.float32) * INPUT_STD + INPUT_MEAN
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)[..., ::-1].copy()
+
+
+def is_image_file(path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
+    """The images a command was given: files, folders (walked), and ``-`` (paths read from stdin).
+
+    Returns ``(path, name, named)`` per image: ``name`` is where outputs go relative to the
+    destination (inside a folder: the path under it; a named file: its file name, or where two
+    named files share one, their paths under their common folder); ``named`` is True for files given
+    directly (commands treat problems with those as errors, with folder contents as misses).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files, folders = [], []
+    for item in inputs:
+        if str(item) == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            listed = [line.strip() for line in stream.read().splitlines() if line.strip()]
+            if not listed:
+                raise ImageError("-: no image paths on standard input")
+            entries = listed
+        else:
+            entries = [item]
+        for entry in entries:
+            path = Path(os.path.expanduser(os.fspath(entry)))
+            if path.is_dir():
+                folders.append(path)
+            elif path.is_file():
+                if not is_image_file(path):
+                    raise ImageError(f"{path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+                files.append(path)
+            else:
+                raise ImageError(f"{path}: no such file or folder")
+    out = []
+    for folder in folders:
+        found = list_image_files(folder)
+        if not found:
+            raise ImageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        out.extend((folder / rel, rel, False) for rel in found)
+    if files:
+        unique_files = list(dict.fromkeys(p.resolve() for p in files))
+        if len({p.name for p in unique_files}) == len(unique_files):
+            out.extend((p, Path(p.name), True) for p in files)
+        else:  # two files of one name: keep their paths under their common folder apart
+            base = Path(os.path.commonpath([p.parent for p in unique_files]))
+            out.extend((p, p.resolve().relative_to(base), True) for p in files)
+    seen, paths, unique = {}, set(), []
+    for path, name, named in out:
+        if path.resolve() in paths:
+            continue  # the same image given twice (e.g. a file and its folder)
+        if name in seen:
+            raise ImageError(
+                f"{path} and {seen[name]}: both would be named {name.as_posix()}; give them apart"
+            )
+        seen[name] = path
+        paths.add(path.resolve())
+        unique.append((path, name, named))
+    return unique

@@ -18,6 +18,7 @@ one that embeds the face's stored aligned crop).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ def pair_case(masked_a: bool, masked_b: bool) -> int:
 def l2_normalize(x) -> np.ndarray:
     """Rows of ``x`` scaled to unit length (float32); a zero row is an error, not a NaN."""
     arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 1:  # one probe: the fast path of every search
+        norm = float(np.sqrt(arr @ arr))
+        if not (norm > 0 and math.isfinite(norm)):
+            raise BFMError("embedding with zero or non-finite norm cannot be compared")
+        return arr / np.float32(norm)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise BFMError("embedding with zero or non-finite norm cannot be compared")
@@ -141,18 +147,26 @@ class Match:
 class Gallery:
     """A 1:N gallery keeping, per entry, both embeddings (normalised) and the masked flag.
 
-    ``search`` scores every entry by the pair rule with two matrix products: a masked probe
-    meets every entry through E_P; an unmasked probe meets unmasked entries through E_F and
-    masked entries through E_P.
+    ``search`` scores every entry by the pair rule: a masked probe meets every entry through
+    E_P; an unmasked probe meets unmasked entries through E_F and masked entries through E_P.
+    The rows are stored grouped by the masked flag (unmasked entries first), so either probe
+    costs exactly N row products on contiguous memory and no copy: as cheap as one brute-force
+    matrix-vector product over the gallery (``benchmarks/gallery_search.py`` measures it).
+    Indices (``Match.index``, ``scores``) are in enrolment order.
+
+    ``sources`` keeps an optional key per entry (e.g. the sha256 of the enrolled image), so a
+    folder enrolment can skip what is already in; ``info`` is a free JSON dict saved with the
+    gallery (the enrolling pack's identity).
     """
 
     def __init__(self, embedding_size: int | None = None):
         self.embedding_size = embedding_size
         self.identities: list[str] = []
-        self._full: list[np.ndarray] = []
-        self._partial: list[np.ndarray] = []
-        self._masked: list[bool] = []
-        self._cache = None
+        self.sources: list[str | None] = []
+        self.info: dict = {}
+        self._source_set: set[str] = set()
+        self._pending: list[list] = []  # [full, partial, masked] batches not yet arranged
+        self._store = None  # (full_sorted, partial_sorted, masked (enrolment order), order, n_unmasked)
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -162,20 +176,31 @@ class Gallery:
             f"Gallery({len(self)} entries, {len(set(self.identities))} identities, dim={self.embedding_size})"
         )
 
-    def enrol(self, face: Mapping, identity: str, *, embed_missing: EmbedMissing | None = None) -> int:
+    @property
+    def masked(self) -> np.ndarray:
+        """The masked flag of every entry, in enrolment order."""
+        return self._matrices()[2].copy()
+
+    def has_source(self, source: str) -> bool:
+        return source in self._source_set
+
+    def enrol(self, face: Mapping, identity: str, *, embed_missing: EmbedMissing | None = None,
+              source: str | None = None) -> int:
         """Add one analysed face (needs both embeddings: ``embed='both'`` or ``embed_missing``)."""
         full = face_embedding(face, "full", embed_missing, f"enrol {identity!r}")
         partial = face_embedding(face, "partial", embed_missing, f"enrol {identity!r}")
-        return int(self.enrol_embeddings(identity, full, partial, _masked(face, f"enrol {identity!r}"))[0])
+        masked = _masked(face, f"enrol {identity!r}")
+        return int(self.enrol_embeddings(identity, full, partial, masked, sources=[source])[0])
 
-    def enrol_embeddings(self, identity, full, partial, masked) -> list[int]:
+    def enrol_embeddings(self, identity, full, partial, masked, *, sources=None) -> list[int]:
         """Add one entry (vectors) or many (identity list, (N,D) arrays, N flags); returns indices."""
         full = np.atleast_2d(np.asarray(full, dtype=np.float32))
         partial = np.atleast_2d(np.asarray(partial, dtype=np.float32))
         identities = [identity] if isinstance(identity, str) else list(identity)
         flags = np.atleast_1d(np.asarray(masked, dtype=bool))
         n = len(identities)
-        if full.shape != partial.shape or full.shape[0] != n or flags.shape != (n,):
+        sources = [None] * n if sources is None else list(sources)
+        if full.shape != partial.shape or full.shape[0] != n or flags.shape != (n,) or len(sources) != n:
             raise BFMError(
                 f"enrol: {n} identities need {n} full and {n} partial embeddings of one size and {n} "
                 f"masked flags, got {full.shape}, {partial.shape}, {flags.shape}"
@@ -192,52 +217,112 @@ class Gallery:
         full, partial = l2_normalize(full), l2_normalize(partial)
         start = len(self)
         self.identities.extend(identities)
-        self._full.extend(full)
-        self._partial.extend(partial)
-        self._masked.extend(bool(m) for m in flags)
-        self._cache = None
+        self.sources.extend(sources)
+        self._source_set.update(s for s in sources if s is not None)
+        self._pending.append([full, partial, flags.copy()])
         return list(range(start, start + n))
 
     def remove(self, identity: str) -> int:
         """Remove every entry of ``identity``; returns how many were removed."""
-        keep = [i for i, name in enumerate(self.identities) if name != identity]
-        removed = len(self) - len(keep)
-        self.identities = [self.identities[i] for i in keep]
-        self._full = [self._full[i] for i in keep]
-        self._partial = [self._partial[i] for i in keep]
-        self._masked = [self._masked[i] for i in keep]
-        self._cache = None
+        full, partial, masked, order, _ = self._matrices()
+        keep = np.array([name != identity for name in self.identities], dtype=bool)
+        removed = int((~keep).sum())
+        if not removed:
+            return 0
+        keep_sorted = keep[order]
+        new_index = np.cumsum(keep) - 1  # enrolment index -> index after removal
+        self.identities = [n for n, k in zip(self.identities, keep) if k]
+        self.sources = [s for s, k in zip(self.sources, keep) if k]
+        self._source_set = {s for s in self.sources if s is not None}
+        masked = masked[keep]
+        self._store = (full[keep_sorted], partial[keep_sorted], masked, new_index[order[keep_sorted]],
+                       int((~masked).sum()))
         return removed
 
     def _matrices(self):
-        if self._cache is None:
-            d = self.embedding_size or 0
-            full = np.stack(self._full) if self._full else np.zeros((0, d), np.float32)
-            partial = np.stack(self._partial) if self._partial else np.zeros((0, d), np.float32)
-            masked = np.asarray(self._masked, dtype=bool)
-            unmasked_idx, masked_idx = np.flatnonzero(~masked), np.flatnonzero(masked)
-            # Precomputed subsets: an unmasked probe costs F[unmasked] @ q + P[masked] @ q.
-            self._cache = (partial, masked, unmasked_idx, full[unmasked_idx], masked_idx, partial[masked_idx])
-        return self._cache
+        """(full, partial) rows sorted unmasked-first, masked flags, sorted row -> index, n unmasked."""
+        if self._pending or self._store is None:
+            self._store = self._arrange()
+        return self._store
+
+    def _arrange(self):
+        """Merge the pending batches into the grouped layout, one matrix at a time, releasing each
+        batch's rows as they are copied (a 1M x 512 gallery must not hold several copies at once)."""
+        d = self.embedding_size or 0
+        empty = np.zeros((0, d), np.float32)
+        f_old, p_old, m_old, order_old, nu_old = self._store or (empty, empty, np.zeros(0, bool),
+                                                                  np.zeros(0, np.int64), 0)
+        pending, self._pending = self._pending, []
+        m_new = np.concatenate([m_old] + [c[2] for c in pending])
+        n_old, n = m_old.shape[0], m_new.shape[0]
+        nu = nu_old + int((~m_new[n_old:]).sum())
+        # layout: old unmasked | new unmasked | old masked | new masked
+        old_masked = slice(nu, nu + n_old - nu_old)
+        order = np.empty(n, np.int64)
+        order[:nu_old], order[old_masked] = order_old[:nu_old], order_old[nu_old:]
+        # where each pending row goes: new unmasked rows after the old unmasked block, new masked at the end
+        slots, next_u, next_m, first = [], nu_old, old_masked.stop, n_old
+        for chunk in pending:
+            m = chunk[2]
+            dest = np.empty(m.shape[0], np.int64)
+            dest[~m] = next_u + np.arange(int((~m).sum()))
+            dest[m] = next_m + np.arange(int(m.sum()))
+            next_u, next_m = next_u + int((~m).sum()), next_m + int(m.sum())
+            order[dest] = first + np.arange(m.shape[0])
+            first += m.shape[0]
+            slots.append(dest)
+        out = []
+        for which, old in ((0, f_old), (1, p_old)):
+            arr = np.empty((n, d), np.float32)
+            arr[:nu_old], arr[old_masked] = old[:nu_old], old[nu_old:]
+            for chunk, dest in zip(pending, slots):
+                arr[dest] = chunk[which]
+                chunk[which] = None
+            out.append(arr)
+        return out[0], out[1], m_new, order, nu
+
+    def grouped_rows(self):
+        """The stored layout, for other search back-ends (``faiss_index``): ``(full, partial, order,
+        n_unmasked)``, rows grouped unmasked-first; row ``j`` is entry ``order[j]``. Read-only views."""
+        full, partial, _, order, n_unmasked = self._matrices()
+        return full, partial, order, n_unmasked
+
+    def probe_vectors(self, probe: Mapping, embed_missing: EmbedMissing | None = None):
+        """``(masked, q_full, q_partial)`` of a probe, normalised; a vector the pair rule does not
+        need against this gallery is None."""
+        _, _, _, _, n_unmasked = self._matrices()
+        masked = _masked(probe, "probe")
+        qp = qf = None
+        if masked or n_unmasked < len(self):
+            qp = l2_normalize(face_embedding(probe, "partial", embed_missing, "probe"))
+            self._check_dim(qp)
+        if not masked:
+            qf = l2_normalize(face_embedding(probe, "full", embed_missing, "probe"))
+            self._check_dim(qf)
+        return masked, qf, qp
+
+    def match(self, index: int, similarity: float, probe_masked: bool) -> Match:
+        """The ``Match`` of entry ``index`` at ``similarity`` for a probe masked or not."""
+        sim = min(1.0, max(-1.0, float(similarity)))
+        m = bool(self._matrices()[2][index])
+        return Match(self.identities[index], int(index), sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
+                     pair_extractor(probe_masked, m))
+
+    def _sorted_scores(self, probe: Mapping, embed_missing):
+        """(similarities in stored row order, probe masked)."""
+        full, partial, _, _, n_unmasked = self._matrices()
+        masked, qf, qp = self.probe_vectors(probe, embed_missing)
+        if masked:
+            return partial @ qp, masked
+        if n_unmasked == len(self):
+            return full @ qf, masked
+        return np.concatenate([full[:n_unmasked] @ qf, partial[n_unmasked:] @ qp]), masked
 
     def scores(self, probe: Mapping, *, embed_missing: EmbedMissing | None = None) -> np.ndarray:
-        """Cosine similarity of ``probe`` to every entry by the pair rule, float32 (N,)."""
-        partial, masked, unmasked_idx, full_unmasked, masked_idx, partial_masked = self._matrices()
-        probe_masked = _masked(probe, "probe")
-        qp = (
-            l2_normalize(face_embedding(probe, "partial", embed_missing, "probe"))
-            if (probe_masked or masked_idx.size)
-            else None
-        )
-        self._check_dim(qp)
-        if probe_masked:
-            return partial @ qp
-        qf = l2_normalize(face_embedding(probe, "full", embed_missing, "probe"))
-        self._check_dim(qf)
-        out = np.empty(len(self), dtype=np.float32)
-        out[unmasked_idx] = full_unmasked @ qf
-        if masked_idx.size:
-            out[masked_idx] = partial_masked @ qp
+        """Cosine similarity of ``probe`` to every entry by the pair rule, float32 (N,), enrolment order."""
+        sims, _ = self._sorted_scores(probe, embed_missing)
+        out = np.empty_like(sims)
+        out[self._matrices()[3]] = sims
         return out
 
     def _check_dim(self, q):
@@ -250,38 +335,33 @@ class Gallery:
             raise BFMError(f"search: k must be >= 1, got {k}")
         if not len(self):
             return []
-        sims = self.scores(probe, embed_missing=embed_missing)
+        sims, probe_masked = self._sorted_scores(probe, embed_missing)
+        order = self._matrices()[3]
         k = min(k, sims.shape[0])
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
-        top = top[np.lexsort((top, -sims[top]))]
-        probe_masked = _masked(probe, "probe")
-        _, masked, *_ = self._matrices()
-        out = []
-        for i in top:
-            sim = float(np.clip(sims[i], -1.0, 1.0))
-            m = bool(masked[i])
-            out.append(
-                Match(
-                    self.identities[i],
-                    int(i),
-                    sim,
-                    2.0 - 2.0 * sim,
-                    pair_case(probe_masked, m),
-                    pair_extractor(probe_masked, m),
-                )
-            )
-        return out
+        top = top[np.lexsort((order[top], -sims[top]))]
+        return [self.match(int(order[j]), sims[j], probe_masked) for j in top]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(full, partial, masked) in enrolment order (copies)."""
+        full_s, partial_s, masked, order, _ = self._matrices()
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.shape[0])
+        return full_s[inverse], partial_s[inverse], masked.copy()
 
     def save(self, path) -> Path:
         """Write the gallery to one ``.npz`` (arrays + a JSON header), atomically; no pickle."""
         path = Path(path)
-        partial, masked, *_ = self._matrices()
-        full = np.stack(self._full) if self._full else np.zeros((0, self.embedding_size or 0), np.float32)
+        full, partial, masked = self.arrays()
         header = {
             "format": GALLERY_FORMAT,
             "embedding_size": self.embedding_size,
             "identities": self.identities,
         }
+        if any(s is not None for s in self.sources):
+            header["sources"] = self.sources
+        if self.info:
+            header["info"] = self.info
         meta = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         with atomic_open(path, "wb") as f:
             np.savez(f, meta=meta, full=full, partial=partial, masked=masked)
@@ -294,7 +374,9 @@ class Gallery:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(data["meta"].tobytes().decode("utf-8"))
                 full, partial, masked = data["full"], data["partial"], data["masked"]
-        except (OSError, KeyError, ValueError, UnicodeError) as e:
+        except FileNotFoundError:
+            raise BFMError(f"{path}: gallery file not found") from None
+        except (OSError, KeyError, ValueError, UnicodeError, EOFError) as e:
             raise BFMError(f"{path}: not a gallery file ({e})") from None
         version = header.get("format") if isinstance(header, dict) else None
         if version != GALLERY_FORMAT:
@@ -303,7 +385,11 @@ class Gallery:
         n = len(identities) if isinstance(identities, list) else -1
         if full.shape != partial.shape or full.ndim != 2 or full.shape[0] != n or masked.shape != (n,):
             raise BFMError(f"{path}: inconsistent gallery arrays")
+        sources = header.get("sources")
+        if sources is not None and (not isinstance(sources, list) or len(sources) != n):
+            raise BFMError(f"{path}: inconsistent gallery sources")
         gallery = cls(header.get("embedding_size"))
+        gallery.info = dict(header.get("info") or {})
         if n:
-            gallery.enrol_embeddings(identities, full, partial, masked)
+            gallery.enrol_embeddings(identities, full, partial, masked, sources=sources)
         return gallery

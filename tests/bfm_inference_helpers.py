@@ -85,6 +85,20 @@ def make_export(directory, recogniser, classifier_mode="darkness"):
     return directory
 
 
+def make_face_folder(root, n, identities=2, name="img{i}.png"):
+    """``n`` noise 112x112 "crops" in ``identities`` sub-folders (id0, id1, ...): plumbing input."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    root = Path(root)
+    for i in range(n):
+        d = root / f"id{i % identities}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = np.clip(rng.normal(140, 20, (112, 112, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(d / name.format(i=i)), img)
+    return root
+
+
 def copy_detector(src, directory):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

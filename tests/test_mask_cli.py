@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from bfm_inference_helpers import make_face_folder
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
@@ -13,13 +14,7 @@ from insightface_bfm.masks.masked_sets import MANIFEST, mask_dataset, read_manif
 
 
 def _make_folder(root, n=4):
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        d = root / f"id{i % 2}"
-        d.mkdir(parents=True, exist_ok=True)
-        img = np.clip(rng.normal(140, 20, (112, 112, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(d / f"img{i}.png"), img)
-    return root
+    return make_face_folder(root, n)
 
 
 def test_folder_manifest_resume_and_reproduce(tmp_path):

@@ -143,3 +143,41 @@ def test_gallery_save_load_roundtrip_no_pickle(tmp_path):
         Gallery.load(tmp_path / "bad.npz")
     empty = Gallery.load(Gallery(8).save(tmp_path / "empty.npz"))
     assert len(empty) == 0 and empty.search({"masked": False, "embedding_full": np.ones(8)}) == []
+
+
+def test_gallery_incremental_enrol_and_remove_keep_enrolment_order(tmp_path):
+    # rows are stored grouped by the masked flag; indices, scores and saved arrays stay in enrolment order
+    rng = np.random.default_rng(3)
+    n, d = 40, 16
+    full, partial = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
+    masked = rng.random(n) < 0.4
+    ids = [f"p{i % 7}" for i in range(n)]
+    sources = [f"s{i}" for i in range(n)]
+    g = Gallery()
+    for start in range(0, n, 9):  # enrol in uneven batches, searching in between
+        sl = slice(start, start + 9)
+        g.enrol_embeddings(ids[sl], full[sl], partial[sl], masked[sl], sources=sources[sl])
+        g.search({"masked": False, "embedding_full": full[0], "embedding_partial": partial[0]}, k=2)
+    one_shot = Gallery()
+    one_shot.enrol_embeddings(ids, full, partial, masked)
+    for probe_masked in (False, True):
+        probe = _face(probe_masked, rng.normal(size=d), rng.normal(size=d))
+        np.testing.assert_allclose(g.scores(probe), one_shot.scores(probe), atol=1e-6)
+        assert [h.index for h in g.search(probe, k=5)] == [h.index for h in one_shot.search(probe, k=5)]
+    f, p, m = g.arrays()
+    np.testing.assert_allclose(f, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-6)
+    assert (m == masked).all() and (g.masked == masked).all()
+    assert g.has_source("s5") and not g.has_source("s99")
+    # remove: the survivors keep their relative order; scores match a gallery built without them
+    assert g.remove("p3") == sum(i == "p3" for i in ids)
+    keep = [i for i, name in enumerate(ids) if name != "p3"]
+    rebuilt = Gallery()
+    rebuilt.enrol_embeddings([ids[i] for i in keep], full[keep], partial[keep], masked[keep])
+    probe = _face(False, rng.normal(size=d), rng.normal(size=d))
+    np.testing.assert_allclose(g.scores(probe), rebuilt.scores(probe), atol=1e-6)
+    assert not g.has_source("s3") and g.has_source("s4")
+    # sources and info survive save/load
+    g.info["pack"] = {"name": "x"}
+    h = Gallery.load(g.save(tmp_path / "g.npz"))
+    assert h.sources == g.sources and h.info == {"pack": {"name": "x"}} and h.identities == g.identities
+    np.testing.assert_allclose(h.scores(probe), g.scores(probe), atol=1e-6)

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, ImageError, PackError
-from ..imaging import IMAGE_EXTENSIONS, encode_image, list_image_files, read_image
+from ..imaging import collect_images, encode_image, read_image
+from ..runlock import output_lock
 
 POLICIES = ("largest", "center")
 MISSES_FILE = "misses.txt"
@@ -94,46 +95,57 @@ class AlignSummary:
 
 def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, progress: bool = True,
                  misses_file: str = MISSES_FILE) -> AlignSummary:
-    """Align every image under ``src`` into ``dst`` (same relative paths); resumable.
+    """Align every image of ``src`` into ``dst`` (same relative paths); resumable.
 
+    ``src``: a folder, an image file, a list of image files or ``"-"`` (paths on stdin).
     ``detector``: an insightface detection model (``load_detector``), anything with
-    ``detect(img, max_num=0) -> (bboxes, kpss)``.
+    ``detect(img, max_num=0) -> (bboxes, kpss)``. Holds ``dst``'s run lock (a second run into
+    it fails at once; SIGTERM unwinds like Ctrl-C, writing the landmarks and misses so far).
     """
     from tqdm import tqdm
 
-    src, dst = Path(src), Path(dst)
+    dst = Path(dst)
     if policy not in POLICIES:
         raise BFMError(f"policy {policy!r}: expected one of {', '.join(POLICIES)}")
-    if not src.is_dir():
-        raise BFMError(f"{src}: source folder not found")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise BFMError(f"{dst}: the destination must not be inside the source folder {src}")
-    files = list_image_files(src)
-    if not files:
-        raise BFMError(f"{src}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    dst.mkdir(parents=True, exist_ok=True)
+    if isinstance(src, (str, os.PathLike)) and str(src) != "-":
+        src = Path(src)
+        if not src.exists():
+            raise BFMError(f"{src}: no such image file or folder")
+        if src.is_dir() and (dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents):
+            raise BFMError(f"{dst}: the destination must not be inside the source folder {src}")
+    try:
+        files = collect_images(src)
+    except ImageError as e:
+        raise BFMError(str(e)) from None
+    for path, rel, _ in files:
+        if (dst / rel).resolve() == path.resolve():
+            raise BFMError(f"{dst}: writing {rel.as_posix()} there would overwrite the source image {path}")
     summary = AlignSummary()
     landmarks = []
-    for rel in tqdm(files, desc="aligning", unit="img", disable=not progress):
-        out = dst / rel
-        if out.exists():
-            summary.skipped += 1
-            continue
+    with output_lock(dst, "bfm align"):
         try:
-            img = read_image(src / rel)
-        except ImageError as e:
-            summary.misses.append((rel.as_posix(), f"unreadable: {e}"))
-            continue
-        crop, kps = align_image(img, detector, policy, size)
-        if crop is None:
-            summary.misses.append((rel.as_posix(), "no face found"))
-            continue
-        atomic_write_bytes(out, encode_image(crop, rel.suffix))
-        landmarks.append(rel.as_posix() + "\t" + " ".join(f"{v:.2f}" for v in kps.reshape(-1)))
-        summary.aligned += 1
-    _append_lines(dst / LANDMARKS_FILE, landmarks, header="image\tkps_x1 y1 ... x5 y5 (source image)")
-    # the misses of this run replace the old list: earlier misses were retried just now
-    atomic_write_text(dst / misses_file, "".join(f"{p}\t{why}\n" for p, why in summary.misses))
+            for path, rel, _ in tqdm(files, desc="aligning", unit="img", disable=not progress):
+                out = dst / rel
+                if out.exists():
+                    summary.skipped += 1
+                    continue
+                try:
+                    img = read_image(path)
+                except ImageError as e:
+                    summary.misses.append((rel.as_posix(), f"unreadable: {e}"))
+                    continue
+                crop, kps = align_image(img, detector, policy, size)
+                if crop is None:
+                    summary.misses.append((rel.as_posix(), "no face found"))
+                    continue
+                atomic_write_bytes(out, encode_image(crop, rel.suffix))
+                landmarks.append(rel.as_posix() + "\t" + " ".join(f"{v:.2f}" for v in kps.reshape(-1)))
+                summary.aligned += 1
+        finally:
+            # also on Ctrl-C / SIGTERM: the crops written so far keep their landmarks
+            _append_lines(dst / LANDMARKS_FILE, landmarks, header="image\tkps_x1 y1 ... x5 y5 (source image)")
+            # the misses of this run replace the old list: earlier misses were retried just now
+            atomic_write_text(dst / misses_file, "".join(f"{p}\t{why}\n" for p, why in summary.misses))
     return summary
 
 

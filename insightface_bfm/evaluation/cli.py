@@ -8,7 +8,7 @@ from ..data.align import POLICIES
 
 
 @click.command("align")
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--detector", type=click.Path(exists=True, dir_okay=False), help="SCRFD detector ONNX file.")
 @click.option("--det-pack", help="insightface pack whose detector to use (e.g. buffalo_l), under --root.")
@@ -19,8 +19,9 @@ from ..data.align import POLICIES
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Detection score threshold.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet):
-    """Detect and align the photos under SRC to 112x112 crops in DST (same layout; resumable).
+    """Detect and align the photos of SRC to 112x112 crops in DST (same layout; resumable).
 
+    SRC: a folder, one image file or - (image paths on stdin). One run at a time per DST.
     Photos without a face are listed in DST/misses.txt and retried on the next run.
     """
     from ..data.align import align_folder, load_detector

@@ -8,7 +8,7 @@ from .styles import MASK_TYPES
 
 
 @click.command("mask")
-@click.argument("src", type=click.Path(exists=True))
+@click.argument("src")
 @click.argument("dst", type=click.Path())
 @click.option("--raw", is_flag=True,
               help="SRC holds raw photos: find faces with --detector and mask every one of them.")
@@ -27,7 +27,8 @@ from .styles import MASK_TYPES
 def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, worn_low, fmt, quiet):
     """Write a masked copy of SRC (aligned crops by default) to DST, with DST/mask_manifest.jsonl.
 
-    Resumable: rerun the same command and finished images are skipped.
+    SRC: an image folder, one image file, - (image paths on stdin), a RecordIO folder or a .rec.
+    Resumable: rerun the same command and finished images are skipped. One run at a time per DST.
     """
     from .masked_sets import load_detector, mask_dataset
     from .styles import check_types

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, DatasetError, ImageError
-from ..imaging import ARCFACE_KPS, IMAGE_EXTENSIONS, decode_image, encode_image, list_image_files, read_image
+from ..imaging import ARCFACE_KPS, collect_images, decode_image, encode_image, read_image
+from ..runlock import output_lock
 from .render import render_mask
 from .styles import MaskStyle, check_types, random_style
 
@@ -137,7 +138,11 @@ def read_manifest(path) -> tuple[dict, list[dict]]:
     return header, entries
 
 
-def _source_kind(src: Path) -> tuple[str, Path | None]:
+def _source_kind(src) -> tuple[str, Path | None]:
+    if not isinstance(src, Path) or str(src) == "-":
+        return "files", None  # a list of paths, or "-": paths on stdin
+    if src.is_file() and src.suffix != ".rec":
+        return "files", None
     if src.is_file() and src.suffix == ".rec":
         return "rec", src
     if src.is_dir() and (src / "train.rec").is_file():
@@ -149,22 +154,32 @@ def _source_kind(src: Path) -> tuple[str, Path | None]:
 
 def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str = "auto",
                  worn_low: float = 0.0, progress: bool = True) -> MaskSummary:
-    """Write a masked copy of ``src`` (image folder, RecordIO folder or ``.rec``) to ``dst``.
+    """Write a masked copy of ``src`` to the folder ``dst``: ``src`` is an image folder, an image
+    file, a list of image files, ``"-"`` (image paths on stdin), a RecordIO folder or a ``.rec``.
+    Holds ``dst``'s run lock (a second run into it fails; SIGTERM unwinds like Ctrl-C).
 
     ``detector``: None for aligned crops (ArcFace template points), else an insightface detector
     (``load_detector``) whose faces all get masks. ``fmt``: ``auto`` (same kind as the source),
     ``folder`` or ``rec``. ``worn_low``: share of masks worn under the nose (default none).
     """
     types = check_types(types)
-    src, dst = Path(src), Path(dst)
+    src = Path(src) if isinstance(src, (str, os.PathLike)) and str(src) != "-" else src
+    dst = Path(dst)
     kind, rec = _source_kind(src)
     if fmt == "auto":
-        fmt = kind
+        fmt = "folder" if kind == "files" else kind
     if fmt not in ("folder", "rec"):
         raise BFMError(f"format {fmt!r}: expected auto, folder or rec")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+    if kind != "files" and (dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents):
         raise BFMError(f"{dst}: the destination must not be the source folder {src} or inside it")
-    header = {"kind": MANIFEST_KIND, "version": 1, "source": str(src), "seed": int(seed),
+    items = _folder_items(src, dst) if kind in ("folder", "files") else None
+    source = "-" if kind == "files" and not isinstance(src, Path) else str(src)
+    with output_lock(dst, "bfm mask"):
+        return _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low, progress)
+
+
+def _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low, progress):
+    header = {"kind": MANIFEST_KIND, "version": 1, "source": source, "seed": int(seed),
               "types": list(types), "points": "detector" if detector is not None else "template",
               "worn_low": float(worn_low)}
     manifest = Manifest(dst / MANIFEST, header)
@@ -175,7 +190,9 @@ def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str
             raise BFMError(f"{manifest.path}: made with seed {old.get('seed')}, types {old.get('types')}, "
                            f"points {old.get('points')}, worn_low {old.get('worn_low', 0.0)}; "
                            "use another DST or the same settings to resume")
-    items, reader = (_folder_items(src), None) if kind == "folder" else _rec_items(rec)
+    reader = None
+    if items is None:
+        items, reader = _rec_items(rec)
     summary = MaskSummary(manifest=str(manifest.path))
     if fmt == "folder":
         _to_folder(items, dst, manifest, summary, (seed, types, detector, worn_low), progress)
@@ -195,11 +212,17 @@ class _Item:
         self.name, self.rel, self.load = name, rel, load
 
 
-def _folder_items(src: Path):
-    files = list_image_files(src)
-    if not files:
-        raise DatasetError(f"{src}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return [_Item(rel.as_posix(), rel, lambda rel=rel: read_image(src / rel)) for rel in files]
+def _folder_items(src, dst: Path):
+    try:
+        found = collect_images(src if isinstance(src, (Path, str)) else list(src))
+    except ImageError as e:
+        raise DatasetError(str(e)) from None
+    items = []
+    for path, rel, _ in found:
+        if (dst / rel).resolve() == path.resolve():
+            raise BFMError(f"{dst}: writing {rel.as_posix()} there would overwrite the source image {path}")
+        items.append(_Item(rel.as_posix(), rel, lambda path=path: read_image(path)))
+    return items
 
 
 def _rec_items(rec: Path):

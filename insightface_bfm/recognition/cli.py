@@ -1,0 +1,177 @@
+"""``bfm analyze``, ``bfm compare``, ``bfm gallery``: thin click layers over ``recognition``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def pack_options(f):
+    """--pack, --root, --det-size, --aligned: how every photo command finds and sees faces."""
+    f = click.option("--aligned", is_flag=True,
+                     help="Inputs are 112x112 aligned crops: analyse them as they are, without detection.")(f)
+    f = click.option("--det-size", type=int, default=640, show_default=True, help="Detector input size.")(f)
+    f = click.option("--root", help="Model root for pack names (default $INSIGHTFACE_BFM_ROOT or "
+                                    "~/.insightface).")(f)
+    f = click.option("--pack", default="bfm", show_default=True,
+                     help="BFM pack: a name under ROOT/models or a folder.")(f)
+    return f
+
+
+def _app(pack, root, det_size):
+    from .analyze import open_app
+
+    return open_app(pack, root, det_size)
+
+
+def _face_row(i, face):
+    box = "-" if face["bbox"] is None else "[" + ",".join(f"{v:.0f}" for v in face["bbox"]) + "]"
+    det = "-" if face["det_score"] is None else f"{face['det_score']:.2f}"
+    masked = "masked" if face["masked"] else "unmasked"
+    return f"  {i:>3}  {box:<22} {det:>5}  {masked:<9} {face['mask_score']:.3f}  {face['extractor']}"
+
+
+@click.command("analyze")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@pack_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write one JSON object per image (JSON lines) to this file.")
+@click.option("--draw", "draw_dir", type=click.Path(file_okay=False),
+              help="Write a picture per image with each face labelled masked/unmasked here.")
+@click.option("--embedding", is_flag=True, help="Add each face's normalised embedding to the JSON.")
+@click.option("--quiet", is_flag=True, help="No table, no progress bar.")
+def analyze(inputs, pack, root, det_size, aligned, json_path, draw_dir, embedding, quiet):
+    """Every face in IMAGE_OR_DIR... (files, folders, - for paths on stdin): box, detection score,
+    masked, mask score and extractor."""
+    from .analyze import analyze_images
+
+    app = _app(pack, root, det_size)
+
+    def show(record):
+        if quiet:
+            return
+        faces = record["faces"]
+        click.echo(f"{record['image']}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+        if faces:
+            click.echo(f"  {'#':>3}  {'box x1,y1,x2,y2':<22} {'det':>5}  {'state':<9} {'mask':<5}  extractor")
+        for i, face in enumerate(faces):
+            click.echo(_face_row(i, face))
+
+    run = analyze_images(app, inputs, aligned=aligned, json_path=json_path, draw_dir=draw_dir,
+                         embedding=embedding, progress=not quiet, on_image=show)
+    click.echo(str(run), err=True)
+    for path, why in run.misses[:10]:
+        click.echo(f"  skipped {path}: {why}", err=True)
+
+
+@click.command("compare")
+@click.argument("image_a", type=click.Path(dir_okay=False))
+@click.argument("image_b", type=click.Path(dir_okay=False))
+@pack_options
+@click.option("--threshold", type=float,
+              help="Squared L2 distance at or below which two faces are the same person "
+                   "(default: the pack's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.pass_context
+def compare(ctx, image_a, image_b, pack, root, det_size, aligned, threshold, as_json):
+    """Same person? The main face of IMAGE_A and of IMAGE_B by the pair rule.
+
+    Exit status: 0 same, 1 different, 2 error.
+    """
+    from .compare import compare_images
+
+    app = _app(pack, root, det_size)
+    r = compare_images(app, image_a, image_b, threshold=threshold, aligned=aligned)
+    if as_json:
+        click.echo(json.dumps(r))
+    else:
+        for key, path in (("face_a", image_a), ("face_b", image_b)):
+            f = r[key]
+            click.echo(f"{path}: {'masked' if f['masked'] else 'unmasked'} ({f['mask_score']:.3f})")
+        names = {1: "both unmasked", 2: "one masked", 3: "both masked"}
+        click.echo(f"case {r['case']} ({names[r['case']]}), extractor {r['extractor']}")
+        click.echo(f"similarity {r['similarity']:.4f}, distance {r['distance']:.4f}, threshold "
+                   f"{r['threshold']:.4f}: {'same person' if r['same'] else 'different people'}")
+    ctx.exit(0 if r["same"] else 1)
+
+
+@click.group("gallery")
+def gallery():
+    """Enrol people into a gallery file (.npz), search photos in it, list it, remove people."""
+
+
+@gallery.command("enrol")
+@click.argument("gallery_path", metavar="GALLERY", type=click.Path(dir_okay=False))
+@click.argument("folder", metavar="DIR")
+@pack_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def enrol(gallery_path, folder, pack, root, det_size, aligned, quiet):
+    """Enrol the main face of every image of DIR (one sub-folder per identity, or files named after
+    the person) into GALLERY; creates it if needed. Idempotent and resumable."""
+    from .gallery import enrol_folder
+
+    app = _app(pack, root, det_size)
+    summary = enrol_folder(app, gallery_path, folder, aligned=aligned, progress=not quiet)
+    click.echo(str(summary))
+    for path, why in summary.misses[:10]:
+        click.echo(f"  missed {path}: {why}", err=True)
+
+
+@gallery.command("search")
+@click.argument("gallery_path", metavar="GALLERY", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@pack_options
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Matches per face.")
+@click.option("--threshold", type=float,
+              help="Squared L2 distance above which the best match is 'unknown' (default: the pack's).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON lines here.")
+@click.option("--draw", "draw_dir", type=click.Path(file_okay=False),
+              help="Write a picture per image with each face labelled with its identity here.")
+@click.option("--quiet", is_flag=True, help="No table, no progress bar.")
+def search(gallery_path, inputs, pack, root, det_size, aligned, k, threshold, json_path, draw_dir, quiet):
+    """Who is in IMAGE_OR_DIR...? Top-k gallery entries for every face."""
+    from .gallery import search_images
+
+    app = _app(pack, root, det_size)
+
+    def show(record):
+        if quiet:
+            return
+        click.echo(f"{record['image']}:")
+        for i, face in enumerate(record["faces"]):
+            hits = ", ".join(f"{m['identity']} {m['similarity']:.3f}" for m in face["matches"])
+            state = "masked" if face["masked"] else "unmasked"
+            click.echo(f"  {i:>3}  {face['identity']:<24} ({state}; {hits})")
+
+    run = search_images(app, gallery_path, inputs, k=k, threshold=threshold, aligned=aligned,
+                        json_path=json_path, draw_dir=draw_dir, progress=not quiet, on_image=show)
+    click.echo(str(run), err=True)
+
+
+@gallery.command("list")
+@click.argument("gallery_path", metavar="GALLERY", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def list_(gallery_path, as_json):
+    """Identities in GALLERY and their number of entries."""
+    from .gallery import list_gallery
+
+    info = list_gallery(gallery_path)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for name, count in info["identities"].items():
+        click.echo(f"{name}\t{count}")
+    click.echo(f"{info['entries']} entries ({info['masked_entries']} masked) of {len(info['identities'])} "
+               f"identities, {info['embedding_size']}-D, pack {info['pack']}", err=True)
+
+
+@gallery.command("remove")
+@click.argument("gallery_path", metavar="GALLERY", type=click.Path(dir_okay=False))
+@click.argument("names", nargs=-1, required=True)
+def remove(gallery_path, names):
+    """Remove every entry of each NAME from GALLERY."""
+    from .gallery import remove_identities
+
+    for name, count in remove_identities(gallery_path, names).items():
+        click.echo(f"removed {name}: {count} entr{'y' if count == 1 else 'ies'}")

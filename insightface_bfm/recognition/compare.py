@@ -1,0 +1,37 @@
+"""Are two photos the same person? The main face of each, compared by the pair rule.
+
+``compare_images(app, a, b)`` is what ``bfm compare`` runs: C decides the case (1 both
+unmasked, 2 one masked, 3 both masked) and so the extractor (E_F for case 1, E_P otherwise);
+the squared L2 distance of the normalised embeddings is held against the threshold (default:
+the pack's ``verification_distance``): at or below it, the same person.
+"""
+
+from __future__ import annotations
+
+from ..errors import ImageError
+from ..imaging import read_image
+from .analyze import face_record, image_faces
+
+
+def compare_images(app, image_a, image_b, *, threshold: float | None = None, aligned: bool = False) -> dict:
+    """Compare the main faces of two image files; returns the JSON record of ``bfm compare``."""
+    threshold = app.verification_threshold(threshold)
+    faces = []
+    for path in (image_a, image_b):
+        found = image_faces(app, read_image(path), path, aligned=aligned, main_only=True)
+        if not found:
+            raise ImageError(f"{path}: no face found")
+        faces.append(found[0])
+    result = app.compare(faces[0], faces[1], threshold=threshold)
+    return {
+        "image_a": str(image_a),
+        "image_b": str(image_b),
+        "face_a": face_record(faces[0]),
+        "face_b": face_record(faces[1]),
+        "case": result.case,
+        "extractor": result.extractor,
+        "similarity": round(result.similarity, 6),
+        "distance": round(result.distance, 6),
+        "threshold": threshold,
+        "same": bool(result.same),
+    }
