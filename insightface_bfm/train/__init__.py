@@ -7,6 +7,7 @@
     distributed.py torchrun: process group from the environment, the global batch sampler
     checkpoint.py  atomic checkpoints (safetensors + state.pt) and RNG capture
     holdout.py     verification per case on held-out identities
+    head_init.py   ``init.head: centres``: ArcFace heads started at the identities' mean embeddings
     quickstart.py  several modes on one recipe, compared as the paper's Table II
     cli.py         ``bfm-train``
 
