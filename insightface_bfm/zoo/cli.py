@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import require_training
 from .packs import ROOT_ENV, resolve_root
 
 _root_option = click.option(
@@ -167,6 +168,41 @@ def verify(name, root, registry, allow_unverified):
     )
     note = f"; unverified source: {', '.join(report['unverified'])}" if report["unverified"] else ""
     click.echo(f"{name}: {report['files']} files OK at {report['path']}{note}")
+
+
+@models.command("build")
+@click.argument("name")
+@click.option("--faces", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Face photos, one sub-folder per identity (raw photos are aligned first).")
+@click.option("--base", required=True,
+              help="Pretrained recogniser: an ONNX file, an arcface_torch .pth, or an installed pack name.")
+@click.option("--detector", required=True, help="SCRFD detector: an ONNX file or an installed pack name.")
+@click.option("--people", type=click.Path(exists=True, dir_okay=False),
+              help="Keep only these identities (one name per line, or LFW's people-list format).")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False),
+              help="Training recipe (default: the shipped recipes/build_pack.yaml).")
+@_root_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+@click.option("--holdout", "holdout_share", type=float, default=0.05, show_default=True,
+              help="Share of the identities held out for the threshold and the held-out table.")
+@click.option("--pairs", "holdout_pairs", type=click.IntRange(min=20), default=1000, show_default=True,
+              help="Held-out pairs per case (half same identity).")
+@click.option("--fresh", is_flag=True, help="Discard an unfinished build of NAME instead of continuing it.")
+@click.option("--force", is_flag=True, help="Replace an installed pack NAME.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(name, faces, base, detector, people, recipe, root, overrides, holdout_share, holdout_pairs,
+          fresh, force, quiet):
+    """Train a BFM pack NAME from face photos and a pretrained recogniser; install it in ROOT/models.
+
+    Needs the [train] extra. Prints the held-out table; rerun the same command to continue after an
+    interruption.
+    """
+    require_training("bfm models build")
+    from .build import build_pack_from_faces
+
+    build_pack_from_faces(name, faces, base, detector, people=people, recipe=recipe, root=root,
+                          overrides=overrides, holdout_share=holdout_share, holdout_pairs=holdout_pairs,
+                          fresh=fresh, force=force, progress=not quiet, echo=click.echo)
 
 
 @models.command("remove")
