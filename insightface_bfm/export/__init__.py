@@ -9,17 +9,27 @@
 Torch lives here: the inference path never imports this package.
 """
 
-from .from_onnx import backbone_from_architecture, calibrate_batchnorm, import_onnx
-from .graph_module import OnnxGraphModule
-from .to_onnx import ROLES, export_checkpoint, export_onnx, read_metadata
+from importlib import import_module
 
-__all__ = [
-    "ROLES",
-    "OnnxGraphModule",
-    "backbone_from_architecture",
-    "calibrate_batchnorm",
-    "export_checkpoint",
-    "export_onnx",
-    "import_onnx",
-    "read_metadata",
-]
+# Names load lazily, so that ``bfm export --help`` (this package's cli) works without torch.
+_EXPORTS = {
+    "ROLES": ".to_onnx",
+    "OnnxGraphModule": ".graph_module",
+    "backbone_from_architecture": ".from_onnx",
+    "calibrate_batchnorm": ".from_onnx",
+    "export_checkpoint": ".to_onnx",
+    "export_onnx": ".to_onnx",
+    "import_onnx": ".from_onnx",
+    "read_metadata": ".to_onnx",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'insightface_bfm.export' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -17,7 +17,7 @@ from ..errors import BFMError
 
 @torch.no_grad()
 def class_centres(extractor: nn.Module, dataset, num_classes: int, batch_size: int = 128,
-                  device="cpu", progress: bool = True) -> torch.Tensor:
+                  device="cpu", channels_last: bool = False, progress: bool = True) -> torch.Tensor:
     """(num_classes, D) normalised mean embedding of each identity's faces under ``extractor``."""
     from tqdm.auto import tqdm
 
@@ -34,6 +34,8 @@ def class_centres(extractor: nn.Module, dataset, num_classes: int, batch_size: i
         if not samples:
             continue
         x = to_network_tensor(torch.from_numpy(np.stack([img for img, _ in samples]))).to(device)
+        if channels_last:  # the layout the model was put in (train.channels_last*)
+            x = x.contiguous(memory_format=torch.channels_last)
         emb = nn.functional.normalize(extractor(x).float(), dim=1).cpu().double()
         labels = torch.tensor([label for _, label in samples])
         if sums is None:
@@ -47,7 +49,8 @@ def class_centres(extractor: nn.Module, dataset, num_classes: int, batch_size: i
     return nn.functional.normalize(sums, dim=1).float()
 
 
-def start_heads_at_centres(model, dataset, device="cpu", progress: bool = True) -> list[str]:
+def start_heads_at_centres(model, dataset, device="cpu", channels_last: bool = False,
+                           progress: bool = True) -> list[str]:
     """Set the weight of every head whose extractor trains to that extractor's class centres.
 
     A frozen E_F's head is never used in training, so it is left as it is. Returns log lines.
@@ -64,7 +67,8 @@ def start_heads_at_centres(model, dataset, device="cpu", progress: bool = True) 
             raise BFMError("init.head centres: not supported with model.partial_fc (sharded centres)")
         if tuple(head.weight.shape) != (model.num_classes, model.embedding_size):
             raise BFMError(f"init.head centres: {head_name} weight has shape {tuple(head.weight.shape)}")
-        centres = class_centres(net, dataset, model.num_classes, device=device, progress=progress)
+        centres = class_centres(net, dataset, model.num_classes, device=device, channels_last=channels_last,
+                                progress=progress)
         head.weight.data.copy_(centres.to(head.weight.device))
         done.append(f"{head_name} <- class centres of {net_name} ({model.num_classes} identities)")
     return done

@@ -378,7 +378,8 @@ def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = T
     dist = np.concatenate([d for d, _ in pooled[last]])
     same = np.concatenate([s for _, s in pooled[last]])
     distance, accuracy = best_threshold(dist, same)
-    per_case = {f"case{c}": float(np.mean((d < distance) == s)) for (c, _), (d, s) in zip(CASES, pooled[last])}
+    per_case = {f"case{c}": float(np.mean((d < distance) == s))
+                for (c, _), (d, s) in zip(CASES, pooled[last])}
     threshold = {"distance": distance, "similarity": 1.0 - distance / 2.0, "pooled_accuracy": accuracy,
                  "accuracy_at_threshold": per_case, "pairs_per_case": int(len(pooled[last][0][0]))}
     return table, threshold
@@ -389,7 +390,8 @@ def format_table(record: dict) -> str:
     th = record["threshold"]
     rows = [
         f"Held-out verification ({record['faces']['held_out']} identities never trained on, "
-        f"{th['pairs_per_case']} pairs per case, 10 folds; masks drawn by insightface_bfm.masks, seed {MASK_SEED})",
+        f"{th['pairs_per_case']} pairs per case, 10 folds; masks drawn by insightface_bfm.masks, "
+        f"seed {MASK_SEED})",
         f"{'model':<34}{'Case 1':>15}{'Case 2':>15}{'Case 3':>15}",
         f"{'':<34}{'unmasked':>15}{'one mask':>15}{'both':>15}",
     ]

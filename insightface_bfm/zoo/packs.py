@@ -87,9 +87,15 @@ def resolve_pack_dir(name, root=None) -> Path:
     if candidate.is_dir():
         return candidate.resolve()
     raise PackError(
-        f"pack {name!r}: no directory {direct} nor {candidate}; build one with `bfm pack EXPORT_DIR OUT` "
-        f"or download one with `bfm models download NAME --root {resolve_root(root)}`"
+        f"pack {name!r}: no directory {direct} nor {candidate}; {how_to_get(name, root)}"
     )
+
+
+def how_to_get(name, root=None) -> str:
+    """The two ways to a missing pack, for one-line errors."""
+    return (f"build it with `bfm models build {name} --faces DIR --base MODEL --detector DET "
+            f"--root {resolve_root(root)}` or download it with `bfm models download {name} --registry "
+            "URL_OR_FILE` (no public BFM pack is hosted yet)")
 
 
 def _safe_name(value, where: str) -> str:
@@ -309,7 +315,8 @@ def find_recognizer(pack, root=None) -> Path:
         directory = resolve_pack_dir(pack, root)
     except PackError:
         raise PackError(
-            f"{pack!r}: neither an ONNX/.pth file nor a pack installed under {resolve_root(root) / 'models'}; "
+            f"{pack!r}: neither an ONNX/.pth file nor a pack installed under "
+            f"{resolve_root(root) / 'models'}; "
             f"run `bfm models download {pack}` or give the recogniser's file"
         ) from None
     if (directory / MANIFEST).is_file():
