@@ -99,3 +99,15 @@ def test_trainable_share_is_the_real_faces_last_stage(shared):
         chosen[tuple(init)] = {n for n, p in model.full.named_parameters() if p.requires_grad}
     assert chosen[("trainable_share",)] == chosen[("trainable",)]
     assert all(re.match(r"onnx__Conv_6[4-7]\d", n) for n in chosen[("trainable",)])
+
+
+def test_onnx_init_centres_through_onnx_runtime_equal_the_torch_graphs(shared, faces):
+    """An ``onnx:`` extractor's centres come from its file in ONNX Runtime (fast); they equal the
+    imported graph's in torch."""
+    from insightface_bfm.export import import_onnx
+    from insightface_bfm.train.head_init import class_centres, onnx_embedder, torch_embedder
+
+    path = str(shared("models", "mobilefacenet_128.onnx"))
+    fast = class_centres(onnx_embedder(path), faces, faces.num_classes, progress=False)
+    slow = class_centres(torch_embedder(import_onnx(path)), faces, faces.num_classes, progress=False)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)

@@ -194,7 +194,7 @@ class Trainer:
         if recipe.init.head == "centres" and not resume:  # a resumed run has its heads in the checkpoint
             from .head_init import start_heads_at_centres
 
-            self.loaded += start_heads_at_centres(self.model, self.dataset, self.device,
+            self.loaded += start_heads_at_centres(self.model, self.dataset, recipe.init, self.device,
                                                   channels_last=self.channels_last,
                                                   progress=recipe.train.progress)
         if recipe.train.sync_bn and self.world.distributed:
