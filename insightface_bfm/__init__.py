@@ -12,8 +12,9 @@ it is (an import hook), so ``bfm --help`` does not pay for importing insightface
 """
 
 import sys
-from importlib import import_module
 from importlib.abc import MetaPathFinder
+
+from .lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -31,13 +32,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'insightface_bfm' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _dir = lazy_names(__name__, _EXPORTS)
 
 
 def __dir__():

@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from bfm_inference_helpers import make_export
 from click.testing import CliRunner
-from test_download import Server
 
 from insightface_bfm.cli import main
 from insightface_bfm.errors import ChecksumError, PackError
@@ -25,16 +23,6 @@ from insightface_bfm.zoo.registry import REGISTRY_ENV, ensure_pack, load_registr
 
 REPO = Path(__file__).resolve().parents[1]
 T1 = Path(__import__("insightface").__file__).parent / "data" / "images" / "t1.jpg"
-
-
-@pytest.fixture
-def server():
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 @pytest.fixture
@@ -173,3 +161,15 @@ def test_import_alone_registers_the_mask_classifier_type():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
+def test_bfm_help_imports_no_heavy_module():
+    """`bfm --help` stays fast (about 0.3 s here): it imports neither insightface, ONNX Runtime, cv2 nor
+    torch, although `import insightface_bfm` registers the plugin."""
+    code = ("import sys\n"
+            "from insightface_bfm.cli import main\n"
+            "try:\n    main(['--help'], prog_name='bfm')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('insightface', 'onnxruntime', 'cv2', 'torch') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and "models" in r.stdout and r.stdout.strip().endswith("[]"), r.stdout + r.stderr

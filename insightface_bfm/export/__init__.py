@@ -9,7 +9,7 @@
 Torch lives here: the inference path never imports this package.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 # Names load lazily, so that ``bfm export --help`` (this package's cli) works without torch.
 _EXPORTS = {
@@ -24,12 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'insightface_bfm.export' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
