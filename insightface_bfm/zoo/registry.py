@@ -67,7 +67,7 @@ class Entry:
     metrics: dict = field(default_factory=dict)
     recipe: str | dict | None = None
     notes: str = ""
-    source: str = "built-in registry"  # the registry it was read from
+    source: str = field(default="built-in registry", compare=False)  # the registry it was read from
 
     @property
     def size(self) -> int | None:
