@@ -131,6 +131,14 @@ def test_registries_merge_user_first(published, server, tmp_path, monkeypatch):
     assert load_registries(str(published))["tinypack"].source.endswith("index.yaml")
     with pytest.raises(PackError, match="HTTP 404"):
         load_registries(server.url("/nothing.yaml"))
+    # the README's `bfm models download NAME --registry URL/index.yaml`
+    root = tmp_path / "root"
+    index = server.url("/packs/index.yaml")
+    r = CliRunner().invoke(main, ["models", "download", "tinypack", "--registry", index, "--root", str(root),
+                                  "--quiet"])
+    assert r.exit_code == 0 and "tinypack installed" in r.output, r.output
+    r = CliRunner().invoke(main, ["models", "verify", "tinypack", "--root", str(root)])
+    assert r.exit_code == 0 and "files OK" in r.output, r.output
 
 
 def test_local_packs_are_listed_and_verified(tmp_path, shared):
