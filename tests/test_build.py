@@ -113,6 +113,25 @@ def test_base_specs(tmp_path, shared):
         resolve_base("nopack", root=tmp_path)
 
 
+def test_raw_photos_are_aligned_as_bfm_align_does(tmp_path, shared):
+    from insightface_bfm.imaging import read_image
+    from insightface_bfm.zoo.build import prepare_faces
+
+    raw = shared("data", "lfw_raw")
+    names = ["Abdullah_Gul", "Al_Pacino", "Alan_Greenspan"]
+    det = shared("models", "scrfd_2.5g_bnkps.onnx")
+    lines = []
+    images, kept = prepare_faces(raw, names, det, tmp_path, progress=False, echo=lines.append)
+    assert images == tmp_path / "data" / "aligned" and kept == names and "raw photos" in lines[0]
+    crops = sorted(images.rglob("*.jpg"))
+    assert len(crops) == sum(len(list((raw / n).glob("*.jpg"))) for n in names)
+    assert all(read_image(p).shape == (112, 112, 3) for p in crops)
+    again, _ = prepare_faces(raw, names, det, tmp_path, progress=False, echo=lines.append)
+    assert "0 new faces" in lines[-1]  # resumed: every crop was there
+    lfw = shared("data", "lfw112")
+    assert prepare_faces(lfw, names, det, tmp_path, echo=lines.append)[0] == lfw  # crops: used as they are
+
+
 def test_people_lists(tmp_path):
     lfw = tmp_path / "lfw.txt"
     lfw.write_text("2\nAnn_A\t3\nBob_B\t1\n")

@@ -234,21 +234,7 @@ def build_pack_from_faces(
 
     # 1. faces: aligned crops as they are, raw photos through bfm align's code (resumable)
     t = time.time()
-    if _is_aligned(faces, names):
-        images = faces
-        echo(f"faces: {len(names)} identities of aligned 112x112 crops in {faces}")
-    else:
-        from ..data.align import align_folder, load_detector
-
-        echo(f"faces: {len(names)} identities of raw photos in {faces}; aligning them with {det_path.name}")
-        raw = _link_folders(faces, names, work / "data" / "raw")
-        images = work / "data" / "aligned"
-        summary = align_folder(raw, images, load_detector(det_path), progress=progress)
-        echo(f"aligned {summary.aligned} new faces ({summary.skipped} done before, "
-             f"{len(summary.misses)} photos without a face)")
-        from ..imaging import list_image_files
-
-        names = [n for n in names if (images / n).is_dir() and list_image_files(images / n)]
+    images, names = prepare_faces(faces, names, det_path, work, progress, echo)
     timings["faces"] = round(time.time() - t, 1)
 
     # 2. identities: a share held out (2+ faces each) for the threshold and the held-out table
@@ -312,6 +298,25 @@ def build_pack_from_faces(
     echo(f"pack {name} installed at {target} in {timings['total'] / 60:.1f} min: "
          f"FaceAnalysis(name={name!r}, root={str(root)!r})")
     return {**record, "path": str(target)}
+
+
+def prepare_faces(faces: Path, names: list[str], detector: Path, work: Path, progress: bool = True,
+                  echo=print) -> tuple[Path, list[str]]:
+    """(folder of 112x112 crops, identities with a face): ``faces`` itself when it holds aligned
+    crops, else ``work/data/aligned`` made by ``bfm align``'s code (resumable, largest face)."""
+    from ..data.align import align_folder, load_detector
+    from ..imaging import list_image_files
+
+    if _is_aligned(faces, names):
+        echo(f"faces: {len(names)} identities of aligned 112x112 crops in {faces}")
+        return faces, names
+    echo(f"faces: {len(names)} identities of raw photos in {faces}; aligning them with {detector.name}")
+    raw = _link_folders(faces, names, work / "data" / "raw")
+    images = work / "data" / "aligned"
+    summary = align_folder(raw, images, load_detector(detector), progress=progress)
+    echo(f"aligned {summary.aligned} new faces ({summary.skipped} done before, "
+         f"{len(summary.misses)} photos without a face)")
+    return images, [n for n in names if (images / n).is_dir() and list_image_files(images / n)]
 
 
 def _split(images: Path, names: list[str], work: Path, share: float, n_pairs: int, seed: int):
