@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 T1 = Path(__import__("insightface").__file__).parent / "data" / "images" / "t1.jpg"
 
 
+def fresh_python(code: str, **env):
+    """``python -c code`` in a new interpreter that imports this checkout's package."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
 @pytest.fixture
 def published(tmp_path, shared, server):
     """A pack built from an export + the shared SCRFD, published with the CLI, served by ``server``."""
@@ -72,8 +78,7 @@ def test_first_use_downloads_verifies_and_analyses_in_a_fresh_process(published,
         f"faces = app.get(cv2.imread({str(T1)!r}))\n"
         "print('faces', len(faces), app.pack.thresholds.verification_distance)\n"
     )
-    env = {**os.environ, REGISTRY_ENV: server.url("/packs/index.yaml"), "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = fresh_python(code, **{REGISTRY_ENV: server.url("/packs/index.yaml")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "faces 6 " in r.stdout and "1.2" in r.stdout, r.stdout
     ranges = [rng for path, rng in server.log if path == "/packs/tinypack.zip"]
@@ -166,8 +171,7 @@ def test_import_alone_registers_the_mask_classifier_type():
             "assert 'insightface' not in sys.modules\n"
             "from insightface.model_zoo.model_zoo import ModelRouter\n"
             "print(hasattr(ModelRouter.get_model, '__bfm_original__'))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = fresh_python(code)
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
 
 
@@ -178,6 +182,5 @@ def test_bfm_help_imports_no_heavy_module():
             "from insightface_bfm.cli import main\n"
             "try:\n    main(['--help'], prog_name='bfm')\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('insightface', 'onnxruntime', 'cv2', 'torch') if m in sys.modules))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = fresh_python(code)
     assert r.returncode == 0 and "models" in r.stdout and r.stdout.strip().endswith("[]"), r.stdout + r.stderr
