@@ -23,7 +23,7 @@ COMMANDS = {
     "eval": ("insightface_bfm.evaluation.cli:evaluate", "Verification accuracy per matching case."),
     "export": ("insightface_bfm.export.cli:export", "Export a checkpoint to three ONNX files."),
     "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
-    "models": ("insightface_bfm.zoo.cli:models", "List, download, verify and remove model-zoo packs."),
+    "models": ("insightface_bfm.zoo.cli:models", "Build, publish, list, download, verify and remove packs."),
 }
 
 

@@ -83,7 +83,7 @@ def pack(
 
 @click.group("models")
 def models():
-    """List, download, verify and remove model-zoo packs."""
+    """Build, publish, list, download, verify and remove packs."""
 
 
 def _registry(sources):
