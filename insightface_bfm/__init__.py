@@ -5,9 +5,16 @@ that insightface's mask renderer uses.
 
 The public API is loaded lazily so that ``import insightface_bfm`` stays light and never
 imports torch: torch lives behind the ``[train]`` extra.
+
+Importing the package registers the mask-classifier model type in insightface's model router
+(``zoo.registration``): at once when insightface's model zoo is already imported, else the moment
+it is (an import hook), so ``bfm --help`` does not pay for importing insightface.
 """
 
-from importlib import import_module
+import sys
+from importlib.abc import MetaPathFinder
+
+from .lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -25,14 +32,52 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'insightface_bfm' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _dir = lazy_names(__name__, _EXPORTS)
 
 
 def __dir__():
     return __all__
+
+
+_ROUTER_MODULE = "insightface.model_zoo.model_zoo"
+
+
+class _RegisterOnImport(MetaPathFinder):
+    """Finds nothing itself: wraps the loading of insightface's model-zoo module so that our
+    router patch is installed right after it executes."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _ROUTER_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        original = loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            _register_now()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _register_now():
+    for finder in [f for f in sys.meta_path if isinstance(f, _RegisterOnImport)]:
+        sys.meta_path.remove(finder)
+    from .zoo.registration import register
+
+    register()
+
+
+if _ROUTER_MODULE in sys.modules:
+    _register_now()
+elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterOnImport())
+

@@ -66,6 +66,10 @@ class FaceAnalysis(_InsightFaceAnalysis):
         det_pack: take the detector from another insightface pack instead (a name under
             ``ROOT/models`` such as "buffalo_l", a directory, or a detector ``.onnx``).
         mask_threshold: P(masked) at or above which a face counts as masked (default: the pack's).
+        download: a pack name that is not installed but is in a registry is downloaded into
+            ``ROOT/models`` first (resumable, sha256-checked); False refuses.
+        registry: registries searched before the built-in one (file, folder or http(s) URL, or a
+            list of them; default ``$INSIGHTFACE_BFM_REGISTRY``).
     """
 
     def __init__(
@@ -78,8 +82,13 @@ class FaceAnalysis(_InsightFaceAnalysis):
         mask_threshold: float | None = None,
         sess_options=None,
         static_shape_sessions: bool = True,
+        download: bool = True,
+        registry=None,
     ):
-        pack = load_pack(name, root)  # every checksum, before any session exists
+        from .zoo.registry import ensure_pack
+
+        pack = load_pack(ensure_pack(name, root, registry=registry, download=download), root)
+        # every checksum verified above, before any session exists
         providers = choose_providers(providers)
         threshold = pack.thresholds.mask_score if mask_threshold is None else float(mask_threshold)
 

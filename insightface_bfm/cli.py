@@ -12,7 +12,7 @@ from importlib import import_module
 
 import click
 
-from .errors import BFMError
+from .errors import TRAIN_MODULES, BFMError, missing_training
 
 # subcommand -> "module:attribute" of its click command
 COMMANDS = {
@@ -24,7 +24,7 @@ COMMANDS = {
     "export": ("insightface_bfm.export.cli:export", "Export a checkpoint to three ONNX files."),
     "convert": ("insightface_bfm.export.cli:convert", "Convert a legacy MXNet checkpoint to ONNX."),
     "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
-    "models": ("insightface_bfm.zoo.cli:models", "List, download, verify and remove model-zoo packs."),
+    "models": ("insightface_bfm.zoo.cli:models", "Build, publish, list, download, verify and remove packs."),
     "analyze": ("insightface_bfm.recognition.cli:analyze", "Every face in photos: masked or not, route."),
     "compare": ("insightface_bfm.recognition.cli:compare", "Same person? Two photos by the pair rule."),
     "gallery": ("insightface_bfm.recognition.cli:gallery", "Enrol people, search photos, list, remove."),
@@ -44,6 +44,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
+        ctx.meta["bfm_command"] = [name]  # for the one-line message of a missing [train] extra
         return _load(name)
 
     def format_commands(self, ctx, formatter):
@@ -58,6 +59,15 @@ class LazyGroup(click.Group):
         except BFMError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
+        except ModuleNotFoundError as e:  # an inference-only install reaching training code
+            if (e.name or "").split(".")[0] not in TRAIN_MODULES:
+                raise
+            click.echo(f"Error: {missing_training(_command_line(ctx), e.name.split('.')[0])}", err=True)
+            ctx.exit(2)
+
+
+def _command_line(ctx) -> str:
+    return " ".join(["bfm", *ctx.meta.get("bfm_command", [])])
 
 
 @click.group(cls=LazyGroup)
@@ -73,4 +83,9 @@ def train_main(argv=None):
         _load("train").main(args=args, prog_name="bfm-train")
     except BFMError as e:
         click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        click.echo(f"Error: {missing_training('bfm-train', e.name.split('.')[0])}", err=True)
         sys.exit(2)

@@ -36,3 +36,29 @@ class ChecksumError(DownloadError, PackError):
 
 class UnsafePickleError(BFMError, ValueError):
     """A pickle that holds anything other than the structure we expect."""
+
+
+class MissingExtraError(BFMError, ImportError):
+    """A training command in an inference-only install (no torch: the ``[train]`` extra)."""
+
+
+TRAIN_EXTRA = 'pip install "insightface-bfm[train]"'
+TRAIN_MODULES = ("torch", "safetensors")
+
+
+def missing_training(command: str, module: str = "torch") -> MissingExtraError:
+    return MissingExtraError(f"{command} needs the training extra ({module} is not installed): {TRAIN_EXTRA}")
+
+
+def require_training(command: str) -> None:
+    """Fail with one line naming ``pip install "insightface-bfm[train]"`` when torch is absent,
+    before any work (a training command's ``--help`` never gets here)."""
+    import importlib.util
+
+    for module in TRAIN_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise missing_training(command, module)

@@ -96,11 +96,16 @@ def encode_image(img: np.ndarray, suffix: str, quality: int = 95) -> bytes:
 
 
 def list_image_files(root: Path) -> list[Path]:
-    """Every image file under ``root`` (recursively), as sorted paths relative to it."""
+    """Every image file under ``root`` (recursively, through linked folders too: a selection of
+    identities is often a folder of symlinks), as sorted paths relative to it."""
     root = Path(root)
-    return sorted(
-        p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    found = []
+    for folder, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path.relative_to(root))
+    return sorted(found)
 
 
 def to_network_input(images) -> np.ndarray:

@@ -17,13 +17,11 @@ trainer of ``bfm-train`` (``insightface_bfm.train.Trainer``, ``init: {full: "onn
 detector), ``insightface_bfm.evaluation.evaluate`` (``bfm eval``) measures, ``data.align``
 (``bfm align``) detects and aligns the real masked photos of RMFD for the classifier's recall.
 
-What the benchmark adds to a plain ``bfm-train`` of those recipes (all recorded in results.json):
-- the training folder: symlinks to the DevTrain people's folders of lfw112 (an image folder);
-- the ArcFace heads start at the class centres of the pretrained model (normalised mean embedding
-  of each training person's unmasked faces) instead of random vectors: with 2.4 faces per person
-  and a few epochs, random centres would spend the whole budget just finding the classes;
-- channels-last tensors on the CPU (the trainer uses them on CUDA only): MobileFaceNet's depthwise
-  convolutions run about 4x faster that way in oneDNN.
+What the benchmark adds to a plain ``bfm-train`` of those recipes: only the training folder
+(symlinks to the DevTrain people's folders of lfw112, an image folder). The recipes themselves
+start the ArcFace heads at the pretrained model's class centres (``init.head: centres``, the
+trainer's ``train/head_init.py``) and use channels-last tensors on the CPU
+(``train.channels_last_cpu``), exactly as ``bfm models build`` (recipes/build_pack.yaml) does.
 
 Outputs in DIR: ``pack/`` (the BFM pack: ``FaceAnalysis(name="DIR/pack")``), ``baseline1.onnx``,
 ``baseline2.onnx``, ``results.json``, ``results.md``, the mask manifests, the training runs.
@@ -139,34 +137,11 @@ def load_recipe(mode: str, args, train_dir: Path, val_dir: Path | None, run_dir:
     return load(RECIPES[mode], overrides)
 
 
-def class_centres(dataset, batch: int = 256) -> np.ndarray:
-    """Normalised mean embedding of each class's unmasked faces under the pretrained ONNX."""
-    from insightface_bfm.evaluation.embedders import OnnxRecognizer
-
-    net = OnnxRecognizer(PRETRAINED, batch_size=batch)
-    sums = np.zeros((dataset.num_classes, 128), np.float64)
-    for s in range(0, len(dataset), batch):
-        samples = [dataset[i] for i in range(s, min(s + batch, len(dataset)))]
-        samples = [x for x in samples if x is not None]
-        emb = net.embed(np.stack([img for img, _ in samples]))["full"]
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        np.add.at(sums, np.array([label for _, label in samples]), emb)
-    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
-
-
-def train(mode: str, recipe, centres: np.ndarray | None, log) -> dict:
-    """One recipe through the product's trainer, with the benchmark's two additions (docstring)."""
-    import torch
-
+def train(mode: str, recipe, log) -> dict:
+    """One recipe through the product's trainer (``bfm-train``'s ``Trainer``), as it is."""
     from insightface_bfm.train.trainer import Trainer
 
     trainer = Trainer(recipe)
-    head = trainer.model.head_partial if mode == "bfm" else trainer.model.head_full
-    if centres is not None:
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(centres))
-    trainer.model.to(memory_format=torch.channels_last)
-    trainer.channels_last = True
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     log(
         f"{mode}: {trainer.total_steps} steps of {trainer.global_batch} pairs, {trainable:,} trainable "
@@ -381,7 +356,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-test", action="store_true", help="skip everything on DevTest and RMFD (tuning runs)"
     )
-    ap.add_argument("--no-head-init", action="store_true", help="random ArcFace heads (as bfm-train alone)")
+    ap.add_argument("--no-head-init", action="store_true",
+                    help="random ArcFace heads (--set init.head=random)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep trainings that an earlier invocation finished in DIR (then export and test)")
     ap.add_argument("--modes", default="baseline2,bfm", help="trainings to run (tuning runs: one of them)")
@@ -459,11 +435,8 @@ def main(argv=None) -> int:
         log(f"training set: {dataset.describe()}")
     earlier = previous_timings(out / "run.log") if args.reuse else {}
     reuse = {m for m in args.modes.split(",") if args.reuse and (out / "runs" / m / "summary.json").is_file()}
-    centres = None
-    if not args.no_head_init and reuse != set(args.modes.split(",")):
-        with stage("class_centres"):
-            centres = class_centres(dataset)
-    results["head_init"] = "class centres of the pretrained model" if centres is not None else "random"
+    if args.no_head_init:
+        args.set.append("init.head=random")
 
     results["training"] = {}
     for mode in args.modes.split(","):
@@ -473,14 +446,15 @@ def main(argv=None) -> int:
             summary = json.loads((run_dir / "summary.json").read_text())
             results["training"][mode] = {"recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()),
                                          "summary": summary, "reused_from_earlier_invocation": True}
-            for name in (f"train_{mode}", "class_centres"):
+            for name in (f"train_{mode}",):
                 if name in earlier:
                     timings[name] = earlier[name]
             log(f"{mode}: reusing the finished training in {run_dir} ({timings.get(f'train_{mode}')} s then)")
             continue
-        with stage(f"train_{mode}"):
-            summary = train(mode, recipe, centres, log)
+        with stage(f"train_{mode}"):  # class centres (init.head) included
+            summary = train(mode, recipe, log)
         results["training"][mode] = {"recipe": recipe.to_dict(), "summary": summary}
+        results["head_init"] = recipe.init.head
         if "eval" in summary:
             log(
                 f"{mode} on held-out DevTrain people: "

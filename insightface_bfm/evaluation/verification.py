@@ -124,6 +124,22 @@ def kfold_accuracy(
     )
 
 
+def best_threshold(dist, issame, thresholds=THRESHOLDS) -> tuple[float, float]:
+    """(threshold, accuracy): the candidate with the best accuracy on all these pairs, for a
+    deployed system's one threshold (the protocol's rule: same if distance < threshold; ties go to
+    the middle of the best run of candidates rather than its edge)."""
+    dist = np.asarray(dist, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    if dist.size == 0 or issame.all() or not issame.any():
+        raise DatasetError("choosing a threshold needs both same and different pairs")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    acc = _accuracy_per_threshold(dist, issame, thresholds)
+    best = np.flatnonzero(acc == acc.max())
+    run = best[: np.argmax(np.diff(np.append(best, best[-1] + 2)) > 1) + 1]  # first run of ties
+    pick = int(run[len(run) // 2])
+    return float(thresholds[pick]), float(acc[pick])
+
+
 def roc_curve(dist, issame):
     """Exact ROC over all distance thresholds: (far, tar, threshold) arrays, far rising.
 
@@ -190,6 +206,7 @@ class VerificationResult:
     cases: dict = field(default_factory=dict)
     case_source: str | None = None
     roc: tuple | None = None  # (far, tar) for the plot; not in the JSON
+    pairs: tuple | None = None  # (distances, issame) as measured; not in the JSON
 
     def to_dict(self) -> dict:
         out = self.accuracy.to_dict()
@@ -235,6 +252,7 @@ def evaluate_distances(
         n_different=int((~issame).sum()),
         case_source=case_source if cases is not None else None,
         roc=(far, tar),
+        pairs=(dist, issame),
     )
     if cases is not None:
         result.cases = _per_case(dist, issame, folds, np.asarray(cases), acc, n_folds)

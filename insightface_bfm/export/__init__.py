@@ -13,25 +13,22 @@ Names are imported on first use: the export and import modules need torch (the `
 extra), the MXNet converter does not, and the inference path never imports this package's torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
-_WHERE = {
-    "ROLES": "to_onnx",
-    "export_checkpoint": "to_onnx",
-    "export_onnx": "to_onnx",
-    "read_metadata": "metadata",
-    "OnnxGraphModule": "graph_module",
-    "backbone_from_architecture": "from_onnx",
-    "calibrate_batchnorm": "from_onnx",
-    "import_onnx": "from_onnx",
-    "import_mxnet": "from_mxnet",
-    "mxnet_to_onnx": "from_mxnet",
+# Names load lazily, so that ``bfm export --help`` (this package's cli) and the MXNet converter
+# work without torch.
+_EXPORTS = {
+    "ROLES": ".to_onnx",
+    "OnnxGraphModule": ".graph_module",
+    "backbone_from_architecture": ".from_onnx",
+    "calibrate_batchnorm": ".from_onnx",
+    "export_checkpoint": ".to_onnx",
+    "export_onnx": ".to_onnx",
+    "import_onnx": ".from_onnx",
+    "import_mxnet": ".from_mxnet",
+    "mxnet_to_onnx": ".from_mxnet",
+    "read_metadata": ".metadata",
 }
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

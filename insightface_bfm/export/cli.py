@@ -16,6 +16,9 @@ def export(checkpoint, out_dir, opset, no_verify):
     Writes mask_classifier.onnx, full.onnx and partial.onnx (baselines: full.onnx only):
     input [batch,3,112,112] RGB normalised (x-127.5)/127.5, as insightface's ArcFaceONNX feeds it.
     """
+    from ..errors import require_training
+
+    require_training("bfm export")
     from .to_onnx import export_checkpoint, read_metadata
 
     written = export_checkpoint(checkpoint, out_dir, opset=opset, verify=not no_verify)

@@ -7,6 +7,7 @@
     distributed.py torchrun: process group from the environment, the global batch sampler
     checkpoint.py  atomic checkpoints (safetensors + state.pt) and RNG capture
     holdout.py     verification per case on held-out identities
+    head_init.py   ``init.head: centres``: ArcFace heads started at the identities' mean embeddings
     quickstart.py  several modes on one recipe, compared as the paper's Table II
     cli.py         ``bfm-train``
 
@@ -14,7 +15,7 @@ Names are loaded lazily so that ``import insightface_bfm.train.recipe`` (used to
 recipe before anything heavy) does not import torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 _EXPORTS = {
     "Recipe": ".recipe",
@@ -27,12 +28,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'insightface_bfm.train' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

@@ -71,9 +71,11 @@ def _prune(root: Path, keep: int, newest: str) -> None:
 
 
 def resolve_checkpoint(path) -> Path:
-    """A checkpoint dir from a checkpoint dir, a run dir (via ``last``) or a model.safetensors."""
+    """A checkpoint dir from a checkpoint dir, a run dir or its ``last`` pointer, or a model.safetensors."""
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if path.is_file() and path.name == LAST:  # RUN_DIR/last itself: the pointer file
         path = path.parent
     if (path / LAST).is_file():
         name = (path / LAST).read_text().strip()

@@ -20,6 +20,9 @@ def train(recipe, resume, out, overrides):
     A recipe with `compare: [baseline1, baseline2, bfm]` trains each mode and prints the
     Table-II comparison on held-out identities (recipes/quickstart.yaml).
     """
+    from ..errors import require_training
+
+    require_training(click.get_current_context().command_path)
     # Validate before importing torch: a bad key fails in a fraction of a second.
     from .recipe import load_recipe
 

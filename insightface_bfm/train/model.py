@@ -258,6 +258,8 @@ def initialise(model: BFMModel, init) -> list[str]:
         loaded.append(f"{role} <- {spec}")
     if init.trainable is not None:
         loaded.append(_train_only(model, init.trainable))
+    if init.trainable_share is not None:
+        loaded.append(_train_last_share(model, init.trainable_share))
     if init.freeze_full:
         model.freeze_full()
     if init.freeze_bn:
@@ -313,3 +315,21 @@ def _train_only(model: BFMModel, patterns: list[str]) -> str:
     if unused:
         raise BFMError(f"init.trainable: {unused[0]!r} matches no extractor parameter")
     return f"trainable extractor parameters: {kept:,} of {total:,} ({', '.join(patterns)})"
+
+
+def _train_last_share(model: BFMModel, share: float) -> str:
+    """``init.trainable_share``: in each extractor, the last parameter tensors (in the order the
+    network defines them, i.e. from the embedding backwards) train, up to the first one that brings
+    them to ``share`` of its parameters; the earlier ones are frozen. Unlike name patterns this
+    fits any network (an imported ONNX graph, an IResNet, a MobileFaceNet)."""
+    kept, total = 0, 0
+    for net in model.extractors().values():
+        params = list(net.parameters())
+        size = sum(p.numel() for p in params)
+        count = 0
+        for param in reversed(params):
+            param.requires_grad_(count < share * size)
+            count += param.numel() if param.requires_grad else 0
+        kept, total = kept + count, total + size
+    return f"trainable extractor parameters: {kept:,} of {total:,} (the last {share:.0%} of each extractor)"
+

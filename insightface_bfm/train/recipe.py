@@ -124,8 +124,14 @@ class InitSection:
     # Regular expressions over extractor parameter names (without the 'full.' / 'partial.' prefix):
     # only matching ones train, the rest stay frozen (fine-tune the last layers only). None = all.
     trainable: list[str] | None = None
+    # The same by size, for any network: only the last parameter tensors (in the network's order)
+    # train, up to the first one that brings them to this share of the extractor's parameters.
+    trainable_share: float | None = _opt(None, min=0.0, max=1.0)
     # Keep every BatchNorm in eval mode (running statistics frozen; affine weights still train).
     freeze_bn: bool = False
+    # ArcFace heads: random, or "centres": each identity's normalised mean embedding under the
+    # initialised extractor (train/head_init.py), so a fine-tune starts with its classes found.
+    head: str = _opt("random", choices=("random", "centres"))
 
 
 @dataclass
@@ -133,6 +139,9 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
     amp: str = _opt("none", choices=("none", "bf16", "fp16"))
     channels_last: bool = False
+    # channels_last on the CPU too (off by default: torch 2.13's oneDNN backward crashed on some
+    # narrow convolutions in that layout; MobileFaceNet's depthwise ones run ~4x faster in it)
+    channels_last_cpu: bool = False
     compile: bool = False
     # SyncBatchNorm under torchrun (GPU only: torch has no CPU implementation).
     sync_bn: bool = False
@@ -366,6 +375,8 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
         for i, kind in enumerate(r.data.mask_types):
             if kind not in MASK_TYPES:
                 fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
+    if r.init.trainable is not None and r.init.trainable_share is not None:
+        fail("give either 'init.trainable' (name patterns) or 'init.trainable_share', not both")
     if r.init.freeze_full and r.init.full is None and r.mode == "bfm":
         fail("'init.freeze_full' needs 'init.full' (freezing a randomly initialised E_F is a mistake)")
     device = r.train.device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import require_training
 from .packs import ROOT_ENV, resolve_root
 
 _root_option = click.option(
@@ -15,9 +16,10 @@ _root_option = click.option(
 )
 _registry_option = click.option(
     "--registry",
-    type=click.Path(exists=True),
-    default=None,
-    help="A registry YAML file or a folder of entry files instead of the built-in registry.",
+    "registry",
+    multiple=True,
+    help="A registry: YAML file, folder of entry files or http(s) URL of an index (repeatable; "
+    "default $INSIGHTFACE_BFM_REGISTRY, comma-separated); searched before the built-in registry.",
 )
 
 
@@ -81,13 +83,13 @@ def pack(
 
 @click.group("models")
 def models():
-    """List, download, verify and remove model-zoo packs."""
+    """Build, publish, list, download, verify and remove packs."""
 
 
-def _registry(path):
-    from .registry import load_registry
+def _registry(sources):
+    from .registry import load_registries
 
-    return load_registry(path)
+    return load_registries(list(sources) or None)
 
 
 def _mb(size):
@@ -98,18 +100,23 @@ def _mb(size):
 @_root_option
 @_registry_option
 def list_models(root, registry):
-    """Registry entries and their state under ROOT/models."""
-    from .registry import installed_status
+    """Registry entries and their state, then every pack installed under ROOT/models."""
+    from .registry import installed_packs, installed_status
 
     root = resolve_root(root)
     entries = _registry(registry)
+    click.echo("registry entries:")
     for entry in entries.values():
         checksum = "sha256 published" if entry.verifiable else "sha256 unknown"
         click.echo(
-            f"{entry.name:<14} {entry.kind:<12} {_mb(entry.size):>8}  {checksum:<17} "
+            f"  {entry.name:<14} {entry.kind:<12} {_mb(entry.size):>8}  {checksum:<17} "
             f"{installed_status(entry, root):<28} {entry.licence}"
         )
-    click.echo(f"(root: {root})")
+    installed = installed_packs(root, entries)
+    click.echo(f"installed under {root / 'models'}:" + ("" if installed else " none"))
+    for p in installed:
+        version = f"v{p['version']}" if p["version"] else "-"
+        click.echo(f"  {p['name']:<14} {p['kind']:<12} {version:<8} {p['source']:<9} {p['state']}")
 
 
 def _parse_sha(values):
@@ -159,14 +166,67 @@ def download(name, root, registry, sha256, allow_unverified, force, retries, qui
     "--allow-unverified", is_flag=True, help="Accept sources downloaded without a published sha256."
 )
 def verify(name, root, registry, allow_unverified):
-    """Check every installed file of NAME against the sha256 recorded at download."""
-    from .registry import get_entry, verify_installed
+    """Check every installed file of NAME: against the sha256 recorded at download, or, for a pack
+    built or copied here, against its manifest."""
+    from .registry import verify_folder
 
-    report = verify_installed(
-        get_entry(_registry(registry), name), resolve_root(root), allow_unverified=allow_unverified
-    )
+    report = verify_folder(name, resolve_root(root), _registry(registry), allow_unverified=allow_unverified)
     note = f"; unverified source: {', '.join(report['unverified'])}" if report["unverified"] else ""
     click.echo(f"{name}: {report['files']} files OK at {report['path']}{note}")
+
+
+@models.command("build")
+@click.argument("name")
+@click.option("--faces", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Face photos, one sub-folder per identity (raw photos are aligned first).")
+@click.option("--base", required=True,
+              help="Pretrained recogniser: an ONNX file, an arcface_torch .pth, mxnet:PREFIX,EPOCH (a legacy "
+                   "MXNet checkpoint) or an installed pack name.")
+@click.option("--detector", required=True, help="SCRFD detector: an ONNX file or an installed pack name.")
+@click.option("--people", type=click.Path(exists=True, dir_okay=False),
+              help="Keep only these identities (one name per line, or LFW's people-list format).")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False),
+              help="Training recipe (default: the shipped recipes/build_pack.yaml).")
+@_root_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+@click.option("--holdout", "holdout_share", type=float, default=0.05, show_default=True,
+              help="Share of the identities held out for the threshold and the held-out table.")
+@click.option("--pairs", "holdout_pairs", type=click.IntRange(min=20), default=1000, show_default=True,
+              help="Held-out pairs per case (half same identity).")
+@click.option("--fresh", is_flag=True, help="Discard an unfinished build of NAME instead of continuing it.")
+@click.option("--force", is_flag=True, help="Replace an installed pack NAME.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(name, faces, base, detector, people, recipe, root, overrides, holdout_share, holdout_pairs,
+          fresh, force, quiet):
+    """Train a BFM pack NAME from face photos and a pretrained recogniser; install it in ROOT/models.
+
+    Needs the [train] extra. Prints the held-out table; rerun the same command to continue after an
+    interruption.
+    """
+    require_training("bfm models build")
+    from .build import build_pack_from_faces
+
+    build_pack_from_faces(name, faces, base, detector, people=people, recipe=recipe, root=root,
+                          overrides=overrides, holdout_share=holdout_share, holdout_pairs=holdout_pairs,
+                          fresh=fresh, force=force, progress=not quiet, echo=click.echo)
+
+
+@models.command("publish")
+@click.argument("pack_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--url-base", required=True, help="Where OUT's files will be served, e.g. https://host/packs/.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the zip and entry.")
+@click.option("--licence", default=None, help="Licence line of the entry (default: from MODEL.LICENSE).")
+def publish(pack_dir, url_base, out, licence):
+    """Write PACK_DIR as OUT/NAME.zip and its registry entry (OUT/NAME.yaml, OUT/index.yaml).
+
+    Upload OUT's files to --url-base; users then run `bfm models download NAME --registry
+    URL_BASE/index.yaml` or FaceAnalysis(name=NAME) with $INSIGHTFACE_BFM_REGISTRY set to it.
+    """
+    from .publish import publish_pack
+
+    result = publish_pack(pack_dir, url_base, out, licence=licence)
+    click.echo(f"{result['archive']} ({result['size']} bytes, sha256 {result['sha256']})")
+    click.echo(f"registry entry {result['entry']}; index {result['index']}")
 
 
 @models.command("remove")

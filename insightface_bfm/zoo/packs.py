@@ -23,7 +23,8 @@ and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm`
       "classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx",
       "detector": "det_10g.onnx" | null,
       "thresholds": {"mask_score": 0.5, "verification_distance": 1.24 | null},
-      "files": {"<file>": "<sha256>", ...}   # every file of the pack except manifest.json
+      "files": {"<file>": "<sha256>", ...},  # every file of the pack except manifest.json
+      "build": {...}                    # optional: how `bfm models build` made it (zoo/build.py)
     }
 
 ``verification_distance`` is a squared L2 distance between L2-normalised embeddings (range
@@ -86,9 +87,15 @@ def resolve_pack_dir(name, root=None) -> Path:
     if candidate.is_dir():
         return candidate.resolve()
     raise PackError(
-        f"pack {name!r}: no directory {direct} nor {candidate}; build one with `bfm pack EXPORT_DIR OUT` "
-        f"or download one with `bfm models download NAME --root {resolve_root(root)}`"
+        f"pack {name!r}: no directory {direct} nor {candidate}; {how_to_get(name, root)}"
     )
+
+
+def how_to_get(name, root=None) -> str:
+    """The two ways to a missing pack, for one-line errors."""
+    return (f"build it with `bfm models build {name} --faces DIR --base MODEL --detector DET "
+            f"--root {resolve_root(root)}` or download it with `bfm models download {name} --registry "
+            "URL_OR_FILE` (no public BFM pack is hosted yet)")
 
 
 def _safe_name(value, where: str) -> str:
@@ -300,6 +307,38 @@ def find_detector(det_pack, root=None) -> Path:
     raise PackError(f"detector pack {directory}: no SCRFD-style detector ONNX (>= 5 outputs) in it")
 
 
+def find_recognizer(pack, root=None) -> Path:
+    """The recognition ONNX of an installed insightface pack (name under ROOT/models or directory):
+    the manifest-V2 ``tasks.recognition.file`` (E_F of a BFM pack), else the one file of a legacy
+    pack (buffalo_l's w600k_r50.onnx) that insightface's router loads as a recognition model."""
+    try:
+        directory = resolve_pack_dir(pack, root)
+    except PackError:
+        raise PackError(
+            f"{pack!r}: neither an ONNX/.pth file nor a pack installed under "
+            f"{resolve_root(root) / 'models'}; "
+            f"run `bfm models download {pack}` or give the recogniser's file"
+        ) from None
+    if (directory / MANIFEST).is_file():
+        raw = _read_manifest(directory)
+        rec = ((raw.get("tasks") or {}).get("recognition") or {}).get("file")
+        if raw.get("manifest_version") == 2 and rec:
+            path = (directory / _safe_name(rec, f"{directory / MANIFEST}: tasks.recognition.file")).resolve()
+            if not path.is_file():
+                raise PackError(f"{path}: recognition model named in {directory / MANIFEST} is missing")
+            return path
+    from insightface.model_zoo import get_model
+
+    for path in sorted(directory.glob("*.onnx")):
+        try:
+            model = get_model(str(path))
+        except Exception:
+            continue
+        if getattr(model, "taskname", None) == "recognition":
+            return path.resolve()
+    raise PackError(f"pack {directory}: no ONNX file that insightface loads as a recognition model")
+
+
 def _inspect_export(path: Path, role: str):
     """Input/output shapes and role metadata of one exported ONNX; raises PackError when unusable."""
     import onnx
@@ -347,6 +386,7 @@ def build_pack(
     version: str = "1",
     license_file=None,
     overwrite: bool = False,
+    build_info: dict | None = None,
 ) -> Pack:
     """Build a pack in directory ``out`` from an export (mask_classifier/full/partial.onnx).
 
@@ -354,7 +394,8 @@ def build_pack(
     (``det_pack``, e.g. "buffalo_l"); it is copied in so that the pack is self-contained and
     plain insightface can run it. The pack is assembled in a temporary folder beside ``out``
     and renamed into place, then loaded back with ``load_pack`` (checksums) and insightface's
-    manifest parser.
+    manifest parser. ``build_info`` (``bfm models build``: held-out table, base model, recipe) is
+    stored as the manifest's ``bfm.build``.
     """
     from .. import __version__
 
@@ -457,6 +498,8 @@ def build_pack(
                 "files": files,
             },
         }
+        if build_info is not None:
+            manifest["bfm"]["build"] = build_info
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         load_pack(tmp)  # the exact checks users will run, before the pack becomes visible
         backup = None

@@ -17,13 +17,18 @@ An entry (one ``model_zoo/NAME.yaml`` in the repository; all of them are bundled
     metrics: {...}               # as published by the source
     recipe: null                 # the training recipe of a bfm pack
 
-``load_registry(None)`` reads the bundled file; ``load_registry(PATH)`` reads a registry
-file (``entries: [...]``), a single entry file, or a folder of entry files.
+``load_registry(None)`` reads the bundled file; ``load_registry(SOURCE)`` reads a registry
+file (``entries: [...]``), a single entry file, a folder (its ``index.yaml``, else every entry
+file in it) or an http(s) URL of a registry file (an index, e.g. one ``bfm models publish``
+wrote). ``load_registries(SOURCES)`` merges several: the user's (``--registry``, else
+``$INSIGHTFACE_BFM_REGISTRY``, comma-separated) before the bundled one, the first to name an
+entry winning, so a company can host its own packs (and override a bundled entry).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +41,8 @@ from .download import RECEIPT, sha256_file
 from .packs import MANIFEST, load_pack
 
 KINDS = ("insightface", "bfm")
+REGISTRY_ENV = "INSIGHTFACE_BFM_REGISTRY"
+INDEX = "index.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,8 +65,9 @@ class Entry:
     files: tuple
     provides: tuple = ()
     metrics: dict = field(default_factory=dict)
-    recipe: str | None = None
+    recipe: str | dict | None = None
     notes: str = ""
+    source: str = field(default="built-in registry", compare=False)  # the registry it was read from
 
     @property
     def size(self) -> int | None:
@@ -112,6 +120,7 @@ def _entry(raw, where: str) -> Entry:
         metrics=dict(raw.get("metrics") or {}),
         recipe=raw.get("recipe"),
         notes=str(raw.get("notes", "")),
+        source=where.rsplit(": ", 1)[0],
     )
 
 
@@ -136,11 +145,16 @@ def parse_registry(raw, where: str) -> dict[str, Entry]:
 
 
 def load_registry(path=None) -> dict[str, Entry]:
-    """name -> Entry from the bundled registry, a registry/entry YAML file, or a folder of them."""
+    """name -> Entry from the bundled registry, a registry/entry YAML file, a folder of them or an
+    http(s) URL of a registry file."""
     if path is None:
         text = resources.files("insightface_bfm.zoo").joinpath("registry.yaml").read_text(encoding="utf-8")
         return parse_registry(yaml.safe_load(text), "built-in registry")
+    if str(path).startswith(("http://", "https://")):
+        return parse_registry(_fetch_index(str(path)), str(path))
     path = Path(path).expanduser()
+    if path.is_dir() and (path / INDEX).is_file():
+        return parse_registry(_read_yaml(path / INDEX), str(path / INDEX))
     if path.is_dir():
         out = {}
         for item in sorted(path.glob("*.yaml")):
@@ -152,6 +166,40 @@ def load_registry(path=None) -> dict[str, Entry]:
     if not path.is_file():
         raise PackError(f"{path}: registry file not found")
     return parse_registry(_read_yaml(path), str(path))
+
+
+def _fetch_index(url: str, timeout: float = 30.0):
+    import requests
+
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.RequestException as e:
+        raise PackError(f"registry {url}: unreachable ({type(e).__name__})") from None
+    if response.status_code != 200:
+        raise PackError(f"registry {url}: HTTP {response.status_code} ({response.reason})")
+    try:
+        return yaml.safe_load(response.text)
+    except yaml.YAMLError as e:
+        raise PackError(f"registry {url}: not a YAML/JSON registry ({e})") from None
+
+
+def registry_sources(sources=None) -> list[str]:
+    """The user's registries: ``sources`` (``--registry``, repeatable), else ``$INSIGHTFACE_BFM_REGISTRY``
+    (comma-separated files, folders or URLs); the bundled registry comes after them."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        sources = [s.strip() for s in os.environ.get(REGISTRY_ENV, "").split(",") if s.strip()]
+    return [str(s) for s in sources]
+
+
+def load_registries(sources=None) -> dict[str, Entry]:
+    """The user's registries merged before the bundled one (the first to name an entry wins)."""
+    merged: dict[str, Entry] = {}
+    for source in [*registry_sources(sources), None]:
+        for name, entry in load_registry(source).items():
+            merged.setdefault(name, entry)
+    return merged
 
 
 def get_entry(registry: dict, name: str) -> Entry:
@@ -195,11 +243,15 @@ def verify_installed(entry: Entry, root, *, allow_unverified: bool = False) -> d
     target = Path(root) / "models" / entry.name
     if not target.is_dir():
         raise PackError(f"{entry.name}: not installed at {target}; run `bfm models download {entry.name}`")
+    return _verify_receipt(target, entry.name, entry.kind, root, allow_unverified)
+
+
+def _verify_receipt(target: Path, name: str, kind: str, root, allow_unverified: bool) -> dict:
     receipt = _read_receipt(target)
     if receipt is None:
         raise PackError(
             f"{target}: no {RECEIPT}, so there is nothing to check the files against (installed by hand or "
-            f"by insightface); reinstall with `bfm models download {entry.name} --force`, or put the "
+            f"by insightface); reinstall with `bfm models download {name} --force`, or put the "
             f"archive in {Path(root) / 'models' / '.downloads'} and run that command"
         )
     for rel, expected in receipt.get("files", {}).items():
@@ -212,18 +264,114 @@ def verify_installed(entry: Entry, root, *, allow_unverified: bool = False) -> d
     unverified = [n for n, s in receipt.get("sources", {}).items() if not s.get("verified")]
     if unverified and not allow_unverified:
         raise ChecksumError(
-            f"{entry.name}: {', '.join(unverified)} was downloaded without a published sha256, so its origin "
+            f"{name}: {', '.join(unverified)} was downloaded without a published sha256, so its origin "
             "is unverified; check its sha256 (recorded in the receipt) against a trusted source, then use "
             "--allow-unverified"
         )
-    if (target / MANIFEST).is_file() and entry.kind == "bfm":
+    if (target / MANIFEST).is_file() and kind == "bfm":
         load_pack(target)
     return {
-        "name": entry.name,
+        "name": name,
         "path": str(target),
         "files": len(receipt.get("files", {})),
         "unverified": unverified,
     }
+
+
+def _manifest(target: Path) -> dict | None:
+    try:
+        raw = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def verify_folder(name: str, root, registry: dict | None = None, *, allow_unverified: bool = False) -> dict:
+    """``bfm models verify NAME`` for any installed pack: a downloaded one against its receipt, one
+    built or copied here (no receipt) against the sha256 its manifest lists (a BFM pack's
+    ``bfm.files``, a manifest V2's task files)."""
+    if not _NAME.fullmatch(str(name)):
+        raise PackError(f"{name!r}: not a pack name")
+    target = Path(root) / "models" / name
+    if not target.is_dir():
+        hint = f"`bfm models download {name}`" if registry and name in registry else \
+            f"`bfm models build {name} ...` or `bfm models download {name} --registry URL`"
+        raise PackError(f"{name}: not installed at {target}; get it with {hint}")
+    raw = _manifest(target)
+    kind = "bfm" if raw and isinstance(raw.get("bfm"), dict) else "insightface"
+    if (target / RECEIPT).is_file():
+        return _verify_receipt(target, name, kind, root, allow_unverified)
+    if kind == "bfm":
+        pack = load_pack(target)
+        return {"name": name, "path": str(target), "files": len(pack.files), "unverified": []}
+    tasks = (raw or {}).get("tasks") or {}
+    listed = {t["file"]: t["sha256"] for t in tasks.values()
+              if isinstance(t, dict) and isinstance(t.get("file"), str) and t.get("sha256")}
+    if not listed:
+        raise PackError(f"{target}: no {RECEIPT} and no checksums in a manifest, so there is nothing to "
+                        "check the files against (installed by hand or by insightface)")
+    for fname, expected in listed.items():
+        path = target / fname
+        if not path.is_file():
+            raise PackError(f"{path}: missing (listed in {MANIFEST})")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} "
+                                "(file altered)")
+    return {"name": name, "path": str(target), "files": len(listed), "unverified": []}
+
+
+def installed_packs(root, registry: dict) -> list[dict]:
+    """Every pack folder under ``ROOT/models``: name, kind, version, source (registry: downloaded with
+    a receipt; local: built or copied here) and whether its files check out (``verify_folder``)."""
+    models = Path(root) / "models"
+    out = []
+    for target in sorted(p for p in models.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        raw = _manifest(target) or {}
+        bfm = raw.get("bfm") if isinstance(raw.get("bfm"), dict) else None
+        receipt = (target / RECEIPT).is_file()
+        try:
+            verify_folder(target.name, root, registry)
+            state = "verified"
+        except ChecksumError as e:
+            state = "UNVERIFIED source" if "without a published sha256" in str(e) else "ALTERED"
+        except PackError:
+            state = "no checksums"
+        out.append({
+            "name": target.name,
+            "kind": "bfm" if bfm else "insightface",
+            "version": str(bfm.get("version", "")) if bfm else "",
+            "source": "registry" if receipt else "local",
+            "state": state,
+            "path": str(target),
+        })
+    return out
+
+
+def ensure_pack(name, root=None, *, registry=None, download: bool = True, progress: bool = True) -> Path:
+    """The folder of pack ``name`` (a directory, or a name under ROOT/models); a name that is not
+    installed but is a ``kind: bfm`` entry of a registry (``load_registries``) is downloaded first
+    (resumable, sha256-checked, installed atomically), as insightface's FaceAnalysis does for its
+    packs. ``download=False`` refuses instead."""
+    from .download import install
+    from .packs import how_to_get, resolve_pack_dir, resolve_root
+
+    try:
+        return resolve_pack_dir(name, root)
+    except PackError:
+        if not _NAME.fullmatch(str(name)):
+            raise
+    root = resolve_root(root)
+    entry = load_registries(registry).get(str(name))
+    if entry is None or entry.kind != "bfm":
+        what = "no registry lists it as a BFM pack" if entry is None else f"{entry.source} lists it as an " \
+            f"insightface pack, not a BFM pack"
+        raise PackError(f"pack {name!r} is not installed under {root / 'models'} and {what}; "
+                        f"{how_to_get(name, root)}")
+    if not download:
+        raise PackError(f"pack {name!r} is not installed under {root / 'models'} (download=False); "
+                        f"{entry.source} has it: `bfm models download {name}` or download=True")
+    return install(entry, root, progress=progress)
 
 
 def remove_installed(name: str, root) -> Path:
