@@ -86,6 +86,13 @@ def test_build_resumes_after_an_interruption_and_installs_an_evaluated_pack(tmp_
     assert r.exit_code == 2 and "--force" in r.output
     r = CliRunner().invoke(main, [*args, "--force"])
     assert r.exit_code == 0 and "training: finished before" in r.output, r.output
+    # a second build of the same name while one runs is refused with one line naming the holder
+    from insightface_bfm.runlock import output_lock
+
+    with output_lock(root / "models" / ".build" / "tiny", "bfm models build", folder=False):
+        r = CliRunner().invoke(main, [*args, "--force"])
+    assert r.exit_code == 2 and "in use by pid" in r.output and "bfm models build" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
     # other inputs into the build folder of that name are refused
     r = CliRunner().invoke(main, [*[a if a != "40" else "60" for a in args], "--force"])
     assert r.exit_code == 2 and "other inputs" in r.output and "--fresh" in r.output
@@ -111,6 +118,18 @@ def test_base_specs(tmp_path, shared):
     assert b.overrides == ("model.embedding_size=64", "model.backbone=r18", "model.backbone_options={}")
     with pytest.raises(PackError, match="nopack.*bfm models download nopack"):
         resolve_base("nopack", root=tmp_path)
+
+
+def test_bad_recipe_override_fails_before_any_work(tmp_path, shared, lfw_people):
+    lfw, people, _ = lfw_people
+    root = tmp_path / "root"
+    r = CliRunner().invoke(main, [
+        "models", "build", "tiny", "--faces", str(lfw), "--people", str(people),
+        "--base", str(shared("models", "mobilefacenet_128.onnx")),
+        "--detector", str(shared("models", "scrfd_2.5g_bnkps.onnx")), "--root", str(root),
+        "--set", "optim.lrr=0.1", "--quiet"])
+    assert r.exit_code == 2 and "unknown key 'optim.lrr'" in r.output, r.output
+    assert not (root / "models" / ".build").exists()  # nothing aligned, split or linked
 
 
 def test_mxnet_base(tmp_path, shared, monkeypatch):

@@ -580,6 +580,14 @@ def test_symbol_reader_accepts_old_files_and_refuses_foreign_ones(tmp_path):
         '{"nodes": [{"op": "relu", "name": "r", "inputs": [[0, 0]]}], "heads": [[0, 0]]}')
     with pytest.raises(PackError, match="is not \\[earlier node, slot\\]"):
         read_symbol(tmp_path / "cycle-symbol.json")
+    # malformed lists are one-line errors, not a TypeError from iterating an int
+    (tmp_path / "heads-symbol.json").write_text('{"nodes": [], "heads": 5}')
+    with pytest.raises(PackError, match="not an mxnet symbol file"):
+        read_symbol(tmp_path / "heads-symbol.json")
+    (tmp_path / "inputs-symbol.json").write_text(
+        '{"nodes": [{"op": "null", "name": "data", "inputs": 3}], "heads": [[0, 0]]}')
+    with pytest.raises(PackError, match="node 'data': 'inputs' is not a list"):
+        read_symbol(tmp_path / "inputs-symbol.json")
 
 
 def test_converter_errors_are_one_line_and_name_the_culprit(tmp_path):

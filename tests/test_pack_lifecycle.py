@@ -162,6 +162,9 @@ def test_local_packs_are_listed_and_verified(tmp_path, shared):
     assert r.exit_code == 2 and "partial.onnx" in r.output and "altered" in r.output
     r = runner.invoke(main, ["models", "list", "--root", str(root)])
     assert "ALTERED" in r.output
+    (root / "models" / "mine" / "partial.onnx").unlink()  # a listed file missing: broken, not "no checksums"
+    r = runner.invoke(main, ["models", "list", "--root", str(root)])
+    assert "BROKEN" in r.output and "no checksums" not in r.output, r.output
     r = runner.invoke(main, ["models", "verify", "absent", "--root", str(root)])
     assert r.exit_code == 2 and "bfm models build absent" in r.output
 

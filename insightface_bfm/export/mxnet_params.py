@@ -81,7 +81,10 @@ def read_ndarrays(path) -> tuple[list[np.ndarray | None], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise PackError(f"{path}: mxnet params file not found")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PackError(f"{path}: unreadable mxnet params file ({e.strerror or e})") from None
     reader = _Reader(data)
     arrays: list[np.ndarray | None] = []
     count = None

@@ -107,9 +107,12 @@ def read_symbol(path) -> MxSymbol:
         raise PackError(f"{path}: mxnet symbol file not found")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PackError(f"{path}: unreadable mxnet symbol file ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PackError(f"{path}: not a JSON symbol file ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) or "heads" not in doc:
+    if (not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list)
+            or not isinstance(doc.get("heads"), list)):
         raise PackError(f"{path}: not an mxnet symbol file (expected a JSON object with 'nodes' and 'heads')")
     source = str(path)
     nodes = []
@@ -119,6 +122,8 @@ def read_symbol(path) -> MxSymbol:
         attrs = raw.get("attrs", raw.get("param", raw.get("attr", {}))) or {}
         if not isinstance(attrs, dict):
             raise PackError(f"{path}: node {raw['name']!r}: attributes are not an object")
+        if not isinstance(raw.get("inputs", []), list):
+            raise PackError(f"{path}: node {raw['name']!r}: 'inputs' is not a list")
         inputs = []
         for entry in raw.get("inputs", []):
             if (not isinstance(entry, list) or len(entry) < 2 or not all(isinstance(v, int) for v in entry)

@@ -32,8 +32,9 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import PackError
+from ..runlock import output_lock
 from .download import sha256_file
-from .packs import _MODEL_ID, find_detector, find_recognizer, load_pack, resolve_root
+from .packs import _MODEL_ID, find_detector, find_recognizer, resolve_root
 
 BUILD_DIR = ".build"
 CASES = ((1, None), (2, "one"), (3, "both"))
@@ -143,11 +144,12 @@ def _identities(faces: Path, people: list[str] | None) -> list[str]:
         raise PackError(f"--faces {faces}: no such folder (expected one sub-folder per identity)")
     found = sorted(e.name for e in os.scandir(faces) if e.is_dir() and not e.name.startswith("."))
     if people is not None:
-        missing = [p for p in people if p not in set(found)]
+        found_set, people_set = set(found), set(people)
+        missing = [p for p in people if p not in found_set]
         if missing:
             raise PackError(f"--people: {len(missing)} listed identities have no folder in {faces}, "
                             f"e.g. {missing[0]!r}")
-        found = [p for p in found if p in set(people)]
+        found = [p for p in found if p in people_set]
     found = [p for p in found if list_image_files(faces / p)]
     if len(found) < 3:
         raise PackError(f"--faces {faces}: {len(found)} identity folders with images; need at least 3")
@@ -215,6 +217,23 @@ def build_pack_from_faces(
     base_model = resolve_base(base, root)
     recipe_path = Path(recipe) if recipe is not None else default_recipe()
     work = root / "models" / BUILD_DIR / name
+    run_dir = work / "run"
+
+    def build_recipe(train_dir, check_paths=True):
+        recipe_obj = load_recipe(recipe_path, [
+            f"data.path={train_dir}",
+            f"init.full={base_model.init}",
+            f"init.partial={base_model.init}",
+            f"train.output={run_dir}",
+            f"train.progress={'true' if progress else 'false'}",
+            *base_model.overrides,
+            *overrides,
+        ], check_paths=check_paths)
+        if recipe_obj.mode != "bfm" or recipe_obj.compare:
+            raise PackError(f"{recipe_path}: a pack needs mode: bfm (C, E_F and E_P), got {recipe_obj.mode}")
+        return recipe_obj
+
+    build_recipe(work / "data" / "train", check_paths=False)  # a bad recipe or --set fails before any work
     inputs = {
         "faces": str(faces),
         "identities_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
@@ -226,83 +245,73 @@ def build_pack_from_faces(
         "holdout_pairs": holdout_pairs,
         "seed": seed,
     }
-    if fresh and work.exists():
-        shutil.rmtree(work)
-    if (work / "inputs.json").is_file():
-        if json.loads((work / "inputs.json").read_text()) != inputs:
-            raise PackError(f"{work}: holds an unfinished build of {name!r} with other inputs; pass --fresh "
-                            "to discard it, or rerun with the same inputs to continue it")
-        echo(f"continuing the build in {work}")
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "inputs.json", json.dumps(inputs, indent=2) + "\n")
-    timings = {}
+    # one build of a name at a time: a second one would delete or relink the first one's folders
+    with output_lock(work, "bfm models build", folder=False):
+        if fresh and work.exists():
+            shutil.rmtree(work)
+        if (work / "inputs.json").is_file():
+            if json.loads((work / "inputs.json").read_text()) != inputs:
+                raise PackError(f"{work}: holds an unfinished build of {name!r} with other inputs; pass "
+                                "--fresh to discard it, or rerun with the same inputs to continue it")
+            echo(f"continuing the build in {work}")
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(work / "inputs.json", json.dumps(inputs, indent=2) + "\n")
+        timings = {}
 
-    # 1. faces: aligned crops as they are, raw photos through bfm align's code (resumable)
-    t = time.time()
-    images, names = prepare_faces(faces, names, det_path, work, progress, echo)
-    timings["faces"] = round(time.time() - t, 1)
+        # 1. faces: aligned crops as they are, raw photos through bfm align's code (resumable)
+        t = time.time()
+        images, names = prepare_faces(faces, names, det_path, work, progress, echo)
+        timings["faces"] = round(time.time() - t, 1)
 
-    # 2. identities: a share held out (2+ faces each) for the threshold and the held-out table
-    train_names, held, pairs_csv = _split(images, names, work, holdout_share, holdout_pairs, seed)
-    echo(f"identities: {len(train_names)} for training, {len(held)} held out "
-         f"({holdout_pairs} held-out pairs)")
+        # 2. identities: a share held out (2+ faces each) for the threshold and the held-out table
+        train_names, held, pairs_csv = _split(images, names, work, holdout_share, holdout_pairs, seed)
+        echo(f"identities: {len(train_names)} for training, {len(held)} held out "
+             f"({holdout_pairs} held-out pairs)")
 
-    # 3. training (resumes from the run's last checkpoint)
-    t = time.time()
-    train_dir = _link_folders(images, train_names, work / "data" / "train")
-    run_dir = work / "run"
-    recipe_obj = load_recipe(recipe_path, [
-        f"data.path={train_dir}",
-        f"init.full={base_model.init}",
-        f"init.partial={base_model.init}",
-        f"train.output={run_dir}",
-        f"train.progress={'true' if progress else 'false'}",
-        *base_model.overrides,
-        *overrides,
-    ])
-    if recipe_obj.mode != "bfm" or recipe_obj.compare:
-        raise PackError(f"{recipe_path}: a pack needs mode: bfm (C, E_F and E_P), got {recipe_obj.mode}")
-    _train(recipe_obj, run_dir, echo)
-    timings["training"] = round(time.time() - t, 1)
+        # 3. training (resumes from the run's last checkpoint)
+        t = time.time()
+        train_dir = _link_folders(images, train_names, work / "data" / "train")
+        recipe_obj = build_recipe(train_dir)
+        _train(recipe_obj, run_dir, echo)
+        timings["training"] = round(time.time() - t, 1)
 
-    # 4. export + pack (a staging pack, no threshold yet)
-    t = time.time()
-    from ..export import export_checkpoint
+        # 4. export + pack (a staging pack, no threshold yet)
+        t = time.time()
+        from ..export import export_checkpoint
 
-    export_checkpoint(run_dir, work / "export")
-    staging = work / "pack"
-    from .packs import build_pack
+        export_checkpoint(run_dir, work / "export")
+        staging = work / "pack"
+        from .packs import build_pack
 
-    build_pack(work / "export", staging, detector=det_path, name=name, overwrite=True)
-    timings["export"] = round(time.time() - t, 1)
+        build_pack(work / "export", staging, detector=det_path, name=name, overwrite=True)
+        timings["export"] = round(time.time() - t, 1)
 
-    # 5. held-out verification, Cases 1/2/3, base alone and the pack; the pack's threshold
-    t = time.time()
-    table, threshold = heldout_table(pairs_csv, images, {"base": work / "export" / "full.onnx",
-                                                         "bfm": staging}, work / "cache", progress)
-    timings["heldout"] = round(time.time() - t, 1)
-    record = {
-        "name": name,
-        "base": {"spec": base_model.spec, "file": base_model.path.name, "sha256": base_model.sha256},
-        "detector": {"file": det_path.name, "sha256": inputs["detector_sha256"]},
-        "faces": {"folder": str(faces), "identities": len(names), "trained": len(train_names),
-                  "held_out": len(held), "people_file": None if people is None else str(people)},
-        "recipe": recipe_obj.to_dict(),
-        "recipe_file": str(recipe_path),
-        "heldout": table,
-        "threshold": threshold,
-        "timings_s": timings,
-        "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    build_pack(work / "export", target, detector=det_path, name=name,
-               verification_distance=threshold["distance"], build_info=record, overwrite=True)
-    load_pack(target)
-    timings["total"] = round(time.time() - t0, 1)
-    atomic_write_text(work / "result.json", json.dumps({**record, "path": str(target)}, indent=2) + "\n")
-    echo(format_table(record))
-    echo(f"pack {name} installed at {target} in {timings['total'] / 60:.1f} min: "
-         f"FaceAnalysis(name={name!r}, root={str(root)!r})")
-    return {**record, "path": str(target)}
+        # 5. held-out verification, Cases 1/2/3, base alone and the pack; the pack's threshold
+        t = time.time()
+        table, threshold = heldout_table(pairs_csv, images, {"base": work / "export" / "full.onnx",
+                                                             "bfm": staging}, work / "cache", progress)
+        timings["heldout"] = round(time.time() - t, 1)
+        record = {
+            "name": name,
+            "base": {"spec": base_model.spec, "file": base_model.path.name, "sha256": base_model.sha256},
+            "detector": {"file": det_path.name, "sha256": inputs["detector_sha256"]},
+            "faces": {"folder": str(faces), "identities": len(names), "trained": len(train_names),
+                      "held_out": len(held), "people_file": None if people is None else str(people)},
+            "recipe": recipe_obj.to_dict(),
+            "recipe_file": str(recipe_path),
+            "heldout": table,
+            "threshold": threshold,
+            "timings_s": timings,
+            "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        build_pack(work / "export", target, detector=det_path, name=name,
+                   verification_distance=threshold["distance"], build_info=record, overwrite=True)
+        timings["total"] = round(time.time() - t0, 1)
+        atomic_write_text(work / "result.json", json.dumps({**record, "path": str(target)}, indent=2) + "\n")
+        echo(format_table(record))
+        echo(f"pack {name} installed at {target} in {timings['total'] / 60:.1f} min: "
+             f"FaceAnalysis(name={name!r}, root={str(root)!r})")
+        return {**record, "path": str(target)}
 
 
 def prepare_faces(faces: Path, names: list[str], detector: Path, work: Path, progress: bool = True,
@@ -341,7 +350,8 @@ def _split(images: Path, names: list[str], work: Path, share: float, n_pairs: in
                         "add faces or lower --holdout")
     rng = np.random.default_rng(seed)
     held = sorted(rng.choice(multi, size=min(k, len(multi)), replace=False).tolist())
-    train = [n for n in names if n not in set(held)]
+    held_set = set(held)
+    train = [n for n in names if n not in held_set]
     # pairs: half same identity, half different, drawn from the held-out faces only
     keys = [f for n in held for f in files[n]]
     labels = np.array([i for i, n in enumerate(held) for _ in files[n]])

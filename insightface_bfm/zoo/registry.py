@@ -86,7 +86,7 @@ def _entry(raw, where: str) -> Entry:
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PackError(f"{where}: entry name {name!r} is missing or invalid")
-    where = f"{where}: {name}"
+    source, where = where, f"{where}: {name}"  # the registry it came from; messages name the entry too
     kind = raw.get("kind")
     if kind not in KINDS:
         raise PackError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
@@ -120,7 +120,7 @@ def _entry(raw, where: str) -> Entry:
         metrics=dict(raw.get("metrics") or {}),
         recipe=raw.get("recipe"),
         notes=str(raw.get("notes", "")),
-        source=where.rsplit(": ", 1)[0],
+        source=source,
     )
 
 
@@ -246,10 +246,18 @@ def verify_installed(entry: Entry, root, *, allow_unverified: bool = False) -> d
     return _verify_receipt(target, entry.name, entry.kind, root, allow_unverified)
 
 
+class NoChecksumsError(PackError):
+    """An installed folder with neither a receipt nor manifest checksums: nothing to verify against."""
+
+
+class UnverifiedSourceError(ChecksumError):
+    """A pack downloaded without a published sha256 (its origin is unverified)."""
+
+
 def _verify_receipt(target: Path, name: str, kind: str, root, allow_unverified: bool) -> dict:
     receipt = _read_receipt(target)
     if receipt is None:
-        raise PackError(
+        raise NoChecksumsError(
             f"{target}: no {RECEIPT}, so there is nothing to check the files against (installed by hand or "
             f"by insightface); reinstall with `bfm models download {name} --force`, or put the "
             f"archive in {Path(root) / 'models' / '.downloads'} and run that command"
@@ -263,7 +271,7 @@ def _verify_receipt(target: Path, name: str, kind: str, root, allow_unverified: 
             raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} recorded at download")
     unverified = [n for n, s in receipt.get("sources", {}).items() if not s.get("verified")]
     if unverified and not allow_unverified:
-        raise ChecksumError(
+        raise UnverifiedSourceError(
             f"{name}: {', '.join(unverified)} was downloaded without a published sha256, so its origin "
             "is unverified; check its sha256 (recorded in the receipt) against a trusted source, then use "
             "--allow-unverified"
@@ -308,8 +316,8 @@ def verify_folder(name: str, root, registry: dict | None = None, *, allow_unveri
     listed = {t["file"]: t["sha256"] for t in tasks.values()
               if isinstance(t, dict) and isinstance(t.get("file"), str) and t.get("sha256")}
     if not listed:
-        raise PackError(f"{target}: no {RECEIPT} and no checksums in a manifest, so there is nothing to "
-                        "check the files against (installed by hand or by insightface)")
+        raise NoChecksumsError(f"{target}: no {RECEIPT} and no checksums in a manifest, so there is "
+                               "nothing to check the files against (installed by hand or by insightface)")
     for fname, expected in listed.items():
         path = target / fname
         if not path.is_file():
@@ -333,10 +341,14 @@ def installed_packs(root, registry: dict) -> list[dict]:
         try:
             verify_folder(target.name, root, registry)
             state = "verified"
-        except ChecksumError as e:
-            state = "UNVERIFIED source" if "without a published sha256" in str(e) else "ALTERED"
-        except PackError:
+        except UnverifiedSourceError:
+            state = "UNVERIFIED source"
+        except ChecksumError:
+            state = "ALTERED"
+        except NoChecksumsError:
             state = "no checksums"
+        except PackError:  # a listed file missing, an unreadable manifest or receipt
+            state = "BROKEN"
         out.append({
             "name": target.name,
             "kind": "bfm" if bfm else "insightface",
