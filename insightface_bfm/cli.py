@@ -56,14 +56,20 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except BFMError as e:
-            click.echo(f"Error: {e}", err=True)
+        except (BFMError, ModuleNotFoundError) as e:
+            click.echo(f"Error: {_user_error(e, _command_line(ctx))}", err=True)
             ctx.exit(2)
-        except ModuleNotFoundError as e:  # an inference-only install reaching training code
-            if (e.name or "").split(".")[0] not in TRAIN_MODULES:
-                raise
-            click.echo(f"Error: {missing_training(_command_line(ctx), e.name.split('.')[0])}", err=True)
-            ctx.exit(2)
+
+
+def _user_error(e: Exception, command: str) -> BFMError:
+    """The one-line error of a command: a ``BFMError`` as it is; a missing torch/safetensors (an
+    inference-only install reaching training code) as the ``[train]`` message; anything else re-raised."""
+    if isinstance(e, BFMError):
+        return e
+    module = (getattr(e, "name", None) or "").split(".")[0]
+    if module not in TRAIN_MODULES:
+        raise e
+    return missing_training(command, module)
 
 
 def _command_line(ctx) -> str:
@@ -81,11 +87,6 @@ def train_main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         _load("train").main(args=args, prog_name="bfm-train")
-    except BFMError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in TRAIN_MODULES:
-            raise
-        click.echo(f"Error: {missing_training('bfm-train', e.name.split('.')[0])}", err=True)
+    except (BFMError, ModuleNotFoundError) as e:
+        click.echo(f"Error: {_user_error(e, 'bfm-train')}", err=True)
         sys.exit(2)
