@@ -26,9 +26,9 @@ from .registry import INDEX, _read_yaml, load_registry, parse_registry
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def pack_zip(pack_dir: Path, name: str, archive: Path) -> None:
-    """The pack's manifest and listed files as ``NAME/<file>`` entries, reproducibly."""
-    pack = load_pack(pack_dir)  # every checksum verified before anything is published
+def pack_zip(pack, archive: Path) -> None:
+    """A loaded (so verified) pack's manifest and listed files as ``NAME/<file>`` entries, reproducibly."""
+    name = pack.name
     files = sorted({*pack.files, MANIFEST})
     with atomic_open(archive, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
         for fname in files:
@@ -41,7 +41,12 @@ def pack_zip(pack_dir: Path, name: str, archive: Path) -> None:
 
 
 def _licence_line(pack_dir: Path) -> str:
-    lines = [ln.strip() for ln in (pack_dir / LICENSE_FILE).read_text(encoding="utf-8").splitlines()]
+    try:
+        text = (pack_dir / LICENSE_FILE).read_text(encoding="utf-8")
+    except OSError:
+        raise PackError(f"{pack_dir / LICENSE_FILE}: missing or unreadable; a published pack states its "
+                        "licence (add the file, or pass --licence)") from None
+    lines = [ln.strip() for ln in text.splitlines()]
     text = [ln for ln in lines if ln and not set(ln) <= set("=-")]
     return (text[0] if text else "see MODEL.LICENSE") + " (MODEL.LICENSE in the pack)"
 
@@ -64,12 +69,12 @@ def publish_pack(pack_dir, url_base: str, out, *, licence: str | None = None) ->
     pack_dir = Path(os.path.expanduser(str(pack_dir))).resolve()
     if not str(url_base).startswith(("https://", "http://")):
         raise PackError(f"--url-base {url_base!r}: must be an http(s) URL (where OUT's files will be served)")
-    pack = load_pack(pack_dir)
+    pack = load_pack(pack_dir)  # every checksum verified before anything is published
     name = pack.name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"{name}.zip"
-    pack_zip(pack_dir, name, archive)
+    pack_zip(pack, archive)
     digest, size = sha256_file(archive), archive.stat().st_size
     build = pack.manifest["bfm"].get("build")
     entry = {
