@@ -104,6 +104,8 @@ def _onnx_architecture(path: Path) -> tuple:
 
 def _pth_architecture(path: Path) -> tuple:
     """The arcface_torch backbone whose parameter names and shapes the state dict matches."""
+    import torch
+
     from ..nets import get_backbone
     from ..train.model import initial_weights
     from ..train.recipe import BACKBONES
@@ -115,7 +117,8 @@ def _pth_architecture(path: Path) -> tuple:
     size = int(fc[-1].shape[0])
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for name in BACKBONES:
-        net = get_backbone(name, embedding_size=size)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation (r100 is 65M weights)
+            net = get_backbone(name, embedding_size=size)
         if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
             return _arch_overrides({"backbone": name}, size)
     raise PackError(f"--base {path}: the state dict fits none of the backbones {', '.join(BACKBONES)}")
