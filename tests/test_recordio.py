@@ -72,6 +72,10 @@ def test_round_trip_multipart_and_insightface_header(tmp_path):
         for k, (a, b) in enumerate([(1, 2), (2, 4), (4, 5)]):
             w.write_idx(5 + k, pack_header(IRHeader(0, [float(a), float(b)], 0, 0)))
         assert not rec.exists()  # atomic: nothing under the real name before close
+    from insightface_bfm.atomic import current_umask
+
+    for written in (rec, idx):  # the mode a plain open() gives, not mkstemp's private 0600
+        assert written.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     raw = rec.read_bytes()
     assert raw.count(MAGIC_BYTES) > 8 + 4  # the split records are really multi-part on disk
     r = RecordIOReader(rec, idx)

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, current_umask
 from ..errors import DatasetError, ImageError, PackError
 from ..imaging import decode_image
 from .dataset import IMAGE_SIZE, FaceDataset, fit_aligned_crop
@@ -305,6 +305,7 @@ class RecordIOWriter:
     @staticmethod
     def _tmp(path: Path, mode: str):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 -> the mode a plain open() gives
         return os.fdopen(fd, mode, **({"newline": "\n", "encoding": "ascii"} if "b" not in mode else {})), tmp
 
     def tell(self) -> int:
