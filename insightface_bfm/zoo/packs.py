@@ -83,6 +83,9 @@ def resolve_pack_dir(name, root=None) -> Path:
     direct = Path(os.path.expanduser(str(name)))
     if direct.is_dir():
         return direct.resolve()
+    if not _MODEL_ID.fullmatch(str(name)):  # a path, not a pack name: nothing to build or download
+        raise PackError(f"pack {name!r}: no such pack folder (give a pack folder, or the name of a pack "
+                        f"installed under {resolve_root(root) / 'models'})")
     candidate = resolve_root(root) / "models" / str(name)
     if candidate.is_dir():
         return candidate.resolve()
