@@ -24,6 +24,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, ImageError
 from ..imaging import collect_images, encode_image, read_image
+from ..matching import l2_normalize
 from ..runtime import ALIGNED_SIZE
 
 
@@ -66,8 +67,7 @@ def face_record(face, *, embedding: bool = False) -> dict:
         "extractor": face["extractor"],
     }
     if embedding:
-        emb = np.asarray(face["embedding"], dtype=np.float32)
-        record["embedding"] = [round(float(v), 6) for v in emb / np.linalg.norm(emb)]
+        record["embedding"] = [round(float(v), 6) for v in l2_normalize(face["embedding"])]
     return record
 
 

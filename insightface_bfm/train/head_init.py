@@ -76,6 +76,7 @@ def start_heads_at_centres(model, dataset, init, device="cpu", channels_last: bo
     A frozen E_F's head is never used in training, so it is left as it is. Returns log lines.
     """
     from ..nets import PartialFC
+    from .model import _onnx_path
 
     done = []
     computed = {}
@@ -88,11 +89,12 @@ def start_heads_at_centres(model, dataset, init, device="cpu", channels_last: bo
         if tuple(head.weight.shape) != (model.num_classes, model.embedding_size):
             raise BFMError(f"init.head centres: {head_name} weight has shape {tuple(head.weight.shape)}")
         spec = getattr(init, net_name)
-        if spec is not None and spec.startswith("onnx:"):
-            if spec not in computed:
-                computed[spec] = class_centres(onnx_embedder(spec[5:]), dataset, model.num_classes,
-                                               progress=progress)
-            centres = computed[spec]
+        onnx_file = _onnx_path(spec) if spec is not None else None  # onnx:PATH, or mxnet: converted
+        if onnx_file is not None:
+            if onnx_file not in computed:
+                computed[onnx_file] = class_centres(onnx_embedder(onnx_file), dataset, model.num_classes,
+                                                    progress=progress)
+            centres = computed[onnx_file]
         else:
             centres = class_centres(torch_embedder(net, device, channels_last), dataset, model.num_classes,
                                     progress=progress)
