@@ -6,6 +6,16 @@ package never imports torch.
 """
 
 from .render import check_kps, render_mask
-from .styles import MASK_TYPES, PATTERNS, MaskStyle, check_types, random_style
+from .styles import (
+    MASK_FAMILIES,
+    MASK_TYPES,
+    PATTERNS,
+    MaskStyle,
+    check_types,
+    family_of,
+    random_style,
+    types_without,
+)
 
-__all__ = ["MASK_TYPES", "PATTERNS", "MaskStyle", "check_kps", "check_types", "random_style", "render_mask"]
+__all__ = ["MASK_FAMILIES", "MASK_TYPES", "PATTERNS", "MaskStyle", "check_kps", "check_types", "family_of",
+           "random_style", "render_mask", "types_without"]

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MASK_TYPES = ("surgical", "n95", "kn95", "cloth", "dark")
+# Mask kinds by family (how masks are made), for choosing kinds by family and for the
+# leave-one-family-out test of generalisation to masks not seen in training
+# (benchmarks/mask_families.py).
+MASK_FAMILIES = {
+    "medical": ("surgical",),  # pleated surgical masks
+    "respirator": ("n95", "kn95"),  # moulded cups and folded KN95s
+    "fabric": ("cloth", "dark"),  # flat cloth masks, plain or printed, and dark ones
+}
+MASK_TYPES = tuple(t for types in MASK_FAMILIES.values() for t in types)
 PATTERNS = ("plain", "checks", "stripes", "dots", "noise")
 
 
@@ -177,16 +185,37 @@ class MaskStyle:
 
 
 def check_types(types) -> tuple[str, ...]:
-    """Validate a selection of mask types; None means all of them."""
+    """Validate a selection of mask types: names of ``MASK_TYPES`` or of ``MASK_FAMILIES``
+    (expanded to their types), a list or a comma-separated string; None means all of them."""
     if types is None:
         return MASK_TYPES
     if isinstance(types, str):
-        types = [t for t in types.split(",") if t]
-    types = tuple(types)
-    bad = [t for t in types if t not in MASK_TYPES]
-    if bad or not types:
-        raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(MASK_TYPES)}")
-    return types
+        types = [t.strip() for t in types.split(",") if t.strip()]
+    out = []
+    for t in types:
+        for kind in MASK_FAMILIES.get(t, (t,)):
+            if kind not in out:
+                out.append(kind)
+    bad = [t for t in out if t not in MASK_TYPES]
+    if bad or not out:
+        raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(MASK_TYPES)} "
+                         f"or families {list(MASK_FAMILIES)}")
+    return tuple(out)
+
+
+def family_of(mask_type: str) -> str:
+    """The family (a key of ``MASK_FAMILIES``) of one mask type."""
+    for family, types in MASK_FAMILIES.items():
+        if mask_type in types:
+            return family
+    raise ValueError(f"mask type {mask_type!r}: expected one of {list(MASK_TYPES)}")
+
+
+def types_without(family: str) -> tuple[str, ...]:
+    """Every mask type but those of one family: the training side of a leave-one-family-out test."""
+    if family not in MASK_FAMILIES:
+        raise ValueError(f"mask family {family!r}: expected one of {list(MASK_FAMILIES)}")
+    return tuple(t for t in MASK_TYPES if t not in MASK_FAMILIES[family])
 
 
 def _pick(seq, x: float):

@@ -62,12 +62,16 @@ def _embed_all(model: BFMModel, images: torch.Tensor, batch_size: int, device) -
 
 
 def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10, batch_size: int = 128,
-                     seed: int = 1234, device="cpu", mask_types=None) -> dict:
+                     seed: int = 1234, device="cpu", mask_types=None, route: str = "classifier") -> dict:
     """Accuracy per case on held-out identities (``dataset``: a FaceDataset or an open_dataset path).
 
-    Returns ``{"case1": {"accuracy", "std", "routed_partial"}, ..., "classifier_accuracy", "pairs"}``;
-    ``routed_partial`` is the share of pairs a BFM model sent to E_P.
+    Returns ``{"case1": {"accuracy", "std", "routed_partial"}, ..., "classifier_accuracy",
+    "classifier_recall", "classifier_specificity", "pairs"}``; ``routed_partial`` is the share of
+    pairs a BFM model sent to E_P. ``route``: "classifier" (the paper's rule, C decides), "truth"
+    (the true mask state decides: what a perfect C would do) or "partial" (E_P for every pair).
     """
+    if route not in ("classifier", "truth", "partial"):
+        raise ValueError(f"route must be classifier, truth or partial, got {route!r}")
     from ..data import open_dataset
     from ..masks.batched import MaskAugment
     from .trainer import to_network_tensor
@@ -103,8 +107,10 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
     if plain["p_masked"] is not None:
         said = np.concatenate([plain["p_masked"] < 0.5, cover["p_masked"] >= 0.5])
         result["classifier_accuracy"] = float(said.mean())
+        result["classifier_recall"] = float(np.mean(cover["p_masked"] >= 0.5))
+        result["classifier_specificity"] = float(np.mean(plain["p_masked"] < 0.5))
     else:
-        result["classifier_accuracy"] = None
+        result["classifier_accuracy"] = result["classifier_recall"] = result["classifier_specificity"] = None
     for case, (emb_a, emb_b, truth_a, truth_b) in {
         1: (plain, plain, False, False),
         2: (plain, cover, False, True),
@@ -115,9 +121,11 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
             partial = np.zeros(len(a), dtype=bool)
         else:
             # the paper's rule: either face classified masked -> both through E_P
-            if emb_a["p_masked"] is not None:
+            if route == "partial":
+                partial = np.ones(len(a), dtype=bool)
+            elif emb_a["p_masked"] is not None and route == "classifier":
                 partial = (emb_a["p_masked"][a] >= 0.5) | (emb_b["p_masked"][b] >= 0.5)
-            else:  # no classifier in this model: the true mask state routes
+            else:  # asked for, or no classifier in this model: the true mask state routes
                 partial = np.full(len(a), truth_a or truth_b)
             ea = np.where(partial[:, None], emb_a["partial"][a], emb_a["full"][a])
             eb = np.where(partial[:, None], emb_b["partial"][b], emb_b["full"][b])

@@ -66,10 +66,18 @@ class DataSection:
     # Image folder, insightface RecordIO dir or .rec, or "synthetic:N_IDS:IMGS_PER_ID[:SEED]".
     path: str | None = None
     num_workers: int = _opt(4, min=0)
-    # Mask types drawn on the fly (None = all of insightface_bfm.masks.MASK_TYPES).
+    # Mask types drawn on the fly: names of insightface_bfm.masks.MASK_TYPES or MASK_FAMILIES
+    # (None = every type).
     mask_types: list[str] | None = None
     # Probability that the "masked x" of a pair really gets a mask (the paper: every one).
     mask_prob: float = _opt(1.0, min=0.0, max=1.0)
+    # Where the masks sit: MaskAugment draws them at the ArcFace template's 5 points moved by a
+    # random similarity and per-point noise of this many pixels (1.0 = the default). Real faces
+    # are not all at the template (pose, detector error), and a classifier trained on masks at
+    # exactly one place misses real ones; larger values place masks more variously.
+    mask_kps_jitter: float = _opt(1.0, min=0.0)
+    # Share of masks worn low (under the nose), as people do (random_style's worn_low). 0 = none.
+    mask_worn_low: float = _opt(0.0, min=0.0, max=1.0)
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
     flip: bool = True
     # Share of the mask classifier's inputs given generic photo variation (exposure, grey, blur,
@@ -370,11 +378,12 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
     if r.optim.milestones != sorted(r.optim.milestones):
         fail(f"'optim.milestones' must be increasing, got {r.optim.milestones}")
     if r.data.mask_types is not None:
-        from ..masks import MASK_TYPES
+        from ..masks import MASK_FAMILIES, MASK_TYPES
 
         for i, kind in enumerate(r.data.mask_types):
-            if kind not in MASK_TYPES:
-                fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
+            if kind not in MASK_TYPES and kind not in MASK_FAMILIES:
+                fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)} or a family "
+                     f"({', '.join(MASK_FAMILIES)}), got {kind!r}")
     if r.init.trainable is not None and r.init.trainable_share is not None:
         fail("give either 'init.trainable' (name patterns) or 'init.trainable_share', not both")
     if r.init.freeze_full and r.init.full is None and r.mode == "bfm":

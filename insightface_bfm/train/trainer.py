@@ -209,7 +209,9 @@ class Trainer:
         # masks the same masks, so a comparison with one seed differs only by the method.
         from ..masks.batched import MaskAugment
 
-        self.mask_augment = MaskAugment(types=recipe.data.mask_types, p=recipe.data.mask_prob).to(self.device)
+        d = recipe.data
+        self.mask_augment = MaskAugment(types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
+                                        worn_low=d.mask_worn_low).to(self.device)
         aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
         self.photo_variation = PhotoVariation(aug) if aug > 0 else None
         self.generators = {}

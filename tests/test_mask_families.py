@@ -1,0 +1,140 @@
+"""Mask families, where the trainer puts its masks, and the leave-one-family-out proxy."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+
+from insightface_bfm.errors import BFMError
+from insightface_bfm.masks import MASK_FAMILIES, MASK_TYPES, check_types, family_of, types_without
+from insightface_bfm.masks.batched import MaskAugment
+from insightface_bfm.train.recipe import Recipe
+from insightface_bfm.train.trainer import Trainer
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_families_partition_the_types():
+    listed = [t for types in MASK_FAMILIES.values() for t in types]
+    assert sorted(listed) == sorted(MASK_TYPES) and len(set(listed)) == len(listed)
+    for family, types in MASK_FAMILIES.items():
+        assert check_types([family]) == types
+        assert all(family_of(t) == family for t in types)
+        rest = types_without(family)
+        assert set(rest) == set(MASK_TYPES) - set(types) and rest
+    assert check_types("respirator,surgical,n95") == ("n95", "kn95", "surgical")  # expanded, no repeats
+    with pytest.raises(ValueError, match="families"):
+        check_types(["scarf"])
+    with pytest.raises(ValueError, match="mask family 'wrap'"):
+        types_without("wrap")
+    with pytest.raises(ValueError, match="mask type 'hand'"):
+        family_of("hand")
+
+
+def test_mask_augment_draws_only_the_family_asked_for():
+    g = torch.Generator().manual_seed(0)
+    aug = MaskAugment(types=["respirator"])
+    style = aug.sample_styles(200, generator=g)
+    drawn = {MASK_TYPES[i] for i in style["type"].tolist()}
+    assert drawn == set(MASK_FAMILIES["respirator"])
+
+
+def _recipe(tmp_path, **data):
+    return Recipe.from_dict({
+        "mode": "bfm",
+        "model": {"backbone": "r18", "embedding_size": 16, "s": 16.0, "m": 0.2,
+                  "backbone_options": {"width": 0.0625, "layers": [1, 1, 1, 1]}},
+        "data": {"path": "synthetic:4:2:0", "num_workers": 0, **data},
+        "optim": {"batch_size": 4, "epochs": 1, "milestones": []},
+        "train": {"output": str(tmp_path / "run"), "progress": False},
+    })
+
+
+def test_recipe_places_the_trainers_masks(tmp_path):
+    trainer = Trainer(_recipe(tmp_path, mask_types=["fabric"], mask_kps_jitter=3.0, mask_worn_low=0.25))
+    aug = trainer.mask_augment
+    assert (aug.types, aug.kps_jitter, aug.worn_low) == (("cloth", "dark"), 3.0, 0.25)
+    default = Trainer(_recipe(tmp_path)).mask_augment
+    assert (default.types, default.kps_jitter, default.worn_low) == (MASK_TYPES, 1.0, 0.0)
+    for bad, match in (({"mask_kps_jitter": -1}, r"data\.mask_kps_jitter"),
+                       ({"mask_worn_low": 1.5}, r"data\.mask_worn_low"),
+                       ({"mask_types": ["wrap"]}, r"data\.mask_types\[0\]' must be one of .* or a family")):
+        with pytest.raises(BFMError, match=match):
+            _recipe(tmp_path, **bad)
+
+
+def test_jitter_spreads_where_the_masks_sit():
+    # the masks' horizontal centre varies more across samples with a larger jitter
+    x = torch.zeros(64, 3, 112, 112)
+
+    def centres(jitter):
+        _, region = MaskAugment(kps_jitter=jitter)(x, generator=torch.Generator().manual_seed(1))
+        cols = region[:, 0].sum(dim=1)  # (B, W): coverage per column
+        return (cols * torch.arange(112.0)).sum(1) / cols.sum(1)
+
+    assert centres(3.0).std() > 2.0 * centres(1.0).std()
+    assert centres(0.0).std() < 0.5 * centres(1.0).std()
+
+
+def test_holdout_routes(tmp_path):
+    from insightface_bfm.train.holdout import evaluate_holdout
+
+    trainer = Trainer(_recipe(tmp_path))
+    settings = {"pairs": 20, "folds": 2, "batch_size": 8}
+    by_route = {route: evaluate_holdout(trainer.model, "synthetic:4:3:5", route=route, **settings)
+                for route in ("classifier", "truth", "partial")}
+    assert [by_route["truth"][f"case{c}"]["routed_partial"] for c in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    assert [by_route["partial"][f"case{c}"]["routed_partial"] for c in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    # the same E_P embeddings in cases 2 and 3 whether the truth or "always E_P" routes
+    for c in (2, 3):
+        assert by_route["truth"][f"case{c}"] == by_route["partial"][f"case{c}"]
+    r = by_route["classifier"]
+    assert 0.0 <= r["classifier_recall"] <= 1.0 and 0.0 <= r["classifier_specificity"] <= 1.0
+    balanced = (r["classifier_recall"] + r["classifier_specificity"]) / 2
+    assert r["classifier_accuracy"] == pytest.approx(balanced)
+    with pytest.raises(ValueError, match="route"):
+        evaluate_holdout(trainer.model, "synthetic:4:3:5", route="oracle", **settings)
+
+
+def test_contact_sheet_shows_every_kind():
+    lfw = shared_path("data", "lfw112", "landmarks.tsv").parent
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from mask_contact_sheet import LABEL_W, contact_sheet, pick_faces
+
+    sheet = contact_sheet(lfw, faces=2, seed=0)
+    rows = 2 * len(MASK_TYPES) + 2
+    assert sheet.shape == (112 * rows, LABEL_W + 2 * 112, 3)
+    bare = np.concatenate(pick_faces(lfw, 2)[0], 1)
+    for r in range(rows):  # every row masks the lower face of both faces and leaves the eyes
+        row = sheet[112 * r: 112 * (r + 1), LABEL_W:].astype(int)
+        assert np.abs(row[80:100] - bare[80:100]).mean() > 20, r
+        assert np.abs(row[40:50] - bare[40:50]).mean() < 3, r
+
+
+def test_leave_one_family_out_smoke(tmp_path):
+    shared_path("data", "rmfd_dev")
+    shared_path("models", "mobilefacenet_128.onnx")
+    out = tmp_path / "lofo"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mask_families.py"), "--out", str(out), "--threads", "1",
+           "--max-ids", "8", "--val-ids", "6", "--pairs", "16", "--max-rmfd", "3", "--families", "medical",
+           "--set", "train.max_steps=1", "--set", "optim.batch_size=4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    models = results["models"]
+    assert set(models) == {"all", "medical"}
+    assert models["medical"]["trained_on"] == list(types_without("medical"))
+    assert models["all"]["trained_on"] == "every family"
+    for row in models.values():
+        assert set(row["families"]) == set(MASK_FAMILIES)
+    assert results["data"]["people_overlap_with_devtest"] == 0
+    assert "| medical |" in (out / "results.md").read_text()
+    # a second run reuses what it measured
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("measured before, reused") == 2
