@@ -9,10 +9,14 @@ crops (``../shared/data/lfw112``, people of LFW's DevTrain split): each crop onc
 * real masks: the photos of ``../shared/data/rmfd_dev`` (RMFD), detected with SCRFD and aligned
   with ``face_align.norm_crop``: recall = share of faces called masked.
 
-Nothing is tuned on RMFD: it is only read for the final measurement. Runs on 2 CPU threads in a
-few minutes:
+Runs on 2 CPU threads in a few minutes:
 
     python benchmarks/mask_realism.py [--train 3000] [--epochs 3] [--json out.json]
+    python benchmarks/mask_realism.py --trainer-masks 4 --worn-low 0   # C as the trainer trains it
+
+The second form trains C the way ``bfm-train`` does in the real-faces recipe (the batched
+``MaskAugment`` at the template with ``data.mask_kps_jitter``, SGD): it is how that recipe's
+jitter was chosen, so RMFD here is a development set (rmfd_dev), not a held-out test.
 """
 
 from __future__ import annotations
@@ -114,8 +118,55 @@ def predict(model, images, torch, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
+def train_per_image(model, train, train_pts, rng, epochs, worn_low, log, torch):
+    """C on the per-image renderer at each crop's own points, with photo jitter (Adam, fresh masks
+    each epoch)."""
+    t0 = time.perf_counter()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    for epoch in range(epochs):
+        x, y = make_pairs(train, train_pts, rng, jitter=True, worn_low=worn_low)  # fresh masks each epoch
+        order = rng.permutation(len(x))
+        model.train()
+        total = 0.0
+        for i in range(0, len(order), 64):
+            idx = order[i:i + 64]
+            if len(idx) < 2:
+                continue
+            logits = model(torch.from_numpy(to_network_input(x[idx])))
+            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} ({time.perf_counter() - t0:.0f} s)")
+
+
+def train_like_trainer(model, train, rng, steps, kps_jitter, worn_low, seed, log, torch):
+    """C as ``bfm-train`` trains it in the real-faces recipe: batches of 64 crops, each bare and
+    with a mask from the trainer's ``MaskAugment`` (template points, ``kps_jitter``), SGD at lr 1e-2
+    (momentum 0.9, weight decay 5e-4), ``steps`` steps."""
+    from insightface_bfm.masks.batched import MaskAugment
+
+    t0 = time.perf_counter()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+    augment = MaskAugment(kps_jitter=kps_jitter, worn_low=worn_low)
+    generator = torch.Generator().manual_seed(seed)
+    crops = np.stack(train)
+    model.train()
+    for step in range(steps):
+        x = torch.from_numpy(to_network_input(crops[rng.choice(len(crops), 64, replace=False)]))
+        masked, _ = augment(x, generator=generator)
+        y = torch.cat([torch.zeros(len(x), dtype=torch.long), torch.ones(len(x), dtype=torch.long)])
+        loss = torch.nn.functional.cross_entropy(model(torch.cat([x, masked])), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            log(f"step {step + 1}/{steps}: loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+
+
 def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, log=print,
-        misses_png=None, worn_low=0.1) -> dict:
+        misses_png=None, worn_low=0.1, trainer_masks=None, steps=300) -> dict:
     import torch
 
     from insightface_bfm.nets import MaskClassifier
@@ -134,23 +185,10 @@ def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, lo
     test_pts = [table.get(n, ARCFACE_KPS) for n in test_names]
 
     model = MaskClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    for epoch in range(epochs):
-        x, y = make_pairs(train, train_pts, rng, jitter=True, worn_low=worn_low)  # fresh masks each epoch
-        order = rng.permutation(len(x))
-        model.train()
-        total = 0.0
-        for i in range(0, len(order), 64):
-            idx = order[i:i + 64]
-            if len(idx) < 2:
-                continue
-            logits = model(torch.from_numpy(to_network_input(x[idx])))
-            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} ({time.perf_counter() - t0:.0f} s)")
+    if trainer_masks is not None:
+        train_like_trainer(model, train, rng, steps, trainer_masks, worn_low, seed, log, torch)
+    else:
+        train_per_image(model, train, train_pts, rng, epochs, worn_low, log, torch)
 
     xs, ys = make_pairs(test, test_pts, np.random.default_rng(seed + 1), jitter=False)
     pred = predict(model, xs, torch)
@@ -171,6 +209,7 @@ def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, lo
     real = {"photos": photos, "faces": int(len(crops)), "no_face": missed,
             "masked_recall": float(real_pred.mean())}
     return {"train_images": 2 * len(train), "epochs": epochs, "worn_low": worn_low,
+            "trainer_masks": trainer_masks, "steps": steps if trainer_masks is not None else None,
             "synthetic_heldout": synthetic, "rmfd_real": real, "seconds": time.perf_counter() - t0}
 
 
@@ -184,11 +223,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worn-low", type=float, default=0.1,
                     help="share of training masks worn under the nose (people do; 0 = all cover it)")
+    ap.add_argument("--trainer-masks", type=float, metavar="JITTER",
+                    help="train C as the real-faces recipe does instead: the trainer's batched MaskAugment "
+                         "at the template with this data.mask_kps_jitter, SGD lr 1e-2, --steps batches of 64")
+    ap.add_argument("--steps", type=int, default=300, help="with --trainer-masks: SGD steps")
     ap.add_argument("--json")
     ap.add_argument("--misses", help="write a contact sheet (PNG) of the real masked faces called bare")
     args = ap.parse_args()
     r = run(args.train, args.test, args.epochs, args.det_size, args.seed, args.threads,
-            misses_png=args.misses, worn_low=args.worn_low)
+            misses_png=args.misses, worn_low=args.worn_low, trainer_masks=args.trainer_masks,
+            steps=args.steps)
     s, q = r["synthetic_heldout"], r["rmfd_real"]
     print(f"synthetic held-out ({s['images']} crops, unseen people): accuracy {s['accuracy']:.2%}, "
           f"masked recall {s['masked_recall']:.2%}, unmasked specificity {s['unmasked_specificity']:.2%}")
