@@ -7,8 +7,9 @@ then the pack used as an app would, in a new process.
 The build is the exact command of the README (run as a subprocess: the user's command, with its
 progress bars and its printed held-out table); its wall time, CPU time and the load average before
 and after go to ``R/build_lfw.json``. The check, in a fresh interpreter:
-``FaceAnalysis(name="bfm-lfw", root=R)`` on insightface's ``t1.jpg`` (6 faces), and ``app.verify``
-on two LFW photos of one person and of two people, answered with the pack's own threshold.
+``FaceAnalysis(name="bfm-lfw", root=R)`` on insightface's ``t1.jpg`` (6 faces), ``app.verify``
+on two LFW photos of one person and of two people, answered with the pack's own threshold, and
+``app.get`` on the real masked photos of ``rmfd_dev`` (the share of largest faces called masked).
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ faces = app.get(t1)
 same = [cv2.imread(str(p)) for p in sorted((raw / "Abdullah_Gul").glob("*.jpg"))[:2]]
 other = cv2.imread(str(sorted((raw / "Al_Pacino").glob("*.jpg"))[0]))
 r_same, r_other = app.verify(same[0], same[1]), app.verify(same[0], other)
+# C on real masks, the way an app meets them: every RMFD photo through app.get, its largest face
+rmfd, called, found = sorted(Path(sys.argv[3]).rglob("*.jpg")), 0, 0
+for p in rmfd:
+    got = app.get(cv2.imread(str(p)))
+    if got:
+        found += 1
+        called += bool(max(got, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])).masked)
 print(json.dumps({
+    "rmfd_photos": len(rmfd), "rmfd_faces_found": found, "rmfd_called_masked": called,
+    "rmfd_recall": called / max(found, 1),
     "t1_faces": len(faces),
     "t1_masked": [bool(f.masked) for f in faces],
     "pack_threshold": app.pack.thresholds.verification_distance,
@@ -59,7 +69,8 @@ def command(root: Path) -> list[str]:
 
 def check(root: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", CHECK, str(root), str(SHARED / "data" / "lfw_raw")],
+    r = subprocess.run([sys.executable, "-c", CHECK, str(root), str(SHARED / "data" / "lfw_raw"),
+                        str(SHARED / "data" / "rmfd_dev")],
                        capture_output=True, text=True, env=env, check=False)
     if r.returncode:
         raise SystemExit(f"check failed:\n{r.stderr[-3000:]}")
