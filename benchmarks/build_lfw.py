@@ -41,9 +41,12 @@ same = [cv2.imread(str(p)) for p in sorted((raw / "Abdullah_Gul").glob("*.jpg"))
 other = cv2.imread(str(sorted((raw / "Al_Pacino").glob("*.jpg"))[0]))
 r_same, r_other = app.verify(same[0], same[1]), app.verify(same[0], other)
 # C on real masks, the way an app meets them: every RMFD photo through app.get, its largest face
-rmfd, called, found = sorted(Path(sys.argv[3]).rglob("*.jpg")), 0, 0
-for p in rmfd:
-    got = app.get(cv2.imread(str(p)))
+from insightface_bfm.imaging import list_image_files
+rmfd, called, found = list_image_files(sys.argv[3]), 0, 0
+if not rmfd:
+    raise SystemExit(f"{sys.argv[3]}: no photos (rmfd_dev of ../shared)")
+for rel in rmfd:
+    got = app.get(cv2.imread(str(Path(sys.argv[3]) / rel)))
     if got:
         found += 1
         called += bool(max(got, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])).masked)

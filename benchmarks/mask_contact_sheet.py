@@ -3,9 +3,9 @@
 Rows, labelled on the left with the kind, its family and the renderer: each kind of
 ``MASK_TYPES`` by the per-image ``render_mask`` (numpy, at each crop's own 5 points from
 ``landmarks.tsv`` through the alignment) and by the trainer's batched ``MaskAugment`` (torch, at
-the template with its default jitter); then the trainer's placements that the real-faces recipes
-add: masks worn low (``data.mask_worn_low``) and placed off the template
-(``data.mask_kps_jitter: 3``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread
+the template with its default jitter); then two more placements of the trainer: masks worn low
+(``data.mask_worn_low``) and masks placed off the template as the real-faces and build recipes
+place them (``data.mask_kps_jitter: 4``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread
 over the set, a fresh random style each. Writes a PNG atomically:
 
     python benchmarks/mask_contact_sheet.py --out /tmp/mask_sheet.png [--faces 8] [--seed 0]
@@ -76,8 +76,8 @@ def contact_sheet(root=LFW, faces: int = 8, seed: int = 0, with_torch: bool = Tr
     if with_torch:
         worn_low = torch_row(crops, None, seed + 1, worn_low=1.0)
         rows.append(label(worn_low, "worn low\n(every kind)\nMaskAugment"))
-        off_template = torch_row(crops, None, seed + 2, kps_jitter=3.0)
-        rows.append(label(off_template, "off template\n(jitter 3)\nMaskAugment"))
+        off_template = torch_row(crops, None, seed + 2, kps_jitter=4.0)
+        rows.append(label(off_template, "off template\n(jitter 4)\nMaskAugment"))
     return np.concatenate(rows, 0)
 
 

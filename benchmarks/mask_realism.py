@@ -154,7 +154,8 @@ def train_like_trainer(model, train, rng, steps, kps_jitter, worn_low, seed, log
     crops = np.stack(train)
     model.train()
     for step in range(steps):
-        x = torch.from_numpy(to_network_input(crops[rng.choice(len(crops), 64, replace=False)]))
+        batch = rng.choice(len(crops), min(64, len(crops)), replace=False)
+        x = torch.from_numpy(to_network_input(crops[batch]))
         masked, _ = augment(x, generator=generator)
         y = torch.cat([torch.zeros(len(x), dtype=torch.long), torch.ones(len(x), dtype=torch.long)])
         loss = torch.nn.functional.cross_entropy(model(torch.cat([x, masked])), y)

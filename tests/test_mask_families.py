@@ -28,13 +28,47 @@ def test_families_partition_the_types():
         assert all(family_of(t) == family for t in types)
         rest = types_without(family)
         assert set(rest) == set(MASK_TYPES) - set(types) and rest
-    assert check_types("respirator,surgical,n95") == ("n95", "kn95", "surgical")  # expanded, no repeats
+    # expanded in place; a repeated type keeps its weight, as plain type lists always did
+    assert check_types("respirator,surgical,n95") == ("n95", "kn95", "surgical", "n95")
     with pytest.raises(ValueError, match="families"):
         check_types(["scarf"])
     with pytest.raises(ValueError, match="mask family 'wrap'"):
         types_without("wrap")
     with pytest.raises(ValueError, match="mask type 'hand'"):
         family_of("hand")
+
+
+def test_masked_pair_plans_and_bfm_mask_take_families(tmp_path):
+    from click.testing import CliRunner
+
+    from insightface_bfm.cli import main
+    from insightface_bfm.errors import DatasetError
+    from insightface_bfm.evaluation.masked_pairs import plan_masks
+
+    names = [f"p{i}.jpg" for i in range(40)]
+    plan = plan_masks(names, names, "both", seed=0, types=["fabric"])
+    assert plan["types"] == ["cloth", "dark"]
+    assert {e["style"]["type"] for e in plan["entries"]} == {"cloth", "dark"}
+    with pytest.raises(DatasetError, match="families"):
+        plan_masks(names, names, "one", types=["scarf"])
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    import cv2
+    for i in range(6):
+        cv2.imwrite(str(src / f"{i}.jpg"), np.full((112, 112, 3), 120, np.uint8))
+    args = ["mask", str(tmp_path / "src"), str(tmp_path / "dst"), "--types", "respirator"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (tmp_path / "dst" / "mask_manifest.jsonl").read_text().splitlines()]
+    drawn = {f["style"]["type"] for x in lines[1:] for f in x.get("faces", [x])}
+    assert drawn <= set(MASK_FAMILIES["respirator"]) and drawn
+
+
+def test_mask_augment_checks_its_placement():
+    with pytest.raises(ValueError, match="kps_jitter"):
+        MaskAugment(kps_jitter=-1)
+    with pytest.raises(ValueError, match="worn_low"):
+        MaskAugment(worn_low=2)
 
 
 def test_mask_augment_draws_only_the_family_asked_for():
@@ -94,6 +128,13 @@ def test_holdout_routes(tmp_path):
     # the same E_P embeddings in cases 2 and 3 whether the truth or "always E_P" routes
     for c in (2, 3):
         assert by_route["truth"][f"case{c}"] == by_route["partial"][f"case{c}"]
+    # the route matters: with C answering "unmasked" for every face, the classifier routes nothing
+    # to E_P, the truth routes cases 2 and 3 there
+    model = trainer.model
+    model.mask_probability = lambda x: torch.zeros(len(x))
+    blind = evaluate_holdout(model, "synthetic:4:3:5", route="classifier", **settings)
+    assert [blind[f"case{c}"]["routed_partial"] for c in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert (blind["classifier_recall"], blind["classifier_specificity"]) == (0.0, 1.0)
     r = by_route["classifier"]
     assert 0.0 <= r["classifier_recall"] <= 1.0 and 0.0 <= r["classifier_specificity"] <= 1.0
     balanced = (r["classifier_recall"] + r["classifier_specificity"]) / 2
@@ -132,7 +173,7 @@ def test_leave_one_family_out_smoke(tmp_path):
     assert models["medical"]["trained_on"] == list(types_without("medical"))
     assert models["all"]["trained_on"] == "every family"
     for row in models.values():
-        assert set(row["families"]) == set(MASK_FAMILIES)
+        assert set(row["families"]) == set(MASK_FAMILIES) and 0.0 <= row["c_specificity"] <= 1.0
     assert results["data"]["people_overlap_with_devtest"] == 0
     assert "| medical |" in (out / "results.md").read_text()
     # a second run reuses what it measured

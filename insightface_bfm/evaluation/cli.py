@@ -46,8 +46,8 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--mask-pairs", type=click.Choice(["one", "both"]),
               help="Put synthetic masks on the second face (one) or both faces (both) of every pair.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic masks.")
-@click.option("--mask-types", help="Comma-separated mask types to draw from (default: all of "
-              "surgical,n95,kn95,cloth,dark).")
+@click.option("--mask-types", help="Comma-separated mask types or families to draw from (default: all of "
+              "surgical,n95,kn95,cloth,dark; families medical, respirator, fabric).")
 @click.option("--mask-manifest", type=click.Path(exists=True, dir_okay=False),
               help="Rebuild the masked set saved in this manifest (from an earlier --out).")
 @click.option("--cases", type=click.Choice(["auto", "classifier", "labels", "none"]), default="auto",

@@ -31,11 +31,12 @@ def plan_masks(left: list[str], right: list[str], mode: str, seed: int = 0, type
     from ..masks import random_style
 
     if types is not None:
-        from ..masks import MASK_TYPES
+        from ..masks import check_types
 
-        unknown = [t for t in types if t not in MASK_TYPES]
-        if unknown or not types:
-            raise DatasetError(f"mask types {list(types)}: expected some of {', '.join(MASK_TYPES)}")
+        try:
+            types = check_types(types)  # family names stand for their types
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
     if mode not in MODES:
         raise DatasetError(f"mask mode {mode!r}: expected one of {', '.join(MODES)}")
     sides = (1,) if mode == "one" else (0, 1)

@@ -67,6 +67,10 @@ class MaskAugment(nn.Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"MaskAugment: p={p} is not a probability")
         self.p = float(p)
+        if kps_jitter < 0:
+            raise ValueError(f"MaskAugment: kps_jitter={kps_jitter} must be >= 0")
+        if not 0.0 <= worn_low <= 1.0:
+            raise ValueError(f"MaskAugment: worn_low={worn_low} is not a probability")
         self.kps_jitter = float(kps_jitter)
         self.worn_low = float(worn_low)  # share of masks pulled under the nose (see random_style)
         type_ids = [MASK_TYPES.index(t) for t in self.types]

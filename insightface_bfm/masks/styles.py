@@ -191,11 +191,7 @@ def check_types(types) -> tuple[str, ...]:
         return MASK_TYPES
     if isinstance(types, str):
         types = [t.strip() for t in types.split(",") if t.strip()]
-    out = []
-    for t in types:
-        for kind in MASK_FAMILIES.get(t, (t,)):
-            if kind not in out:
-                out.append(kind)
+    out = [kind for t in types for kind in MASK_FAMILIES.get(t, (t,))]  # repeats keep their weight
     bad = [t for t in out if t not in MASK_TYPES]
     if bad or not out:
         raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(MASK_TYPES)} "

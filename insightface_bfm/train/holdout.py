@@ -89,7 +89,9 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
     row = {int(i): r for r, i in enumerate(used)}
     images = to_network_tensor(torch.from_numpy(np.stack([samples[int(i)][0] for i in used])))
 
-    # one fixed mask per image, identical for every model evaluated with the same seed
+    # one fixed mask per image, identical for every model evaluated with the same seed; placed at
+    # the default jitter whatever the training recipe used, so runs with different placements are
+    # measured on the same masks
     masker = MaskAugment(types=mask_types, p=1.0)
     generator = torch.Generator().manual_seed(seed)
     masked = torch.cat([masker(images[i:i + batch_size], generator=generator)[0]
@@ -120,10 +122,10 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
             ea, eb = emb_a["full"][a], emb_b["full"][b]
             partial = np.zeros(len(a), dtype=bool)
         else:
-            # the paper's rule: either face classified masked -> both through E_P
             if route == "partial":
                 partial = np.ones(len(a), dtype=bool)
             elif emb_a["p_masked"] is not None and route == "classifier":
+                # the paper's rule: either face classified masked -> both through E_P
                 partial = (emb_a["p_masked"][a] >= 0.5) | (emb_b["p_masked"][b] >= 0.5)
             else:  # asked for, or no classifier in this model: the true mask state routes
                 partial = np.full(len(a), truth_a or truth_b)

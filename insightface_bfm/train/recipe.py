@@ -72,10 +72,11 @@ class DataSection:
     # Probability that the "masked x" of a pair really gets a mask (the paper: every one).
     mask_prob: float = _opt(1.0, min=0.0, max=1.0)
     # Where the masks sit: MaskAugment draws them at the ArcFace template's 5 points moved by a
-    # random similarity and per-point noise of this many pixels (1.0 = the default). Real faces
-    # are not all at the template (pose, detector error), and a classifier trained on masks at
-    # exactly one place misses real ones; larger values place masks more variously.
-    mask_kps_jitter: float = _opt(1.0, min=0.0)
+    # random similarity and point noise, scaled by this factor (1.0 = the default: up to 4 deg of
+    # rotation, 4% of scale and 1.5 px of shift, point noise of std 0.7 px; 0 = exactly the
+    # template). Real faces are not all at the template (pose, detector error), and a classifier
+    # trained on masks at exactly one place misses real ones; larger values place masks more variously.
+    mask_kps_jitter: float = _opt(1.0, min=0.0, max=10.0)
     # Share of masks worn low (under the nose), as people do (random_style's worn_low). 0 = none.
     mask_worn_low: float = _opt(0.0, min=0.0, max=1.0)
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
