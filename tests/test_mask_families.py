@@ -69,6 +69,25 @@ def test_mask_augment_checks_its_placement():
         MaskAugment(kps_jitter=-1)
     with pytest.raises(ValueError, match="worn_low"):
         MaskAugment(worn_low=2)
+    with pytest.raises(ValueError, match="colours"):
+        MaskAugment(colours="rainbow")
+
+
+def test_any_colours_spread_every_palette_over_every_shape():
+    n = 400
+
+    def darkest(colours):  # base colours of surgical masks: how dark does any get?
+        style = MaskAugment(types=["surgical"], colours=colours).sample_styles(
+            n, generator=torch.Generator().manual_seed(0))
+        return float(style["base"].mean(dim=1).min())
+
+    assert darkest("own") > 100  # surgical palettes: blue, white, green, pink
+    assert darkest("any") < 60   # with every type's colours some surgical masks are black
+    # the shapes are still the asked-for types, and the default draw is unchanged by the option
+    own = MaskAugment(types=["surgical"]).sample_styles(n, generator=torch.Generator().manual_seed(0))
+    anyc = MaskAugment(types=["surgical"], colours="any").sample_styles(
+        n, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(own["type"], anyc["type"]) and torch.equal(own["shape"], anyc["shape"])
 
 
 def test_mask_augment_draws_only_the_family_asked_for():
@@ -91,13 +110,15 @@ def _recipe(tmp_path, **data):
 
 
 def test_recipe_places_the_trainers_masks(tmp_path):
-    trainer = Trainer(_recipe(tmp_path, mask_types=["fabric"], mask_kps_jitter=3.0, mask_worn_low=0.25))
+    trainer = Trainer(_recipe(tmp_path, mask_types=["fabric"], mask_kps_jitter=3.0, mask_worn_low=0.25,
+                              mask_colours="any"))
     aug = trainer.mask_augment
-    assert (aug.types, aug.kps_jitter, aug.worn_low) == (("cloth", "dark"), 3.0, 0.25)
-    default = Trainer(_recipe(tmp_path)).mask_augment
-    assert (default.types, default.kps_jitter, default.worn_low) == (MASK_TYPES, 1.0, 0.0)
+    assert (aug.types, aug.kps_jitter, aug.worn_low, aug.colours) == (("cloth", "dark"), 3.0, 0.25, "any")
+    d = Trainer(_recipe(tmp_path)).mask_augment
+    assert (d.types, d.kps_jitter, d.worn_low, d.colours) == (MASK_TYPES, 1.0, 0.0, "own")
     for bad, match in (({"mask_kps_jitter": -1}, r"data\.mask_kps_jitter"),
                        ({"mask_worn_low": 1.5}, r"data\.mask_worn_low"),
+                       ({"mask_colours": "all"}, r"data\.mask_colours"),
                        ({"mask_types": ["wrap"]}, r"data\.mask_types\[0\]' must be one of .* or a family")):
         with pytest.raises(BFMError, match=match):
             _recipe(tmp_path, **bad)

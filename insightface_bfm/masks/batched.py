@@ -61,7 +61,8 @@ class MaskAugment(nn.Module):
     (its region is 0). ``generator`` (a ``torch.Generator``) makes the draw reproducible.
     """
 
-    def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0, worn_low: float = 0.0):
+    def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0, worn_low: float = 0.0,
+                 colours: str = "own"):
         super().__init__()
         self.types = check_types(types)
         if not 0.0 <= p <= 1.0:
@@ -71,6 +72,12 @@ class MaskAugment(nn.Module):
             raise ValueError(f"MaskAugment: kps_jitter={kps_jitter} must be >= 0")
         if not 0.0 <= worn_low <= 1.0:
             raise ValueError(f"MaskAugment: worn_low={worn_low} is not a probability")
+        if colours not in ("own", "any"):
+            raise ValueError(f"MaskAugment: colours={colours!r} must be 'own' or 'any'")
+        # "own": each type's own palette (surgical blue/white/green/pink, ...); "any": the colours
+        # of every type for every shape (black surgical masks, printed-colour KN95s exist), so that
+        # colour is not a cue of one family
+        self.colours = colours
         self.kps_jitter = float(kps_jitter)
         self.worn_low = float(worn_low)  # share of masks pulled under the nose (see random_style)
         type_ids = [MASK_TYPES.index(t) for t in self.types]
@@ -141,8 +148,12 @@ class MaskAugment(nn.Module):
         drift = self._randn((batch, 3, 3), generator, device)
         t_local = torch.clamp((r[:, 0] * len(self.types)).long(), max=len(self.types) - 1)
         t = self.type_ids.to(device)[t_local]
-        base = self._jitter(self._pick("palette", t, r[:, 1]), r[:, 2], drift[:, 0])
-        accent = self._jitter(self._pick("accent", t, r[:, 3]), r[:, 4], drift[:, 1])
+        tc = t
+        if self.colours == "any":  # an extra draw only then: the default stream stays as it was
+            u = self._rand((batch,), generator, device)
+            tc = torch.clamp((u * len(MASK_TYPES)).long(), max=len(MASK_TYPES) - 1)
+        base = self._jitter(self._pick("palette", tc, r[:, 1]), r[:, 2], drift[:, 0])
+        accent = self._jitter(self._pick("accent", tc, r[:, 3]), r[:, 4], drift[:, 1])
         valve = self._jitter(self._pick("valve", t, r[:, 5]), r[:, 6], drift[:, 2])
         pattern = torch.searchsorted(self.pattern_cdf[t], r[:, 7:8].contiguous()).squeeze(1)
         pattern = pattern.clamp(max=len(PATTERNS) - 1)

@@ -77,6 +77,10 @@ class DataSection:
     # template). Real faces are not all at the template (pose, detector error), and a classifier
     # trained on masks at exactly one place misses real ones; larger values place masks more variously.
     mask_kps_jitter: float = _opt(1.0, min=0.0, max=10.0)
+    # Colours of the trainer's masks: "own" (each type its own palette, the default) or "any" (every
+    # type drawn in the colours of all types: black surgical masks, coloured KN95s), so that colour
+    # is not the cue of one family.
+    mask_colours: str = _opt("own", choices=("own", "any"))
     # Share of masks worn low (under the nose), as people do (random_style's worn_low). 0 = none.
     mask_worn_low: float = _opt(0.0, min=0.0, max=1.0)
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.

@@ -211,7 +211,7 @@ class Trainer:
 
         d = recipe.data
         self.mask_augment = MaskAugment(types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
-                                        worn_low=d.mask_worn_low).to(self.device)
+                                        worn_low=d.mask_worn_low, colours=d.mask_colours).to(self.device)
         aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
         self.photo_variation = PhotoVariation(aug) if aug > 0 else None
         self.generators = {}
