@@ -383,10 +383,12 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
     if r.optim.milestones != sorted(r.optim.milestones):
         fail(f"'optim.milestones' must be increasing, got {r.optim.milestones}")
     if r.data.mask_types is not None:
-        from ..masks import MASK_FAMILIES, MASK_TYPES
+        from ..masks import MASK_FAMILIES, MASK_TYPES, check_types
 
         for i, kind in enumerate(r.data.mask_types):
-            if kind not in MASK_TYPES and kind not in MASK_FAMILIES:
+            try:
+                check_types([kind])
+            except ValueError:
                 fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)} or a family "
                      f"({', '.join(MASK_FAMILIES)}), got {kind!r}")
     if r.init.trainable is not None and r.init.trainable_share is not None:
