@@ -5,8 +5,9 @@ Rows, labelled on the left with the kind, its family and the renderer: each kind
 ``landmarks.tsv`` through the alignment) and by the trainer's batched ``MaskAugment`` (torch, at
 the template with its default jitter); then two more placements of the trainer: masks worn low
 (``data.mask_worn_low``) and masks placed off the template as the real-faces and build recipes
-place them (``data.mask_kps_jitter: 4``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread
-over the set, a fresh random style each. Writes a PNG atomically:
+place them (``data.mask_kps_jitter: 4``), also in any type's colours (``data.mask_colours:
+any``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread over the set, a fresh
+random style each. Writes a PNG atomically:
 
     python benchmarks/mask_contact_sheet.py --out /tmp/mask_sheet.png [--faces 8] [--seed 0]
 """
@@ -78,6 +79,8 @@ def contact_sheet(root=LFW, faces: int = 8, seed: int = 0, with_torch: bool = Tr
         rows.append(label(worn_low, "worn low\n(every kind)\nMaskAugment"))
         off_template = torch_row(crops, None, seed + 2, kps_jitter=4.0)
         rows.append(label(off_template, "off template\n(jitter 4)\nMaskAugment"))
+        any_colours = torch_row(crops, None, seed + 3, kps_jitter=4.0, colours="any")
+        rows.append(label(any_colours, "any colours\n(jitter 4)\nMaskAugment"))
     return np.concatenate(rows, 0)
 
 

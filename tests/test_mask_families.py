@@ -170,7 +170,7 @@ def test_contact_sheet_shows_every_kind():
     from mask_contact_sheet import LABEL_W, contact_sheet, pick_faces
 
     sheet = contact_sheet(lfw, faces=2, seed=0)
-    rows = 2 * len(MASK_TYPES) + 2
+    rows = 2 * len(MASK_TYPES) + 3
     assert sheet.shape == (112 * rows, LABEL_W + 2 * 112, 3)
     bare = np.concatenate(pick_faces(lfw, 2)[0], 1)
     for r in range(rows):  # every row masks the lower face of both faces and leaves the eyes
