@@ -49,13 +49,7 @@ def rmfd_crops(out: Path, limit: int | None = None) -> np.ndarray:
 
     aligned = out / f"rmfd_aligned_{limit or 'all'}"
     if not (aligned / "landmarks.tsv").is_file():
-        source = real_faces.RMFD
-        if limit:
-            source = out / "data" / f"rmfd_subset_{limit}"
-            for rel in list_image_files(real_faces.RMFD)[:limit]:
-                (source / rel).parent.mkdir(parents=True, exist_ok=True)
-                if not (source / rel).exists():
-                    os.symlink(real_faces.RMFD / rel, source / rel)
+        source = real_faces.rmfd_photos(out, limit)
         detector = load_detector(real_faces.DETECTOR, det_size=320, threshold=0.3)
         align_folder(source, aligned, detector, policy="largest", progress=False)
     return np.stack([read_image(aligned / p) for p in list_image_files(aligned)])

@@ -205,6 +205,20 @@ def evaluate_all(models: dict, pairs: Path, out: Path, log) -> dict:
     return results
 
 
+def rmfd_photos(out: Path, limit: int | None) -> Path:
+    """The RMFD photo folder, or (smoke runs) a folder of symlinks to its first ``limit`` photos."""
+    from insightface_bfm.imaging import list_image_files
+
+    if not limit:
+        return RMFD
+    subset = out / "data" / f"rmfd_subset_{limit}"
+    shutil.rmtree(subset, ignore_errors=True)
+    for rel in list_image_files(RMFD)[:limit]:
+        (subset / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(RMFD / rel, subset / rel)
+    return subset
+
+
 def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> dict:
     """C on synthetic masked DevTest faces (bare vs masked, the Case 3 manifest's faces) and on the
     real masked RMFD photos after detection + alignment (``bfm align``)."""
@@ -236,13 +250,7 @@ def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> d
         f"(recall {100 * synthetic['masked_recall']:.2f}%, "
         f"specificity {100 * synthetic['unmasked_specificity']:.2f}%)"
     )
-    rmfd = RMFD
-    if max_rmfd:  # smoke runs: the first photos only
-        rmfd = out / "data" / "rmfd_subset"
-        shutil.rmtree(rmfd, ignore_errors=True)
-        for rel in list_image_files(RMFD)[:max_rmfd]:
-            (rmfd / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(RMFD / rel, rmfd / rel)
+    rmfd = rmfd_photos(out, max_rmfd)
     aligned = out / "rmfd_aligned"
     shutil.rmtree(aligned, ignore_errors=True)
     detector = load_detector(DETECTOR, det_size=320, threshold=0.3)
