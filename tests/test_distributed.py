@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
 
 
-def recipe(out, mode="bfm"):
+def recipe(out, mode="bfm", classifier_steps=1):
     from insightface_bfm.train.recipe import Recipe
 
     return Recipe.from_dict({
@@ -35,7 +35,8 @@ def recipe(out, mode="bfm"):
         "model": {"backbone": "r18", "embedding_size": 16, "s": 16.0, "m": 0.2,
                   "backbone_options": {"width": 0.0625, "layers": [1, 1, 1, 1]}},
         "data": {"path": "synthetic:4:4:0", "num_workers": 0},
-        "optim": {"batch_size": GLOBAL_BATCH, "lr": 0.1, "clip_grad": 5.0},
+        "optim": {"batch_size": GLOBAL_BATCH, "lr": 0.1, "clip_grad": 5.0,
+                  "classifier_steps": classifier_steps},
         "init": {"freeze_bn": True},
         "train": {"output": str(out), "progress": False, "seed": 3},
     })
@@ -50,14 +51,14 @@ def global_batch():
     return x, x_masked, labels
 
 
-def one_step(out, mode):
+def one_step(out, mode, classifier_steps=1):
     """One optimizer step on this process's slice of the global batch.
 
     Returns (the weights before the step, the trainer after it)."""
     from insightface_bfm.data import open_dataset
     from insightface_bfm.train.trainer import Trainer
 
-    trainer = Trainer(recipe(out, mode), dataset=open_dataset("synthetic:4:4:0"))
+    trainer = Trainer(recipe(out, mode, classifier_steps), dataset=open_dataset("synthetic:4:4:0"))
     x, x_masked, labels = global_batch()
     rank, size = trainer.world.rank, trainer.sampler.local_batch
     part = slice(rank * size, (rank + 1) * size)
@@ -81,16 +82,21 @@ def test_sampler_splits_global_batches_across_ranks():
     assert list(single) != together  # a new order each epoch
 
 
-def test_two_process_gloo_step_equals_single_process_step(tmp_path):
-    torch.set_num_threads(1)
+def run_two_processes(out, classifier_steps=1):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(tmp_path)]
+           __file__, str(out), str(classifier_steps)]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+def test_two_process_gloo_step_equals_single_process_step(tmp_path):
+    torch.set_num_threads(1)
+    ranks = run_two_processes(tmp_path)
     before, trainer = one_step(tmp_path / "single", "bfm")
     single = trainer.model.state_dict()
     # the step moved every trainable parameter (C, E_F, E_P and both heads) and nothing else
@@ -98,18 +104,28 @@ def test_two_process_gloo_step_equals_single_process_step(tmp_path):
     changed = {k for k in single if not torch.equal(single[k], before[k])}
     assert changed == {k for k, p in trainer.model.named_parameters() if p.requires_grad}
     assert len(changed) > 50
-    for rank in (0, 1):  # DDP keeps both replicas equal to the single-process result
-        distributed = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for rank, distributed in enumerate(ranks):  # DDP keeps both replicas equal to the single-process result
         assert set(single) == set(distributed)
         for name, value in single.items():
             torch.testing.assert_close(distributed[name], value, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, r=rank, k=name: f"rank {r}, {k}: {m}")
 
 
+def test_further_classifier_steps_keep_the_replicas_equal(tmp_path):
+    # optim.classifier_steps: the further steps of C run outside DDP on each rank's own half and
+    # own masks; the trainer averages C's gradients over the ranks, so C stays one model
+    torch.set_num_threads(1)
+    rank0, rank1 = run_two_processes(tmp_path, classifier_steps=3)
+    c_keys = [k for k in rank0 if k.startswith("classifier.")]
+    assert c_keys
+    for k in rank0:
+        torch.testing.assert_close(rank1[k], rank0[k], atol=1e-6, rtol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
 if __name__ == "__main__":  # the torchrun worker
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
-    _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm")
+    _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm", classifier_steps=int(sys.argv[2]))
     assert trainer.world.world_size == 2
     torch.save(trainer.model.state_dict(), out / f"rank{trainer.world.rank}.pt")
     from insightface_bfm.train.distributed import shutdown

@@ -22,6 +22,7 @@ RNGs and the flip and mask generators, so the continued loss sequence equals an 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -41,6 +42,8 @@ from ..atomic import atomic_write_text
 from ..errors import BFMError
 from . import checkpoint as ckpt
 from .augment import PhotoVariation
+from .classifier_training import PREFIX as CLASSIFIER_PREFIX
+from .classifier_training import ClassifierAverage
 from .distributed import GlobalBatchSampler, World, barrier, init_from_env
 from .model import BFMModel, initialise
 from .recipe import Recipe
@@ -214,8 +217,16 @@ class Trainer:
                                         worn_low=d.mask_worn_low, colours=d.mask_colours).to(self.device)
         aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
         self.photo_variation = PhotoVariation(aug) if aug > 0 else None
+        # C's own options (classifier_training.py): further steps of C alone per batch, on masks
+        # of a stream of their own (E_P's masks stay those of a run without them), and an average
+        # of its weights
+        trains_c = recipe.mode == "bfm" and recipe.model.classifier
+        self.classifier_steps = recipe.optim.classifier_steps if trains_c else 1
+        self.classifier_average = (ClassifierAverage(self.model.classifier, recipe.optim.classifier_ema)
+                                   if trains_c and recipe.optim.classifier_ema > 0 else None)
+        streams = ("flip", "mask", "photo") + (("classifier_mask",) if self.classifier_steps > 1 else ())
         self.generators = {}
-        for offset, stream in enumerate(("flip", "mask", "photo")):
+        for offset, stream in enumerate(streams):
             self.generators[stream] = torch.Generator(device=self.device)
             self.generators[stream].manual_seed(self._stream_seed(offset))
 
@@ -318,10 +329,43 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.recipe.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.classifier_average is not None:
+            self.classifier_average.update()
+        for _ in range(self.classifier_steps - 1):
+            terms["mask_extra"] = self.classifier_step(x)
         self.step += 1
         out = {k: v.detach() for k, v in terms.items()}
         out["loss"] = total.detach()
         return out
+
+    def classifier_step(self, x: torch.Tensor) -> torch.Tensor:
+        """One further SGD step of C alone (eq. 1, weighted as in eq. 7) on a fresh mask draw of the
+        faces ``x`` (``optim.classifier_steps``). Only C has gradients, so only C moves."""
+        classifier = self.model.classifier
+        x_masked, _ = self.mask_augment(x, generator=self.generators["classifier_mask"])
+        views = torch.cat([x, x_masked])
+        if self.photo_variation is not None:
+            views = self.photo_variation(views, generator=self.generators["photo"])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits, logits_masked = classifier(views).chunk(2)
+            loss = self.loss_weights["mask"] * losses.mask_loss(logits, logits_masked,
+                                                                self.model.pair_reduction)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world.distributed:  # C is called outside DDP here: average its gradients by hand
+            for p in classifier.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(self.world.world_size)
+        if self.recipe.optim.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(list(classifier.parameters()), self.recipe.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.classifier_average is not None:
+            self.classifier_average.update()
+        return loss.detach()
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -377,6 +421,8 @@ class Trainer:
                 if every and self.epoch % every == 0 and self.step < self.total_steps:
                     last_eval = self.evaluate(metrics)
             self.save()
+        if self.classifier_average is not None:
+            self.classifier_average.install(self.model)  # the model in memory is the one saved
         summary = {"mode": r.mode, "steps": self.step, "epochs": self.epoch, "run_dir": str(self.run_dir),
                    "skipped_samples": self.skipped}
         if self.holdout is not None:
@@ -397,9 +443,11 @@ class Trainer:
 
             self.model.eval()
             e = self.recipe.eval
-            result = evaluate_holdout(self.model, self.holdout, pairs=e.pairs, folds=e.folds,
-                                      batch_size=e.batch_size, seed=e.seed, device=self.device,
-                                      mask_types=self.recipe.data.mask_types)
+            average = self.classifier_average
+            with average.in_place(self.model) if average is not None else contextlib.nullcontext():
+                result = evaluate_holdout(self.model, self.holdout, pairs=e.pairs, folds=e.folds,
+                                          batch_size=e.batch_size, seed=e.seed, device=self.device,
+                                          mask_types=self.recipe.data.mask_types)
             self.model.train()
             if metrics is not None:
                 metrics.write({"step": self.step, "epoch": self.epoch, "eval": result})
@@ -417,6 +465,9 @@ class Trainer:
         for name, module in self.model.named_modules():
             if isinstance(module, PartialFC):
                 state[f"{name}.weight"] = module.full_weight()
+        if self.classifier_average is not None:  # C as exported: the average of its weights
+            for k, v in self.classifier_average.averaged_weights().items():
+                state[CLASSIFIER_PREFIX + k] = v
         return state
 
     def save(self) -> Path | None:
@@ -432,6 +483,8 @@ class Trainer:
                 "rng": ckpt.capture_rng(),
                 "generators": {k: g.get_state() for k, g in self.generators.items()},
             }
+            if self.classifier_average is not None:
+                state["classifier_average"] = self.classifier_average.state()
             path = ckpt.save_checkpoint(self.run_dir, self.step, weights, state, self.recipe.to_yaml(),
                                         keep=self.recipe.train.keep_checkpoints)
         barrier(self.world)
@@ -454,6 +507,10 @@ class Trainer:
                 weights[f"{name}.weight"] = module.weight.detach()
         load_strict(self.model, weights, str(where))
         state = ckpt.load_state(where)
+        if self.classifier_average is not None:
+            saved = {k[len(CLASSIFIER_PREFIX):]: v for k, v in weights.items()
+                     if k.startswith(CLASSIFIER_PREFIX)}
+            self.classifier_average.restore(saved, state.get("classifier_average"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
@@ -461,8 +518,11 @@ class Trainer:
         self._saved_step = self.step
         ckpt.restore_rng(state["rng"])
         if state["world_size"] == self.world.world_size:
-            for k, g in self.generators.items():
-                g.set_state(state["generators"][k])
+            for offset, (k, g) in enumerate(self.generators.items()):
+                if k in state["generators"]:
+                    g.set_state(state["generators"][k])
+                else:  # a stream the checkpoint's run did not have (optim.classifier_steps added)
+                    g.manual_seed(self._stream_seed(offset, self.step))
         else:  # another world size: the per-rank streams cannot continue, start new ones
             for offset, g in enumerate(self.generators.values()):
                 g.manual_seed(self._stream_seed(offset, self.step))

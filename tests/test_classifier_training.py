@@ -1,0 +1,157 @@
+"""optim.classifier_steps and optim.classifier_ema: C's further steps and the average of its weights."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_trainer import assert_same_weights, faces, losses_of, tiny  # noqa: F401 (fixture)
+
+from insightface_bfm.errors import RecipeError
+from insightface_bfm.imaging import to_network_input
+from insightface_bfm.train import checkpoint as ckpt
+from insightface_bfm.train.recipe import load_recipe
+from insightface_bfm.train.trainer import Trainer
+
+torch.set_num_threads(1)
+
+C_KEYS = "classifier."
+
+
+def weights(run_dir, prefix=None):
+    w = ckpt.load_weights(run_dir)
+    return {k: v for k, v in w.items() if prefix is None or k.startswith(prefix)}
+
+
+def test_paper_recipe_keeps_both_off():
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "paper_casia_r50.yaml", check_paths=False)
+    assert (r.optim.classifier_steps, r.optim.classifier_ema) == (1, 0.0)
+
+
+@pytest.mark.parametrize("optim, message", [
+    ({"classifier_steps": 0}, "'optim.classifier_steps' must be >= 1"),
+    ({"classifier_ema": 1.0}, "'optim.classifier_ema' must be <= 0.9999"),
+])
+def test_bad_values_are_one_line_errors(tmp_path, optim, message):
+    with pytest.raises(RecipeError, match=message):
+        tiny(tmp_path, "bfm", optim=optim)
+
+
+def test_modes_without_c_ignore_them(tmp_path, faces):  # noqa: F811
+    # as data.classifier_photo_aug: one override serves both trainings of a comparison
+    for mode, model in (("baseline2", {}), ("bfm", {"classifier": False})):
+        r = tiny(tmp_path, mode, model=model, optim={"classifier_steps": 3, "classifier_ema": 0.9})
+        trainer = Trainer(r, dataset=faces)
+        assert (trainer.classifier_steps, trainer.classifier_average) == (1, None)
+        assert "classifier_mask" not in trainer.generators
+
+
+def test_further_steps_move_c_only_and_keep_e_p_masks(tmp_path, faces):  # noqa: F811
+    # K = 3 against K = 1, same seed: E_P, E_F and the heads end bit for bit equal (the further
+    # steps touch C only, and draw their masks from their own stream); C differs
+    one = tiny(tmp_path, "bfm", train={"max_steps": 3, "output": str(tmp_path / "one")})
+    three = tiny(tmp_path, "bfm", train={"max_steps": 3, "output": str(tmp_path / "three")},
+                 optim={"classifier_steps": 3})
+    Trainer(one, dataset=faces).fit()
+    trainer = Trainer(three, dataset=faces)
+    calls = []
+    original = trainer.classifier_step
+    trainer.classifier_step = lambda x: calls.append(len(x)) or original(x)
+    trainer.fit()
+    assert calls == [8] * 6  # two further steps per batch of 8
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
+    others = [k for k in a if not k.startswith(C_KEYS)]
+    assert others and all(torch.equal(a[k], b[k]) for k in others)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
+
+
+def test_further_steps_teach_c_more(tmp_path, faces):  # noqa: F811
+    # eq. 1 of the saved C on fixed masked copies of the training faces: lower after 4 steps per batch
+    from insightface_bfm import losses
+    from insightface_bfm.masks.batched import MaskAugment
+    from insightface_bfm.train.model import load_checkpoint
+
+    x = torch.from_numpy(to_network_input(np.stack([faces[i][0] for i in range(len(faces))])))
+    x_masked, _ = MaskAugment()(x, generator=torch.Generator().manual_seed(123))
+    loss = {}
+    for k in (1, 4):
+        r = tiny(tmp_path, "bfm", train={"max_steps": 6, "output": str(tmp_path / f"k{k}")},
+                 optim={"classifier_steps": k, "lr": 0.01, "milestones": []})
+        Trainer(r, dataset=faces).fit()
+        model, _ = load_checkpoint(tmp_path / f"k{k}")
+        with torch.no_grad():
+            logits, logits_masked = model.classifier(torch.cat([x, x_masked])).chunk(2)
+            loss[k] = float(losses.mask_loss(logits, logits_masked))
+    assert loss[4] < 0.5 * loss[1], loss
+
+
+def test_average_is_the_exponential_moving_average_of_c(tmp_path, faces):  # noqa: F811
+    # C's weights after every step, averaged by hand: avg_1 = C_1, avg_t = d avg_(t-1) + (1-d) C_t
+    d = 0.5
+    r = tiny(tmp_path, "bfm", train={"max_steps": 4, "output": str(tmp_path / "ema")},
+             optim={"classifier_ema": d, "classifier_steps": 2})
+    trainer = Trainer(r, dataset=faces)
+    seen = []
+    update = trainer.classifier_average.update
+
+    def record():
+        update()
+        seen.append({k: v.detach().clone() for k, v in trainer.model.classifier.state_dict().items()})
+
+    trainer.classifier_average.update = record
+    training_c = trainer.model.classifier
+    trainer.fit()
+    assert len(seen) == 8  # 4 batches x 2 steps
+    expected = dict(seen[0])
+    for w in seen[1:]:
+        expected = {k: d * expected[k] + (1 - d) * w[k] if w[k].is_floating_point() else w[k] for k in w}
+    saved = weights(tmp_path / "ema", C_KEYS)
+    for k, v in expected.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(saved[C_KEYS + k], v, rtol=1e-5, atol=1e-6)
+    # the last weights of the training C differ from the average; they are kept in the checkpoint
+    state = ckpt.load_state(tmp_path / "ema")["classifier_average"]
+    last = seen[-1]
+    assert all(torch.equal(state["training_weights"][k], last[k]) for k in last)
+    assert not torch.equal(saved[C_KEYS + "fc1.weight"], last["fc1.weight"])
+    # the model in memory after fit is the one saved
+    got = {C_KEYS + k: v for k, v in training_c.state_dict().items()}
+    assert all(torch.equal(got[k], saved[k]) for k in saved)
+
+
+def test_resume_continues_the_average_exactly(tmp_path, faces):  # noqa: F811
+    options = {"classifier_ema": 0.9, "classifier_steps": 2}
+    whole = tiny(tmp_path, "bfm", train={"max_steps": 4, "output": str(tmp_path / "whole")}, optim=options)
+    Trainer(whole, dataset=faces).fit()
+    part = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "part")}, optim=options)
+    Trainer(part, dataset=faces).fit()
+    torch.rand(5), np.random.rand(2)
+    part.train.max_steps = 4
+    Trainer(part, dataset=faces, resume=True).fit()
+    assert losses_of(tmp_path / "part") == losses_of(tmp_path / "whole")
+    assert_same_weights(tmp_path / "part", tmp_path / "whole")
+    a = ckpt.load_state(tmp_path / "part")["classifier_average"]
+    b = ckpt.load_state(tmp_path / "whole")["classifier_average"]
+    assert int(a["n_averaged"]) == int(b["n_averaged"]) == 8
+    assert all(torch.equal(a["training_weights"][k], b["training_weights"][k]) for k in b["training_weights"])
+
+
+def test_evaluation_while_training_uses_the_average(tmp_path, faces):  # noqa: F811
+    r = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "ev")},
+             optim={"classifier_ema": 0.9})
+    trainer = Trainer(r, dataset=faces)
+    trainer.fit()
+    seen = {}
+    import insightface_bfm.train.holdout as holdout
+
+    def fake(model, *args, **kwargs):
+        seen["c"] = model.classifier
+        return {f"case{c}": {"accuracy": 0.0} for c in (1, 2, 3)}
+
+    trainer.holdout = "synthetic:3:2:1"
+    original, holdout.evaluate_holdout = holdout.evaluate_holdout, fake
+    try:
+        trainer.evaluate()
+    finally:
+        holdout.evaluate_holdout = original
+    assert seen["c"] is trainer.classifier_average.average.module
+    assert trainer.model.classifier is not seen["c"]  # put back after
