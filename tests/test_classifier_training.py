@@ -1,4 +1,5 @@
 """optim.classifier_steps and optim.classifier_ema: C's further steps and the average of its weights."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,6 @@ import torch
 from test_trainer import assert_same_weights, faces, losses_of, tiny  # noqa: F401 (fixture)
 
 from insightface_bfm.errors import RecipeError
-from insightface_bfm.imaging import to_network_input
 from insightface_bfm.train import checkpoint as ckpt
 from insightface_bfm.train.recipe import load_recipe
 from insightface_bfm.train.trainer import Trainer
@@ -65,23 +65,17 @@ def test_further_steps_move_c_only_and_keep_e_p_masks(tmp_path, faces):  # noqa:
 
 
 def test_further_steps_teach_c_more(tmp_path, faces):  # noqa: F811
-    # eq. 1 of the saved C on fixed masked copies of the training faces: lower after 4 steps per batch
-    from insightface_bfm import losses
-    from insightface_bfm.masks.batched import MaskAugment
-    from insightface_bfm.train.model import load_checkpoint
-
-    x = torch.from_numpy(to_network_input(np.stack([faces[i][0] for i in range(len(faces))])))
-    x_masked, _ = MaskAugment()(x, generator=torch.Generator().manual_seed(123))
-    loss = {}
+    # eq. 1 on each batch before its joint step (the logged "mask"), last 3 of 9 steps: lower with
+    # 4 steps per batch (about half at seeds 0-3 of this setting; equal if the steps did not run)
+    mask_term = {}
     for k in (1, 4):
-        r = tiny(tmp_path, "bfm", train={"max_steps": 6, "output": str(tmp_path / f"k{k}")},
-                 optim={"classifier_steps": k, "lr": 0.01, "milestones": []})
+        r = tiny(tmp_path, "bfm", train={"max_steps": 9, "output": str(tmp_path / f"k{k}")},
+                 optim={"classifier_steps": k, "lr": 0.003, "milestones": []})
         Trainer(r, dataset=faces).fit()
-        model, _ = load_checkpoint(tmp_path / f"k{k}")
-        with torch.no_grad():
-            logits, logits_masked = model.classifier(torch.cat([x, x_masked])).chunk(2)
-            loss[k] = float(losses.mask_loss(logits, logits_masked))
-    assert loss[4] < 0.5 * loss[1], loss
+        lines = [json.loads(x) for x in (tmp_path / f"k{k}" / "metrics.jsonl").read_text().splitlines()]
+        mask_term[k] = np.mean([x["mask"] for x in lines if "mask" in x][-3:])
+        assert ("mask_extra" in lines[-1]) == (k > 1)
+    assert mask_term[4] < 0.75 * mask_term[1], mask_term
 
 
 def test_average_is_the_exponential_moving_average_of_c(tmp_path, faces):  # noqa: F811
@@ -108,6 +102,8 @@ def test_average_is_the_exponential_moving_average_of_c(tmp_path, faces):  # noq
     for k, v in expected.items():
         if v.is_floating_point():
             torch.testing.assert_close(saved[C_KEYS + k], v, rtol=1e-5, atol=1e-6)
+        else:  # counts (BatchNorm's num_batches_tracked) are the latest, not averaged
+            assert torch.equal(saved[C_KEYS + k], v), k
     # the last weights of the training C differ from the average; they are kept in the checkpoint
     state = ckpt.load_state(tmp_path / "ema")["classifier_average"]
     last = seen[-1]
@@ -144,7 +140,7 @@ def test_evaluation_while_training_uses_the_average(tmp_path, faces):  # noqa: F
     import insightface_bfm.train.holdout as holdout
 
     def fake(model, *args, **kwargs):
-        seen["c"] = model.classifier
+        seen["c"], seen["training"] = model.classifier, model.classifier.training
         return {f"case{c}": {"accuracy": 0.0} for c in (1, 2, 3)}
 
     trainer.holdout = "synthetic:3:2:1"
@@ -153,5 +149,28 @@ def test_evaluation_while_training_uses_the_average(tmp_path, faces):  # noqa: F
         trainer.evaluate()
     finally:
         holdout.evaluate_holdout = original
-    assert seen["c"] is trainer.classifier_average.average.module
+    assert seen["c"] is trainer.classifier_average.module and seen["training"] is False
     assert trainer.model.classifier is not seen["c"]  # put back after
+
+
+def test_resume_across_switching_the_options(tmp_path, faces):  # noqa: F811
+    # a run without them, resumed with them: C's stream and average start at the resume
+    plain = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "a")})
+    Trainer(plain, dataset=faces).fit()
+    plain.optim.classifier_steps, plain.optim.classifier_ema, plain.train.max_steps = 2, 0.9, 4
+    resumed = Trainer(plain, dataset=faces, resume=True)
+    assert "classifier_mask" in resumed.generators
+    resumed.fit()
+    state = ckpt.load_state(tmp_path / "a")["classifier_average"]
+    assert int(state["n_averaged"]) == 4  # 2 batches x 2 steps since the resume
+    # a run with the average, resumed without it: C trains on from its own weights, not the average
+    averaged = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "b")},
+                    optim={"classifier_ema": 0.9})
+    Trainer(averaged, dataset=faces).fit()
+    training = ckpt.load_state(tmp_path / "b")["classifier_average"]["training_weights"]
+    saved = weights(tmp_path / "b", C_KEYS)
+    assert not torch.equal(training["fc1.weight"], saved[C_KEYS + "fc1.weight"])
+    averaged.optim.classifier_ema, averaged.train.max_steps = 0.0, 3
+    resumed = Trainer(averaged, dataset=faces, resume=True)
+    got = resumed.model.classifier.state_dict()
+    assert all(torch.equal(got[k], training[k]) for k in training)

@@ -113,11 +113,12 @@ def test_two_process_gloo_step_equals_single_process_step(tmp_path):
 
 def test_further_classifier_steps_keep_the_replicas_equal(tmp_path):
     # optim.classifier_steps: the further steps of C run outside DDP on each rank's own half and
-    # own masks; the trainer averages C's gradients over the ranks, so C stays one model
+    # own masks; the trainer averages C's gradients over the ranks, so C stays one model. Two
+    # batches: the second joint step is a DDP forward after the further steps' backward passes.
     torch.set_num_threads(1)
     rank0, rank1 = run_two_processes(tmp_path, classifier_steps=3)
-    c_keys = [k for k in rank0 if k.startswith("classifier.")]
-    assert c_keys
+    for rank in (0, 1):  # 2 further steps per batch, 2 batches
+        assert (tmp_path / f"further{rank}.txt").read_text() == "4"
     for k in rank0:
         torch.testing.assert_close(rank1[k], rank0[k], atol=1e-6, rtol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
@@ -125,7 +126,16 @@ def test_further_classifier_steps_keep_the_replicas_equal(tmp_path):
 if __name__ == "__main__":  # the torchrun worker
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
-    _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm", classifier_steps=int(sys.argv[2]))
+    steps = int(sys.argv[2])
+    _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm", classifier_steps=steps)
+    if steps > 1:
+        further, step = [], trainer.classifier_step
+        trainer.classifier_step = lambda x: further.append(1) or step(x)
+        x, x_masked, labels = global_batch()
+        size = trainer.sampler.local_batch
+        part = slice(trainer.world.rank * size, (trainer.world.rank + 1) * size)
+        trainer.optimize(x[part], x_masked[part], labels[part])
+        (out / f"further{trainer.world.rank}.txt").write_text(str(len(further) + steps - 1))
     assert trainer.world.world_size == 2
     torch.save(trainer.model.state_dict(), out / f"rank{trainer.world.rank}.pt")
     from insightface_bfm.train.distributed import shutdown

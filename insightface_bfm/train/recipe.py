@@ -110,10 +110,11 @@ class OptimSection:
     clip_grad: float | None = _opt(None, min=0.0)
     # The mask classifier C (bfm with model.classifier); deviations from the paper, off (1 and 0)
     # in its recipes. C is tiny next to the extractors: on a short fine-tuning budget it is still
-    # learning when E_P is done, and at a constant lr its last weights bounce (its specificity
-    # moves by half a point from one step to the next). classifier_steps: C's SGD steps per batch
-    # (the first is eq. 7's joint step; each further one is eq. 1 alone on a fresh mask draw of
-    # the same faces; the extractors are untouched by them). classifier_ema: C's saved weights are
+    # learning when E_P is done, and at a constant lr its last weights bounce (trained alone, its
+    # specificity moved by half a point between checkpoints 300 steps apart). classifier_steps:
+    # C's SGD steps per batch (the first is eq. 7's joint step; each further one is eq. 1 alone on
+    # a fresh mask draw of the same faces; the extractors are untouched by them unless clip_grad
+    # or fp16 couples the steps: classifier_training.py). classifier_ema: C's saved weights are
     # an exponential moving average of its weights over its steps (0 = the last weights). Modes
     # without C ignore both (as data.classifier_photo_aug), so one override serves a comparison.
     classifier_steps: int = _opt(1, min=1, max=16)

@@ -208,8 +208,8 @@ class Trainer:
         self.step_model = self._wrap(self.model)
 
         # -- flips and masks, drawn on the batch's device with generators of our own (saved in
-        # checkpoints). Two streams: every mode then sees the same flips, and the modes that draw
-        # masks the same masks, so a comparison with one seed differs only by the method.
+        # checkpoints). A stream per use: every mode then sees the same flips, and the modes that
+        # draw masks the same masks, so a comparison with one seed differs only by the method.
         from ..masks.batched import MaskAugment
 
         d = recipe.data
@@ -226,9 +226,9 @@ class Trainer:
                                    if trains_c and recipe.optim.classifier_ema > 0 else None)
         streams = ("flip", "mask", "photo") + (("classifier_mask",) if self.classifier_steps > 1 else ())
         self.generators = {}
-        for offset, stream in enumerate(streams):
+        for stream in streams:
             self.generators[stream] = torch.Generator(device=self.device)
-            self.generators[stream].manual_seed(self._stream_seed(offset))
+            self.generators[stream].manual_seed(self._stream_seed(stream))
 
         # -- optimizer: SGD on the trainable parameters, fused kernels where torch has them
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -252,8 +252,17 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def _stream_seed(self, offset: int, step: int = 0) -> int:
-        return (self.recipe.train.seed * 1000 + self.world.rank) * 2 + offset + 7919 * step
+    STREAM_OFFSETS = {"flip": 0, "mask": 1, "photo": 2, "classifier_mask": 3}
+
+    def _stream_seed(self, stream: str, step: int = 0) -> int:
+        # Per rank and stream, a stride of 2 per rank. C's further-step masks (the fourth stream)
+        # would then replay the next rank's "mask" stream: under torchrun their ranks sit far apart
+        # instead; on one process the seed is the one all measured runs used. (Rank r's "photo"
+        # and rank r+1's "flip" share a seed too, as they always have: kept, for reproducibility.)
+        seed, rank = self.recipe.train.seed, self.world.rank
+        if stream == "classifier_mask" and self.world.world_size > 1:
+            return seed * 2000 + 1_000_000_007 * (rank + 1) + 3 + 7919 * step
+        return (seed * 1000 + rank) * 2 + self.STREAM_OFFSETS[stream] + 7919 * step
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -331,8 +340,9 @@ class Trainer:
         self.scaler.update()
         if self.classifier_average is not None:
             self.classifier_average.update()
-        for _ in range(self.classifier_steps - 1):
-            terms["mask_extra"] = self.classifier_step(x)
+        if self.classifier_steps > 1:  # eq. 1 of C's further steps, their mean (as "mask": unweighted)
+            further = [self.classifier_step(x) for _ in range(self.classifier_steps - 1)]
+            terms["mask_extra"] = torch.stack(further).mean()
         self.step += 1
         out = {k: v.detach() for k, v in terms.items()}
         out["loss"] = total.detach()
@@ -340,7 +350,8 @@ class Trainer:
 
     def classifier_step(self, x: torch.Tensor) -> torch.Tensor:
         """One further SGD step of C alone (eq. 1, weighted as in eq. 7) on a fresh mask draw of the
-        faces ``x`` (``optim.classifier_steps``). Only C has gradients, so only C moves."""
+        faces ``x`` (``optim.classifier_steps``, see classifier_training.py). Only C has gradients,
+        so only C moves (SGD skips parameters without one). Returns eq. 1, unweighted."""
         classifier = self.model.classifier
         x_masked, _ = self.mask_augment(x, generator=self.generators["classifier_mask"])
         views = torch.cat([x, x_masked])
@@ -349,11 +360,13 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             logits, logits_masked = classifier(views).chunk(2)
-            loss = self.loss_weights["mask"] * losses.mask_loss(logits, logits_masked,
-                                                                self.model.pair_reduction)
+            loss = losses.mask_loss(logits, logits_masked, self.model.pair_reduction)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.world.distributed:  # C is called outside DDP here: average its gradients by hand
+        self.scaler.scale(self.loss_weights["mask"] * loss).backward()
+        # C is called outside DDP here: average its gradients by hand. (Its BatchNorm statistics
+        # move on each rank's half; DDP puts rank 0's back at the next joint step, and rank 0
+        # saves the average.)
+        if self.world.distributed:
             for p in classifier.parameters():
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
@@ -422,7 +435,7 @@ class Trainer:
                     last_eval = self.evaluate(metrics)
             self.save()
         if self.classifier_average is not None:
-            self.classifier_average.install(self.model)  # the model in memory is the one saved
+            self.classifier_average.install()  # the model in memory is the one saved
         summary = {"mode": r.mode, "steps": self.step, "epochs": self.epoch, "run_dir": str(self.run_dir),
                    "skipped_samples": self.skipped}
         if self.holdout is not None:
@@ -511,21 +524,21 @@ class Trainer:
             saved = {k[len(CLASSIFIER_PREFIX):]: v for k, v in weights.items()
                      if k.startswith(CLASSIFIER_PREFIX)}
             self.classifier_average.restore(saved, state.get("classifier_average"))
+        elif "classifier_average" in state:  # saved with the average, resumed without: C trains on
+            self.model.classifier.load_state_dict(state["classifier_average"]["training_weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.skipped = state["batch_in_epoch"], state["skipped"]
         self._saved_step = self.step
         ckpt.restore_rng(state["rng"])
-        if state["world_size"] == self.world.world_size:
-            for offset, (k, g) in enumerate(self.generators.items()):
-                if k in state["generators"]:
-                    g.set_state(state["generators"][k])
-                else:  # a stream the checkpoint's run did not have (optim.classifier_steps added)
-                    g.manual_seed(self._stream_seed(offset, self.step))
-        else:  # another world size: the per-rank streams cannot continue, start new ones
-            for offset, g in enumerate(self.generators.values()):
-                g.manual_seed(self._stream_seed(offset, self.step))
+        same_world = state["world_size"] == self.world.world_size
+        for k, g in self.generators.items():
+            if same_world and k in state["generators"]:
+                g.set_state(state["generators"][k])
+            else:  # another world size (the per-rank streams cannot continue), or a stream the
+                # checkpoint's run did not have (optim.classifier_steps added): start a new one
+                g.manual_seed(self._stream_seed(k, self.step))
         self._say(f"resumed from {where} at step {self.step} "
                   f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
 
