@@ -323,23 +323,15 @@ class Trainer:
         lr = learning_rate(self.step, self.steps_per_epoch, self.recipe.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with self._autocast():
             if self.photo_variation is None:
                 terms = self.step_model(x, x_masked, labels)
             else:
                 views = self.photo_variation(torch.cat([x, x_masked]), generator=self.generators["photo"])
                 terms = self.step_model(x, x_masked, labels, views)
         total = losses.total_loss(terms, self.loss_weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        if self.recipe.optim.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.recipe.optim.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.classifier_average is not None:
-            self.classifier_average.update()
+        self._backward(total)
+        self._clip_and_step(self.optimizer.param_groups[0]["params"])
         if self.classifier_steps > 1:  # eq. 1 of C's further steps, their mean (as "mask": unweighted)
             further = [self.classifier_step(x) for _ in range(self.classifier_steps - 1)]
             terms["mask_extra"] = torch.stack(further).mean()
@@ -357,12 +349,10 @@ class Trainer:
         views = torch.cat([x, x_masked])
         if self.photo_variation is not None:
             views = self.photo_variation(views, generator=self.generators["photo"])
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with self._autocast():
             logits, logits_masked = classifier(views).chunk(2)
             loss = losses.mask_loss(logits, logits_masked, self.model.pair_reduction)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(self.loss_weights["mask"] * loss).backward()
+        self._backward(self.loss_weights["mask"] * loss)
         # C is called outside DDP here: average its gradients by hand. (Its BatchNorm statistics
         # move on each rank's half; DDP puts rank 0's back at the next joint step, and rank 0
         # saves the average.)
@@ -371,14 +361,26 @@ class Trainer:
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad.div_(self.world.world_size)
+        self._clip_and_step(list(classifier.parameters()))
+        return loss.detach()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)  # None, not 0: SGD then skips what has no gradient
+        self.scaler.scale(loss).backward()
+
+    def _clip_and_step(self, clipped: list) -> None:
+        """Optional clipping of the ``clipped`` parameters' gradients, the SGD step, C's average."""
         if self.recipe.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(list(classifier.parameters()), self.recipe.optim.clip_grad)
+            nn.utils.clip_grad_norm_(clipped, self.recipe.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.classifier_average is not None:
             self.classifier_average.update()
-        return loss.detach()
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict:
