@@ -44,14 +44,11 @@ RECIPE = real_faces.RECIPES["bfm"]
 def rmfd_crops(out: Path, limit: int | None = None) -> np.ndarray:
     """The RMFD photos (the first ``limit`` of them) detected and aligned once (``bfm align``'s
     code, as run.py does), kept in DIR."""
-    from insightface_bfm.data.align import align_folder, load_detector
     from insightface_bfm.imaging import list_image_files, read_image
 
     aligned = out / f"rmfd_aligned_{limit or 'all'}"
     if not (aligned / "landmarks.tsv").is_file():
-        source = real_faces.rmfd_photos(out, limit)
-        detector = load_detector(real_faces.DETECTOR, det_size=320, threshold=0.3)
-        align_folder(source, aligned, detector, policy="largest", progress=False)
+        real_faces.align_rmfd(out, aligned, limit)
     return np.stack([read_image(aligned / p) for p in list_image_files(aligned)])
 
 

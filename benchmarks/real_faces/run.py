@@ -219,10 +219,20 @@ def rmfd_photos(out: Path, limit: int | None) -> Path:
     return subset
 
 
+def align_rmfd(out: Path, aligned: Path, limit: int | None):
+    """The RMFD photos (the first ``limit`` of them) detected and aligned into ``aligned`` with
+    ``bfm align``'s code: SCRFD at 320, threshold 0.3, the largest face. Returns (photo folder,
+    align_folder's summary)."""
+    from insightface_bfm.data.align import align_folder, load_detector
+
+    photos = rmfd_photos(out, limit)
+    detector = load_detector(DETECTOR, det_size=320, threshold=0.3)
+    return photos, align_folder(photos, aligned, detector, policy="largest", progress=False)
+
+
 def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> dict:
     """C on synthetic masked DevTest faces (bare vs masked, the Case 3 manifest's faces) and on the
     real masked RMFD photos after detection + alignment (``bfm align``)."""
-    from insightface_bfm.data.align import align_folder, load_detector
     from insightface_bfm.evaluation.masked_pairs import load_manifest, render
     from insightface_bfm.imaging import list_image_files, read_image
     from insightface_bfm.runtime import MaskClassifierONNX
@@ -250,11 +260,9 @@ def classifier_scores(pack_dir: Path, out: Path, max_rmfd: int | None, log) -> d
         f"(recall {100 * synthetic['masked_recall']:.2f}%, "
         f"specificity {100 * synthetic['unmasked_specificity']:.2f}%)"
     )
-    rmfd = rmfd_photos(out, max_rmfd)
     aligned = out / "rmfd_aligned"
     shutil.rmtree(aligned, ignore_errors=True)
-    detector = load_detector(DETECTOR, det_size=320, threshold=0.3)
-    summary = align_folder(rmfd, aligned, detector, policy="largest", progress=False)
+    rmfd, summary = align_rmfd(out, aligned, max_rmfd)
     crops_paths = list_image_files(aligned)
     crops = np.stack([read_image(aligned / p) for p in crops_paths])
     scores = classifier.scores(crops)
