@@ -41,7 +41,6 @@ class BFMModel(nn.Module):
         cfg = recipe.model
         self.embedding_size = cfg.embedding_size
         self.pair_reduction = recipe.loss.pair_reduction  # eqs. 1 and 5: "sum" as printed, or "mean"
-        self.guided_target = recipe.loss.guided_target  # eq. 4: "partial" as printed, or "full"
 
         def extractor():
             return get_backbone(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
@@ -91,23 +90,12 @@ class BFMModel(nn.Module):
                 classifier_input = torch.cat([x, x_masked])
             logits, logits_masked = self.classifier(classifier_input).chunk(2)
             terms["mask"] = losses.mask_loss(logits, logits_masked, self.pair_reduction)
-        # eq. 2: E_F on unmasked faces only (a frozen E_F has nothing to learn: skip its forward pass,
-        # unless it is eq. 4's target).
-        f = None
+        # eq. 2: E_F on unmasked faces only (a frozen E_F has nothing to learn: skip its forward pass).
         if not self.frozen_full:
-            f = self.full(x)
-            terms["full"] = _arcface(self.head_full, f, labels)
+            terms["full"] = _arcface(self.head_full, self.full(x), labels)
         # eqs. 4 and 5: E_P on x and masked x, in one pass (BatchNorm sees both copies together).
         p, p_masked = self.partial(torch.cat([x, x_masked])).chunk(2)
-        if self.guided_target == "full":
-            # loss.guided_target "full" (a deviation): both copies pulled onto E_F(x), held fixed
-            if f is None:
-                with torch.no_grad():
-                    f = self.full(x)
-            target = f.detach()
-            terms["guided"] = 0.5 * (losses.guided_loss(target, p) + losses.guided_loss(target, p_masked))
-        else:
-            terms["guided"] = losses.guided_loss(p, p_masked)
+        terms["guided"] = losses.guided_loss(p, p_masked)
         terms["partial"] = _arcface_pair(self.head_partial, p, p_masked, labels, self.pair_reduction)
         return terms
 

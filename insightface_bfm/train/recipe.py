@@ -133,10 +133,6 @@ class LossSection:
     # term on masked x per sample ("sum"); "mean" halves them, keeping eq. 5 on eq. 2's scale.
     # A deviation from the paper: the recipes whose measured tables were made with it say so.
     pair_reduction: str = _opt("sum", choices=("sum", "mean"))
-    # Eq. 4's target. "partial" (the paper): E_P(masked x) and E_P(x) pulled together. "full" (a
-    # deviation, bfm mode): E_P's features of x and of masked x both pulled onto the unmasked
-    # face's E_F feature, a fixed target (E_F as a teacher: E_P stays in E_F's embedding space).
-    guided_target: str = _opt("partial", choices=("partial", "full"))
 
 
 @dataclass
