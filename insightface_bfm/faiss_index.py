@@ -55,7 +55,9 @@ class FaissIndex:
         self._quantizers = []
         self.partial_all = self._build(partial)
         self.full_unmasked = self._build(full[:n_unmasked])
-        self.partial_masked = self._build(partial[n_unmasked:])
+        # E_P rows of the masked entries are partial_all's last rows: an unmasked probe searches
+        # only those (a range selector), so no second index holds them again
+        self.n_masked = len(partial) - n_unmasked
 
     def _build(self, rows: np.ndarray):
         faiss = self.faiss
@@ -77,11 +79,19 @@ class FaissIndex:
         index.add(rows)
         return index
 
-    def _query(self, index, q, k, offset):
-        if index is None:
+    def _query(self, index, q, k, first_row: int = 0):
+        """Best ``k`` rows of ``index`` for ``q``, among rows ``first_row`` and after."""
+        if index is None or first_row >= index.ntotal:
             return []
-        sims, rows = index.search(q[None].astype(np.float32, copy=False), min(k, index.ntotal))
-        return [(float(s), offset + int(r)) for s, r in zip(sims[0], rows[0]) if r >= 0]
+        params = None
+        if first_row:
+            faiss = self.faiss
+            rows_after = faiss.IDSelectorRange(first_row, index.ntotal)
+            params = (faiss.SearchParametersIVF(sel=rows_after, nprobe=index.nprobe)
+                      if isinstance(index, faiss.IndexIVF) else faiss.SearchParameters(sel=rows_after))
+        k = min(k, index.ntotal - first_row)
+        sims, rows = index.search(q[None].astype(np.float32, copy=False), k, params=params)
+        return [(float(s), int(r)) for s, r in zip(sims[0], rows[0]) if r >= 0]
 
     def search(self, probe, k: int = 5, *, embed_missing=None):
         """The ``k`` best entries for ``probe`` (``Match`` list, best first), as ``Gallery.search``."""
@@ -91,10 +101,10 @@ class FaissIndex:
             return []
         masked, qf, qp = self.gallery.probe_vectors(probe, embed_missing)
         if masked:
-            hits = self._query(self.partial_all, qp, k, 0)
+            hits = self._query(self.partial_all, qp, k)
         else:
-            hits = self._query(self.full_unmasked, qf, k, 0)
-            if self.partial_masked is not None:
-                hits += self._query(self.partial_masked, qp, k, self.n_unmasked)
+            hits = self._query(self.full_unmasked, qf, k)
+            if self.n_masked:
+                hits += self._query(self.partial_all, qp, k, first_row=self.n_unmasked)
         hits.sort(key=lambda h: (-h[0], int(self.order[h[1]])))
         return [self.gallery.match(int(self.order[row]), sim, masked) for sim, row in hits[:k]]

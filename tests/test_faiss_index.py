@@ -37,6 +37,20 @@ def test_flat_index_equals_exact_search(probe_masked):
             assert a.similarity == pytest.approx(b.similarity, abs=1e-5)
 
 
+@pytest.mark.parametrize("masked_share", [0.0, 1.0, 0.5])
+def test_every_row_is_indexed_once_and_edge_galleries_answer_exactly(masked_share):
+    # E_P rows of masked entries live only in the all-E_P index (an unmasked probe reaches them
+    # through a row-range selector), also when no entry or every entry is masked
+    g, rng = _gallery(400, masked_share=masked_share, seed=2)
+    index = FaissIndex(g, "flat")
+    held = sum(i.ntotal for i in (index.partial_all, index.full_unmasked) if i is not None)
+    assert held == len(g) + index.n_unmasked
+    for probe_masked in (False, True):
+        probe = {"masked": probe_masked, "embedding_full": rng.normal(size=32),
+                 "embedding_partial": rng.normal(size=32)}
+        assert [h.index for h in index.search(probe, k=7)] == [h.index for h in g.search(probe, k=7)]
+
+
 def test_ivf_index_top1_on_clustered_gallery_and_errors():
     g, rng = _gallery(12000, clusters=300, seed=1)
     exact_index = FaissIndex(g, "ivf", nprobe=10_000)  # every cluster visited: exact
