@@ -129,6 +129,17 @@ def is_image_file(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def refuse_writing_over_sources(found, dst) -> None:
+    """Raise if an output ``dst / name`` of ``collect_images``' list would be one of its sources
+    (``bfm align`` and ``bfm mask`` write one file per image under ``dst``)."""
+    dst = Path(dst)
+    for path, rel, _ in found:
+        if (dst / rel).resolve() == path.resolve():
+            raise ImageError(
+                f"{dst}: writing {Path(rel).as_posix()} there would overwrite the source image {path}"
+            )
+
+
 def collect_images(inputs, stdin=None) -> list[tuple[Path, Path, bool]]:
     """The images a command was given: files, folders (walked), and ``-`` (paths read from stdin).
 

@@ -123,5 +123,8 @@ def test_detector_sources_and_errors(shared, tmp_path, raw_sample):
     assert det.taskname == "detection"
     with pytest.raises(BFMError, match="inside the source"):
         align_folder(raw_sample, raw_sample / "out", det, progress=False)
+    one = next(p for p in sorted(raw_sample.rglob("*")) if p.is_file())
+    with pytest.raises(BFMError, match="overwrite the source image"):  # a named photo into its folder
+        align_folder(one, one.parent, det, progress=False)
     with pytest.raises(BFMError, match="no images"):
         align_folder(tmp_path / "models", tmp_path / "o", det, progress=False)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, ImageError, PackError
-from ..imaging import collect_images, encode_image, read_image
+from ..imaging import collect_images, encode_image, read_image, refuse_writing_over_sources
 from ..runlock import output_lock
 
 POLICIES = ("largest", "center")
@@ -117,9 +117,7 @@ def align_folder(src, dst, detector, policy: str = "largest", size: int = 112, p
         files = collect_images(src)
     except ImageError as e:
         raise BFMError(str(e)) from None
-    for path, rel, _ in files:
-        if (dst / rel).resolve() == path.resolve():
-            raise BFMError(f"{dst}: writing {rel.as_posix()} there would overwrite the source image {path}")
+    refuse_writing_over_sources(files, dst)
     summary = AlignSummary()
     landmarks = []
     with output_lock(dst, "bfm align"):

@@ -25,7 +25,14 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BFMError, DatasetError, ImageError
-from ..imaging import ARCFACE_KPS, collect_images, decode_image, encode_image, read_image
+from ..imaging import (
+    ARCFACE_KPS,
+    collect_images,
+    decode_image,
+    encode_image,
+    read_image,
+    refuse_writing_over_sources,
+)
 from ..runlock import output_lock
 from .render import render_mask
 from .styles import MaskStyle, check_types, random_style
@@ -217,10 +224,9 @@ def _folder_items(src, dst: Path):
         found = collect_images(src if isinstance(src, (Path, str)) else list(src))
     except ImageError as e:
         raise DatasetError(str(e)) from None
+    refuse_writing_over_sources(found, dst)
     items = []
     for path, rel, _ in found:
-        if (dst / rel).resolve() == path.resolve():
-            raise BFMError(f"{dst}: writing {rel.as_posix()} there would overwrite the source image {path}")
         items.append(_Item(rel.as_posix(), rel, lambda path=path: read_image(path)))
     return items
 
