@@ -64,6 +64,30 @@ def test_further_steps_move_c_only_and_keep_e_p_masks(tmp_path, faces):  # noqa:
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
 
 
+def test_classifier_worn_low_reaches_c_further_steps_only(tmp_path, faces):  # noqa: F811
+    # data.classifier_worn_low: the further steps' masks are worn low (every one at 1.0), E_P's
+    # masks and weights are those of the run without it
+    base = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "base")},
+                optim={"classifier_steps": 2})
+    low = tiny(tmp_path, "bfm", train={"max_steps": 2, "output": str(tmp_path / "low")},
+               optim={"classifier_steps": 2}, data={"classifier_worn_low": 1.0})
+    Trainer(base, dataset=faces).fit()
+    trainer = Trainer(low, dataset=faces)
+    assert trainer.mask_augment.worn_low == 0.0 and trainer.classifier_mask_augment.worn_low == 1.0
+    trainer.fit()
+    a, b = weights(tmp_path / "base"), weights(tmp_path / "low")
+    others = [k for k in a if not k.startswith(C_KEYS)]
+    assert others and all(torch.equal(a[k], b[k]) for k in others)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
+    # the same draws worn low (under the nose) against not: each mask's top edge lower, so it
+    # covers fewer pixels above the mouth of a blank face
+    x = torch.zeros(6, 3, 112, 112)
+    usual, _ = trainer.mask_augment(x, generator=torch.Generator().manual_seed(0))
+    worn_low, _ = trainer.classifier_mask_augment(x, generator=torch.Generator().manual_seed(0))
+    covered = [(m[:, :, 50:72] != 0).any(1).flatten(1).sum(1) for m in (usual, worn_low)]
+    assert bool((covered[1] < covered[0]).all()), covered
+
+
 def test_further_steps_teach_c_more(tmp_path, faces):  # noqa: F811
     # eq. 1 on each batch before its joint step (the logged "mask"), last 3 of 9 steps: lower with
     # 4 steps per batch (about half at seeds 0-3 of this setting; equal if the steps did not run)

@@ -89,6 +89,9 @@ class DataSection:
     # low resolution, noise; train/augment.py) so that C holds on real photos. C's inputs only:
     # E_F and E_P train on the pair as the paper has it. 0 = the paper's setting.
     classifier_photo_aug: float = _opt(0.0, min=0.0, max=1.0)
+    # Share of masks worn low in C's further steps (optim.classifier_steps > 1) only; None = as
+    # mask_worn_low. Real masks are often pulled under the nose; E_P's masks stay mask_worn_low's.
+    classifier_worn_low: float | None = _opt(None, min=0.0, max=1.0)
     # Decode every image once and keep them in memory (small sets only, e.g. generated faces).
     cache: bool = False
 

@@ -224,6 +224,11 @@ class Trainer:
         self.classifier_steps = recipe.optim.classifier_steps if trains_c else 1
         self.classifier_average = (ClassifierAverage(self.model.classifier, recipe.optim.classifier_ema)
                                    if trains_c and recipe.optim.classifier_ema > 0 else None)
+        self.classifier_mask_augment = self.mask_augment
+        if self.classifier_steps > 1 and d.classifier_worn_low is not None:
+            self.classifier_mask_augment = MaskAugment(
+                types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
+                worn_low=d.classifier_worn_low, colours=d.mask_colours).to(self.device)
         streams = ("flip", "mask", "photo") + (("classifier_mask",) if self.classifier_steps > 1 else ())
         self.generators = {}
         for stream in streams:
@@ -345,7 +350,7 @@ class Trainer:
         faces ``x`` (``optim.classifier_steps``, see classifier_training.py). Only C has gradients,
         so only C moves (SGD skips parameters without one). Returns eq. 1, unweighted."""
         classifier = self.model.classifier
-        x_masked, _ = self.mask_augment(x, generator=self.generators["classifier_mask"])
+        x_masked, _ = self.classifier_mask_augment(x, generator=self.generators["classifier_mask"])
         views = torch.cat([x, x_masked])
         if self.photo_variation is not None:
             views = self.photo_variation(views, generator=self.generators["photo"])
