@@ -25,6 +25,7 @@ def weights(run_dir, prefix=None):
 def test_paper_recipe_keeps_both_off():
     r = load_recipe(Path(__file__).parents[1] / "recipes" / "paper_casia_r50.yaml", check_paths=False)
     assert (r.optim.classifier_steps, r.optim.classifier_ema) == (1, 0.0)
+    assert r.data.classifier_worn_low is None and r.data.mask_worn_low == 0.0
 
 
 @pytest.mark.parametrize("optim, message", [
