@@ -11,7 +11,9 @@ specificity moved by half a point between checkpoints 300 steps apart.
   parameters are its own, so E_F, E_P and the heads are untouched by these steps (SGD skips
   parameters without a gradient) and train exactly as without them, unless ``optim.clip_grad``
   is set (the joint step clips one norm over all gradients, C's included) or ``train.amp`` is
-  fp16 (the loss scale is shared).
+  fp16 (the loss scale is shared). ``data.classifier_worn_low`` w draws a share w of the further
+  steps' masks worn low, under the nose (``Trainer.classifier_mask_augment``); E_P's masks keep
+  ``data.mask_worn_low``.
 - ``classifier_ema`` d: the weights that are saved, evaluated and exported are an exponential
   moving average of C's weights over its steps (BatchNorm statistics included):
   avg <- d * avg + (1 - d) * C. C itself trains on undisturbed. A checkpoint keeps both, so a
