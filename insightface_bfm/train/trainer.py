@@ -213,8 +213,12 @@ class Trainer:
         from ..masks.batched import MaskAugment
 
         d = recipe.data
-        self.mask_augment = MaskAugment(types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
-                                        worn_low=d.mask_worn_low, colours=d.mask_colours).to(self.device)
+
+        def mask_augment(worn_low):
+            return MaskAugment(types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
+                               worn_low=worn_low, colours=d.mask_colours).to(self.device)
+
+        self.mask_augment = mask_augment(d.mask_worn_low)
         aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
         self.photo_variation = PhotoVariation(aug) if aug > 0 else None
         # C's own options (classifier_training.py): further steps of C alone per batch, on masks
@@ -224,11 +228,9 @@ class Trainer:
         self.classifier_steps = recipe.optim.classifier_steps if trains_c else 1
         self.classifier_average = (ClassifierAverage(self.model.classifier, recipe.optim.classifier_ema)
                                    if trains_c and recipe.optim.classifier_ema > 0 else None)
-        self.classifier_mask_augment = self.mask_augment
-        if self.classifier_steps > 1 and d.classifier_worn_low is not None:
-            self.classifier_mask_augment = MaskAugment(
-                types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
-                worn_low=d.classifier_worn_low, colours=d.mask_colours).to(self.device)
+        self.classifier_mask_augment = (mask_augment(d.classifier_worn_low)
+                                        if self.classifier_steps > 1 and d.classifier_worn_low is not None
+                                        else self.mask_augment)
         streams = ("flip", "mask", "photo") + (("classifier_mask",) if self.classifier_steps > 1 else ())
         self.generators = {}
         for stream in streams:
