@@ -22,6 +22,13 @@ def weights(run_dir, prefix=None):
     return {k: v for k, v in w.items() if prefix is None or k.startswith(prefix)}
 
 
+def assert_only_c_differs(a: dict, b: dict) -> None:
+    """E_F, E_P and the heads bit for bit equal in the two runs' weights; C's weights not."""
+    others = [k for k in a if not k.startswith(C_KEYS)]
+    assert others and all(torch.equal(a[k], b[k]) for k in others)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
+
+
 def test_paper_recipe_keeps_both_off():
     r = load_recipe(Path(__file__).parents[1] / "recipes" / "paper_casia_r50.yaml", check_paths=False)
     assert (r.optim.classifier_steps, r.optim.classifier_ema) == (1, 0.0)
@@ -59,10 +66,7 @@ def test_further_steps_move_c_only_and_keep_e_p_masks(tmp_path, faces):  # noqa:
     trainer.classifier_step = lambda x: calls.append(len(x)) or original(x)
     trainer.fit()
     assert calls == [8] * 6  # two further steps per batch of 8
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
-    others = [k for k in a if not k.startswith(C_KEYS)]
-    assert others and all(torch.equal(a[k], b[k]) for k in others)
-    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
+    assert_only_c_differs(weights(tmp_path / "one"), weights(tmp_path / "three"))
 
 
 def test_classifier_worn_low_reaches_c_further_steps_only(tmp_path, faces):  # noqa: F811
@@ -76,10 +80,7 @@ def test_classifier_worn_low_reaches_c_further_steps_only(tmp_path, faces):  # n
     trainer = Trainer(low, dataset=faces)
     assert trainer.mask_augment.worn_low == 0.0 and trainer.classifier_mask_augment.worn_low == 1.0
     trainer.fit()
-    a, b = weights(tmp_path / "base"), weights(tmp_path / "low")
-    others = [k for k in a if not k.startswith(C_KEYS)]
-    assert others and all(torch.equal(a[k], b[k]) for k in others)
-    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(C_KEYS) and a[k].is_floating_point())
+    assert_only_c_differs(weights(tmp_path / "base"), weights(tmp_path / "low"))
     # the same draws worn low (under the nose) against not: each mask's top edge lower, so it
     # covers fewer pixels above the mouth of a blank face
     x = torch.zeros(6, 3, 112, 112)
