@@ -273,35 +273,39 @@ class FaceAnalysis(_InsightFaceAnalysis):
 
     # -- matching -------------------------------------------------------------------------
 
-    def compare(self, face_a, face_b, threshold: float | None = None) -> Comparison:
+    def compare(self, face_a, face_b, threshold: float | dict | None = None) -> Comparison:
         """Compare two analysed faces by the pair rule (either masked: E_P for both, else E_F).
 
         Returns ``Comparison(similarity, distance, case, extractor, threshold, same)``:
         cosine similarity, squared L2 distance of normalised embeddings (2 - 2 * similarity),
         case 1 both unmasked / 2 one masked / 3 both masked. A missing embedding is computed
-        from the face's stored aligned crop.
+        from the face's stored aligned crop. ``threshold``: a squared L2 distance, or one per
+        extractor (``verification_thresholds()``), to fill ``same``.
         """
         return compare(face_a, face_b, embed_missing=self.embed_missing, threshold=threshold)
 
-    def verification_threshold(self, threshold: float | None = None) -> float:
-        """``threshold`` if given, else the pack's ``verification_distance`` (squared L2), else an error."""
-        if threshold is None:
-            threshold = self.pack.thresholds.verification_distance
-        if threshold is None:
+    def verification_thresholds(self, threshold: float | None = None) -> dict[str, float]:
+        """The squared L2 threshold per extractor: ``threshold`` for both if given, else the pack's
+        (``verification_distance``, and ``verification_distance_partial`` for E_P where the pack
+        has one), else an error."""
+        if threshold is not None:
+            return {"full": float(threshold), "partial": float(threshold)}
+        if self.pack.thresholds.verification_distance is None:
             raise PackError(
                 f"{self.pack.path}: the pack has no verification threshold; pass one (threshold=, "
                 "--threshold X: squared L2, 0..4) or rebuild it with `bfm pack ... --distance-threshold X`"
             )
-        return float(threshold)
+        return {e: float(self.pack.thresholds.distance_for(e)) for e in ("full", "partial")}
 
     def verify(self, img_a, img_b, threshold: float | None = None) -> Comparison:
         """Same person? The main face of each image, compared by the pair rule.
 
-        ``threshold`` is a squared L2 distance; default: the pack's ``verification_distance``.
+        ``threshold`` is a squared L2 distance; default: the pack's threshold for the extractor
+        the pair rule picks.
         """
         check_image(img_a, "img_a")
         check_image(img_b, "img_b")
-        threshold = self.verification_threshold(threshold)
+        threshold = self.verification_thresholds(threshold)
         faces = []
         for img, label in ((img_a, "img_a"), (img_b, "img_b")):
             found = self.get(img, max_num=1)

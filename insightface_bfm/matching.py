@@ -110,10 +110,12 @@ def face_embedding(face: Mapping, extractor: str, embed_missing: EmbedMissing | 
     return np.asarray(value, dtype=np.float32).ravel()
 
 
-def compare(a, b, *, embed_missing: EmbedMissing | None = None, threshold: float | None = None) -> Comparison:
+def compare(a, b, *, embed_missing: EmbedMissing | None = None,
+            threshold: float | Mapping[str, float] | None = None) -> Comparison:
     """Compare two faces by the pair rule, or two raw embeddings (arrays) directly.
 
-    ``threshold`` (squared L2) also fills ``same``.
+    ``threshold`` (squared L2; or one per extractor, ``{"full": .., "partial": ..}``, for the
+    extractor the pair rule picks) also fills ``same``.
     """
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
@@ -128,6 +130,10 @@ def compare(a, b, *, embed_missing: EmbedMissing | None = None, threshold: float
             face_embedding(a, extractor, embed_missing, "face_a"),
             face_embedding(b, extractor, embed_missing, "face_b"),
         )
+    if isinstance(threshold, Mapping):
+        if extractor is None:
+            raise BFMError("compare: two embedding arrays take one threshold, not one per extractor")
+        threshold = float(threshold[extractor])
     same = None if threshold is None else bool(result.distance <= threshold)
     return Comparison(result.similarity, result.distance, case, extractor, threshold, same)
 

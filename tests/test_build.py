@@ -71,7 +71,11 @@ def test_build_resumes_after_an_interruption_and_installs_an_evaluated_pack(tmp_
     build = pack.manifest["bfm"]["build"]
     assert build["base"]["sha256"] == sha256_file(base)
     assert pack.thresholds.verification_distance == build["threshold"]["distance"]
-    assert f"squared L2 distance {build['threshold']['distance']:.2f}" in r.output
+    # build_pack.yaml's eval.thresholds: per_extractor -> E_P's own threshold in the pack too
+    assert build["threshold"]["rule"] == "per_extractor"
+    assert pack.thresholds.verification_distance_partial == build["threshold"]["distance_partial"] is not None
+    assert f"squared L2 distance {build['threshold']['distance']:.2f} for E_F" in r.output
+    assert f"{build['threshold']['distance_partial']:.2f} for E_P" in r.output
     assert set(build["heldout"]) == {"base", "bfm"}
     assert set(build["heldout"]["bfm"]) == {"case1", "case2", "case3"}
     assert build["recipe"]["init"]["head"] == "centres"

@@ -35,6 +35,16 @@ def test_paper_recipe_keeps_both_off():
     assert r.data.classifier_worn_low is None and r.data.mask_worn_low == 0.0
 
 
+def test_thresholds_per_extractor_only_where_named():
+    # one threshold (the paper) unless a recipe asks for one per extractor: the real-faces and
+    # pack-building recipes do, and C's worn-low masks come with both
+    recipes = Path(__file__).parents[1] / "recipes"
+    assert load_recipe(recipes / "paper_casia_r50.yaml", check_paths=False).eval.thresholds == "one"
+    for name in ("real_faces_bfm.yaml", "build_pack.yaml"):
+        r = load_recipe(recipes / name, check_paths=False)
+        assert (r.eval.thresholds, r.data.classifier_worn_low) == ("per_extractor", 0.05)
+
+
 @pytest.mark.parametrize("optim, message", [
     ({"classifier_steps": 0}, "'optim.classifier_steps' must be >= 1"),
     ({"classifier_ema": 1.0}, "'optim.classifier_ema' must be <= 0.9999"),

@@ -146,6 +146,17 @@ def test_bfm_pack_is_routed_by_its_classifier(tiny, tmp_path):
             "--quiet")
     res = json.loads((tmp_path / "l" / "results.json").read_text())
     assert res["case_source"] == "labels" and list(res["cases"]) == ["2"]
+    # one threshold per extractor: the same pairs and distances, E_F's and E_P's thresholds
+    r = run("eval", tiny["dir"] / "pairs.csv", "--images", tiny["lfw"], "--model", tmp_path / "pack",
+            "--mask-pairs", "one", "--mask-types", "dark", "--thresholds", "per_extractor",
+            "--out", tmp_path / "p", "--quiet")
+    assert r.exit_code == 0, r.output
+    per = json.loads((tmp_path / "p" / "results.json").read_text())
+    one = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert (per["threshold_rule"], one["threshold_rule"]) == ("per_extractor", "one")
+    assert len(per["fold_thresholds_partial"]) == 10 and "fold_thresholds_partial" not in one
+    assert per["auc"] == one["auc"]  # the ROC is the routed distances' either way
+    assert "one threshold per extractor" in (tmp_path / "p" / "results.md").read_text()
 
 
 def test_pair_rule_matches_matching_module():

@@ -162,6 +162,13 @@ def test_holdout_routes(tmp_path):
     assert r["classifier_accuracy"] == pytest.approx(balanced)
     with pytest.raises(ValueError, match="route"):
         evaluate_holdout(trainer.model, "synthetic:4:3:5", route="oracle", **settings)
+    # a threshold per extractor: where every pair of a case goes one way (the true mask state
+    # routes), each case has one extractor and the same accuracy as under one threshold
+    per = evaluate_holdout(trainer.model, "synthetic:4:3:5", route="truth", thresholds="per_extractor",
+                           **settings)
+    assert all(per[f"case{c}"] == by_route["truth"][f"case{c}"] for c in (1, 2, 3))
+    with pytest.raises(ValueError, match="thresholds"):
+        evaluate_holdout(trainer.model, "synthetic:4:3:5", thresholds="two", **settings)
 
 
 def test_contact_sheet_shows_every_kind():

@@ -77,6 +77,19 @@ def test_compare_raw_embeddings_and_errors():
         compare({"embedding_full": np.ones(3)}, {"masked": False, "embedding_full": np.ones(3)})
 
 
+def test_compare_threshold_per_extractor():
+    # {"full": .., "partial": ..}: the pair rule's extractor picks its own threshold
+    rng = np.random.default_rng(4)
+    f1, f2, p1, p2 = (rng.normal(size=16).astype(np.float32) for _ in range(4))
+    limits = {"full": 0.0001, "partial": 3.9999}
+    r = compare(_face(False, f1, p1), _face(False, f2, p2), threshold=limits)
+    assert (r.extractor, r.threshold, r.same) == ("full", 0.0001, False)
+    r = compare(_face(False, f1, p1), _face(True, f2, p2), threshold=limits)
+    assert (r.extractor, r.threshold, r.same) == ("partial", 3.9999, True)
+    with pytest.raises(BFMError, match="one threshold"):
+        compare(f1, f2, threshold=limits)
+
+
 def _random_gallery(n=200, d=32, seed=0):
     rng = np.random.default_rng(seed)
     full = rng.normal(size=(n, d)).astype(np.float32)

@@ -41,6 +41,29 @@ def test_build_and_load(tmp_path, export, detector):
     assert sorted(p.name for p in out.parent.iterdir()) == ["bfm_t"]
 
 
+def test_threshold_per_extractor(tmp_path, export, detector):
+    out = tmp_path / "p"
+    pack = build_pack(export, out, detector=detector, verification_distance=1.2,
+                      verification_distance_partial=1.35)
+    assert pack.manifest["bfm"]["thresholds"] == {"mask_score": 0.5, "verification_distance": 1.2,
+                                                  "verification_distance_partial": 1.35}
+    assert (pack.thresholds.distance_for("full"), pack.thresholds.distance_for("partial")) == (1.2, 1.35)
+    # a pack with one threshold has no partial key: older readers see the manifest they know
+    one = build_pack(export, tmp_path / "q", detector=detector, verification_distance=1.2)
+    assert "verification_distance_partial" not in one.manifest["bfm"]["thresholds"]
+    with pytest.raises(PackError, match="E_P's verification distance 4.5: must be in"):
+        build_pack(export, tmp_path / "r", detector=detector, verification_distance=1.2,
+                   verification_distance_partial=4.5)
+    with pytest.raises(PackError, match="needs E_F's"):
+        build_pack(export, tmp_path / "r", detector=detector, verification_distance_partial=1.3)
+    # a manifest edited by hand: the bad key is named
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["bfm"]["thresholds"]["verification_distance_partial"] = 7
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match="verification_distance_partial must be in"):
+        load_pack(out)
+
+
 def test_insightface_accepts_manifest(tmp_path, export, detector):
     from insightface.model_zoo.package_manifest import load_model_package
 
@@ -136,6 +159,12 @@ def test_bfm_pack_cli(tmp_path, export, detector):
     assert r.exit_code == 0, r.output
     assert "sha256 verified" in r.output
     assert load_pack(out).thresholds.verification_distance == 1.2
+    assert load_pack(out).thresholds.distance_for("partial") == 1.2  # one threshold for both
+    r = runner.invoke(main, ["pack", str(export), str(tmp_path / "two"), "--detector", str(detector),
+                             "--distance-threshold", "1.2", "--partial-distance-threshold", "1.35"])
+    assert r.exit_code == 0, r.output
+    thresholds = load_pack(tmp_path / "two").thresholds
+    assert (thresholds.distance_for("full"), thresholds.distance_for("partial")) == (1.2, 1.35)
     r = runner.invoke(main, ["pack", str(export), str(tmp_path / "x")])
     assert r.exit_code == 2 and "--det-pack" in r.output
     r = runner.invoke(main, ["pack", str(export), str(out), "--detector", str(detector)])

@@ -319,3 +319,98 @@ def test_lfw_pairs_accuracy_equals_reference(shared):
     model = shared("models", "mobilefacenet_128.onnx")
     results = _evaluate_against_reference(lfw, model, lfw / "pairs.txt", 10)
     assert 0.990 <= results["accuracy"] <= 0.996  # MobileFaceNet on LFW; measured here: 99.30%
+
+
+# ---------------------------------------------------------------- one threshold per extractor
+
+
+def ref_per_extractor(full, partial, routed, same, fold_of, min_route=100):
+    """Per fold: E_F's threshold on the training pairs routed to E_F, E_P's on those routed to
+    E_P, each on every training pair (with its distances) when fewer than ``min_route`` (or one
+    side only) went its way; each held-out pair judged by its own extractor's threshold."""
+    def best(dist, labels):
+        best_t, best_correct = None, -1
+        for t in ref_thresholds():
+            correct = sum((d < t) == s for d, s in zip(dist, labels))
+            if correct > best_correct:
+                best_t, best_correct = t, correct
+        return best_t
+
+    accs, chosen = [], []
+    for f in sorted(set(fold_of)):
+        train = [i for i in range(len(same)) if fold_of[i] != f]
+        picks = []
+        for dist, want in ((full, False), (partial, True)):
+            use = [i for i in train if routed[i] == want]
+            if len(use) < min_route or len({bool(same[i]) for i in use}) < 2:
+                use = train
+            picks.append(best([dist[i] for i in use], [same[i] for i in use]))
+        test = [i for i in range(len(same)) if fold_of[i] == f]
+        right = sum(((partial[i] if routed[i] else full[i]) < picks[int(routed[i])]) == same[i] for i in test)
+        accs.append(right / len(test))
+        chosen.append(picks)
+    return sum(accs) / len(accs), chosen
+
+
+def two_spaces(n=400, n_routed=200, seed=3):
+    """E_F's distances around 0.4 (same) / 1.2 (different), E_P's around 1.4 / 2.4: no one
+    threshold separates both, one per extractor does."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < 0.5
+    routed = np.zeros(n, bool)
+    routed[rng.choice(n, n_routed, replace=False)] = True
+    full = np.round(np.where(same, rng.normal(0.4, 0.12, n), rng.normal(1.2, 0.12, n)), 2)
+    partial = np.round(np.where(same, rng.normal(1.4, 0.12, n), rng.normal(2.4, 0.12, n)), 2)
+    return full, partial, routed, same
+
+
+def test_per_extractor_thresholds_match_the_reference():
+    from insightface_bfm.evaluation.verification import RoutedDistances, kfold_accuracy_per_extractor
+
+    for n_routed in (200, 30):  # enough pairs on E_P's route, and too few (its threshold from all)
+        full, partial, routed, same = two_spaces(n_routed=n_routed)
+        res = kfold_accuracy_per_extractor(RoutedDistances(full, partial, routed), same)
+        want, chosen = ref_per_extractor(full, partial, routed, same, ref_contiguous_folds(400, 10))
+        assert res.mean == pytest.approx(want, abs=1e-12)
+        assert np.allclose(res.fold_thresholds, [c[0] for c in chosen])
+        assert np.allclose(res.fold_thresholds_partial, [c[1] for c in chosen])
+    # E_F's 0.4 / 1.2 and E_P's 1.4 / 2.4, each separated by its own threshold; one threshold
+    # for the mixture cannot separate both
+    full, partial, routed, same = two_spaces()
+    routes = RoutedDistances(full, partial, routed)
+    per = kfold_accuracy_per_extractor(routes, same)
+    one = kfold_accuracy(routes.chosen, same)
+    assert per.mean > 0.99 and one.mean < 0.9
+    assert all(0.6 < t < 1.0 for t in per.fold_thresholds)
+    assert all(1.6 < t < 2.2 for t in per.fold_thresholds_partial)
+
+
+def test_per_extractor_reduces_to_one_extractor():
+    from insightface_bfm.evaluation.verification import RoutedDistances, kfold_accuracy_per_extractor
+
+    full, partial, _, same = two_spaces()
+    nobody = kfold_accuracy_per_extractor(RoutedDistances(full, partial, np.zeros(400, bool)), same)
+    everybody = kfold_accuracy_per_extractor(RoutedDistances(full, partial, np.ones(400, bool)), same)
+    assert nobody.mean == kfold_accuracy(full, same).mean
+    assert nobody.fold_thresholds == kfold_accuracy(full, same).fold_thresholds
+    assert everybody.mean == kfold_accuracy(partial, same).mean
+
+
+def test_evaluate_distances_per_extractor_per_case():
+    from insightface_bfm.evaluation.verification import RoutedDistances
+
+    full, partial, routed, same = two_spaces()
+    routes = RoutedDistances(full, partial, routed)
+    cases = np.where(routed, 2, 1)
+    res = evaluate_distances(routes.chosen, same, cases=cases, routes=routes)
+    assert res.threshold_rule == "per_extractor" and res.to_dict()["fold_thresholds_partial"]
+    folds = ref_contiguous_folds(400, 10)
+    for c in (1, 2):
+        idx = [i for i in range(400) if cases[i] == c]
+        thr = res.accuracy.fold_thresholds_partial if c == 2 else res.accuracy.fold_thresholds
+        right = sum((routes.chosen[i] < thr[folds[i]]) == same[i] for i in idx)
+        assert res.cases[str(c)]["accuracy"] == pytest.approx(right / len(idx))
+    with pytest.raises(DatasetError, match="distances the pair rule chose"):
+        evaluate_distances(full, same, routes=routes)
+    with pytest.raises(DatasetError, match="equal-length"):
+        RoutedDistances(full, partial[:10], routed)

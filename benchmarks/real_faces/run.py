@@ -166,15 +166,17 @@ def test_pairs(out: Path, max_pairs: int | None) -> Path:
 
 
 def evaluate_all(models: dict, pairs: Path, out: Path, log) -> dict:
-    """Case 1/2/3 on the test pairs for every model, one mask manifest per masked set."""
+    """Case 1/2/3 on the test pairs for every model, one mask manifest per masked set.
+
+    ``models``: name -> (model path, threshold rule: "one" or "per_extractor")."""
     from insightface_bfm.evaluation import evaluate
     from insightface_bfm.evaluation.masked_pairs import save_manifest
 
     results: dict = {}
     for case, mask in ((1, None), (2, "one"), (3, "both")):
         manifest_path = out / "manifests" / f"pairsDevTest_{mask}.json"
-        for name, model in models.items():
-            kw = {}
+        for name, (model, rule) in models.items():
+            kw = {"thresholds": rule}
             if mask is not None and manifest_path.exists():
                 kw["mask_manifest"] = manifest_path
             elif mask is not None:
@@ -194,6 +196,7 @@ def evaluate_all(models: dict, pairs: Path, out: Path, log) -> dict:
                     "eer",
                     "tar_at_far",
                     "cases", "case_source",
+                    "threshold_rule",
                     "masked_fraction",
                     "n_faces_embedded",
                     "embedding_seconds",
@@ -327,10 +330,13 @@ def markdown(results: dict) -> str:
         "baseline1": "Baseline 1 (pretrained MobileFaceNet)",
         "baseline2": "Baseline 2 (fine-tuned on faces + masked faces)",
         "bfm": "BFM (C + E_F frozen + E_P fine-tuned, guided loss)",
+        "bfm_one_threshold": "BFM, one threshold for E_F and E_P (the paper's comparison)",
     }
     for key, label in names.items():
         r = results["verification"].get(key)
         if r:
+            if key == "bfm" and r["case1"].get("threshold_rule") == "per_extractor":
+                label = label[:-1] + "; a threshold per extractor)"
             rows.append(
                 f"| {label} | "
                 + " | ".join(
@@ -455,8 +461,10 @@ def main(argv=None) -> int:
         args.set.append("init.head=random")
 
     results["training"] = {}
+    threshold_rules = {}
     for mode in args.modes.split(","):
         recipe = load_recipe(mode, args, train_dir, val_dir, out / "runs" / mode)
+        threshold_rules[mode] = recipe.eval.thresholds
         if mode in reuse:  # --reuse: a finished training of an earlier invocation (same recipe)
             run_dir = out / "runs" / mode
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -500,10 +508,14 @@ def main(argv=None) -> int:
         results["pack"]["face_analysis_check"] = pack_smoke(out / "pack")
 
     with stage("verification"):
+        # BFM under its recipe's eval.thresholds (as `bfm models build` calibrates a pack), and
+        # under one threshold as well when that is per extractor (the same embeddings, cached)
+        rule = threshold_rules.get("bfm", "one")
         models = {
-            "baseline1": out / "baseline1.onnx",
-            "baseline2": out / "baseline2.onnx",
-            "bfm": out / "pack",
+            "baseline1": (out / "baseline1.onnx", "one"),
+            "baseline2": (out / "baseline2.onnx", "one"),
+            "bfm": (out / "pack", rule),
+            **({"bfm_one_threshold": (out / "pack", "one")} if rule != "one" else {}),
         }
         pairs = test_pairs(out, args.max_pairs)
         results["data"]["test_pairs_file"] = str(pairs)

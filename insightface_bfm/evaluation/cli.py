@@ -55,6 +55,11 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--folds", type=int, default=10, show_default=True,
               help="Folds when the pairs file defines none.")
 @click.option("--mask-threshold", type=float, help="Classifier score above which a face counts as masked.")
+@click.option("--thresholds", "threshold_rule", type=click.Choice(["one", "per_extractor"]), default="one",
+              show_default=True,
+              help="Verification thresholds of a BFM model: one for every pair (the paper), or one per "
+                   "extractor (E_F's pairs and E_P's pairs each their own, as a pack built with them "
+                   "decides).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Keep embeddings here per model, so reruns skip the network.")
@@ -62,7 +67,7 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
               help="Write results.json, results.md, roc.png (and mask_manifest.json) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types, mask_manifest, cases, folds,
-             mask_threshold, batch_size, cache_dir, out_dir, quiet):
+             mask_threshold, threshold_rule, batch_size, cache_dir, out_dir, quiet):
     """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
     10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
     from .report import markdown_table, write_report
@@ -75,6 +80,7 @@ def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types
         pairs, model, images=images, fmt=fmt, flip=flip, mask_pairs=mask_pairs, seed=seed, mask_types=types,
         mask_manifest=mask_manifest, cases=cases, n_folds=folds, batch_size=batch_size,
         cache_dir=cache_dir, mask_threshold=mask_threshold, progress=not quiet, root=root,
+        thresholds=threshold_rule,
     )
     click.echo(markdown_table([results]), nl=False)
     if out_dir:

@@ -33,6 +33,10 @@ def markdown_table(results: list[dict]) -> str:
     for r in results:
         set_name = r["set"] + (f" (mask {r['mask_pairs']['mode']}, seed {r['mask_pairs']['seed']})"
                                if r.get("mask_pairs") else "")
+        if r.get("threshold_rule") == "per_extractor":
+            notes.append(f"{Path(r['model']).name} on {set_name}: accuracies with one threshold per "
+                         "extractor (E_F's pairs, E_P's pairs); AUC, EER and TAR@FAR with one moving "
+                         "threshold.")
         tars = []
         for far in ("0.001", "0.0001"):
             t = r["tar_at_far"][far]

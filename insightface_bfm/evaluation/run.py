@@ -23,7 +23,13 @@ from ..errors import DatasetError
 from ..imaging import check_image, read_image
 from . import masked_pairs
 from .embedders import open_embedder, pair_embeddings
-from .verification import VerificationResult, evaluate_distances, pair_distances
+from .verification import (
+    THRESHOLD_RULES,
+    RoutedDistances,
+    VerificationResult,
+    evaluate_distances,
+    pair_distances,
+)
 
 CASE_MODES = ("auto", "classifier", "labels", "none")
 
@@ -161,6 +167,7 @@ def evaluate(
     progress: bool = True,
     embedder=None,
     root=None,
+    thresholds: str = "one",
 ) -> tuple[dict, VerificationResult, dict | None]:
     """Evaluate ``model`` on a pair set. Returns (results dict for JSON, VerificationResult, mask
     manifest or None).
@@ -170,9 +177,14 @@ def evaluate(
     ``cases``: "classifier" (a routed model's mask classifier decides each face), "labels" (the
     file's case column, or the case the masking built), "none", or "auto" (classifier when the
     model has one, else labels when known).
+    ``thresholds``: "one" threshold for every pair (the paper), or "per_extractor" (a routed
+    model: E_F's pairs and E_P's pairs each get their own, see ``verification``; a model with
+    one extractor has one either way).
     """
     if cases not in CASE_MODES:
         raise DatasetError(f"cases {cases!r}: expected one of {', '.join(CASE_MODES)}")
+    if thresholds not in THRESHOLD_RULES:
+        raise DatasetError(f"thresholds {thresholds!r}: expected one of {', '.join(THRESHOLD_RULES)}")
     t0 = time.time()
     pair_set = open_pair_set(pairs_path, images, fmt)
     pairs = pair_set.pairs
@@ -225,6 +237,12 @@ def evaluate(
     threshold = getattr(embedder, "mask_threshold", None)
     e1, e2, classifier_cases = pair_embeddings(emb, left, right, threshold)
     dist = pair_distances(e1, e2)
+    routes = None
+    if thresholds == "per_extractor" and classifier_cases is not None:
+        routes = RoutedDistances(pair_distances(emb["full"][left], emb["full"][right]),
+                                 pair_distances(emb["partial"][left], emb["partial"][right]),
+                                 classifier_cases > 1)
+        dist = routes.chosen  # the same values, bit for bit, from the same normalisation
 
     label_cases = pairs.cases
     if label_cases is None and manifest is not None:
@@ -241,7 +259,7 @@ def evaluate(
                            "gives them)")
     case_array = {"classifier": classifier_cases, "labels": label_cases, "none": None}[cases]
     result = evaluate_distances(dist, pairs.issame, pairs.folds, case_array, n_folds,
-                                case_source=cases if case_array is not None else None)
+                                case_source=cases if case_array is not None else None, routes=routes)
     out = {
         "set": pair_set.name,
         "pairs_file": str(pairs_path),
@@ -257,6 +275,7 @@ def evaluate(
         "protocol": {
             "distance": "squared L2 of L2-normalised embeddings",
             "thresholds": "0 to 3.99 step 0.01, chosen on the other folds; same if distance < threshold",
+            "threshold_rule": result.threshold_rule,
             "n_folds": n_folds if pairs.folds is None else int(len(np.unique(pairs.folds))),
         },
         "n_faces_embedded": len(views),

@@ -12,6 +12,14 @@ Folds are LFW's own when the pairs file says so (the 10-fold header of pairs.txt
 contiguous blocks of the pair list in order, sized like scikit-learn's ``KFold`` without
 shuffling (the first ``n % k`` folds hold one pair more).
 
+A routed model (C, E_F and E_P) can also be held to one threshold per extractor
+(``thresholds="per_extractor"``, ``kfold_accuracy_per_extractor``): E_F's and E_P's distances
+live in two different embedding spaces, so one threshold for both is a compromise between them.
+Each extractor's threshold is then chosen, on the other folds, on the pairs the pair rule sent
+to it, or on all of them under its distances when fewer than ``MIN_ROUTE_PAIRS`` went its way (a
+handful of pairs cannot place a threshold: one pair is a whole percent of them). The paper
+compares by one threshold: ``"one"`` is the default.
+
 On top of that, from the whole set without folds: the ROC curve, its area, the equal
 error rate, and TAR at FAR 1e-3 / 1e-4 (null, with the reason, where the set has too few
 different-identity pairs to measure that FAR).
@@ -30,6 +38,9 @@ from ..errors import DatasetError
 THRESHOLDS = np.arange(0, 4, 0.01)
 FAR_TARGETS = (1e-3, 1e-4)
 CASE_NAMES = {1: "both unmasked", 2: "one masked", 3: "both masked"}
+# "one" threshold for every pair (the paper, arcface_torch) or one per extractor (routed models)
+THRESHOLD_RULES = ("one", "per_extractor")
+MIN_ROUTE_PAIRS = 100
 
 
 def l2_normalize(x) -> np.ndarray:
@@ -65,6 +76,46 @@ def _accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np
 
 
 @dataclass
+class RoutedDistances:
+    """A routed model's pairs: both extractors' distances for every pair, and the pair rule's
+    choice (``routed``: True where either face was classified masked, so E_P compares them)."""
+
+    full: np.ndarray
+    partial: np.ndarray
+    routed: np.ndarray
+
+    def __post_init__(self):
+        self.full = np.asarray(self.full, dtype=np.float64)
+        self.partial = np.asarray(self.partial, dtype=np.float64)
+        self.routed = np.asarray(self.routed, dtype=bool)
+        if not (self.full.shape == self.partial.shape == self.routed.shape) or self.full.ndim != 1:
+            raise DatasetError(f"routed distances: full {self.full.shape}, partial {self.partial.shape} "
+                               f"and routed {self.routed.shape} must be equal-length vectors")
+
+    @property
+    def chosen(self) -> np.ndarray:
+        """Each pair's distance under the extractor the pair rule picked."""
+        return np.where(self.routed, self.partial, self.full)
+
+    def subset(self, select) -> RoutedDistances:
+        return RoutedDistances(self.full[select], self.partial[select], self.routed[select])
+
+    def thresholds(self, issame, pick, select=None) -> tuple[float, float]:
+        """(E_F's, E_P's) threshold, each chosen by ``pick(dist, issame)`` on the pairs (of
+        ``select``) routed to that extractor, or on all of them when fewer than
+        ``MIN_ROUTE_PAIRS`` of those, or no same or no different pair, went its way."""
+        issame = np.asarray(issame, dtype=bool)
+        select = np.ones(len(issame), bool) if select is None else np.asarray(select, bool)
+        out = []
+        for dist, on_route in ((self.full, ~self.routed), (self.partial, self.routed)):
+            use = select & on_route
+            if use.sum() < MIN_ROUTE_PAIRS or issame[use].all() or not issame[use].any():
+                use = select
+            out.append(pick(dist[use], issame[use]))
+        return out[0], out[1]
+
+
+@dataclass
 class FoldAccuracy:
     mean: float
     std: float
@@ -72,9 +123,11 @@ class FoldAccuracy:
     fold_thresholds: list[float]
     n_pairs: int
     fold_source: str
+    # per-extractor thresholds: fold_thresholds are E_F's, these E_P's
+    fold_thresholds_partial: list[float] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "accuracy": self.mean,
             "std": self.std,
             "fold_accuracies": self.fold_accuracies,
@@ -82,6 +135,27 @@ class FoldAccuracy:
             "n_pairs": self.n_pairs,
             "folds": self.fold_source,
         }
+        if self.fold_thresholds_partial is not None:
+            out["fold_thresholds_partial"] = self.fold_thresholds_partial
+        return out
+
+
+def _fold_ids(n: int, folds, n_folds: int) -> tuple[np.ndarray, str]:
+    if folds is None:
+        return contiguous_folds(n, n_folds), f"{n_folds} contiguous folds"
+    folds = np.asarray(folds)
+    if folds.shape != (n,):
+        raise DatasetError(f"fold ids {folds.shape} do not match the {n} pairs")
+    if len(np.unique(folds)) < 2:
+        raise DatasetError("cross-validation needs at least 2 folds")
+    return folds, f"{len(np.unique(folds))} folds given by the pairs file"
+
+
+def _protocol_pick(thresholds):
+    """The protocol's choice on training folds: the best accuracy, ties to the smallest."""
+    def pick(dist, issame):
+        return float(thresholds[int(np.argmax(_accuracy_per_threshold(dist, issame, thresholds)))])
+    return pick
 
 
 def kfold_accuracy(
@@ -93,35 +167,41 @@ def kfold_accuracy(
     """
     dist = np.asarray(dist, dtype=np.float64)
     issame = np.asarray(issame, dtype=bool)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
     if dist.shape != issame.shape or dist.ndim != 1:
         raise DatasetError(f"distances {dist.shape} and labels {issame.shape} must be equal-length vectors")
-    if folds is None:
-        folds = contiguous_folds(len(dist), n_folds)
-        source = f"{n_folds} contiguous folds"
-    else:
-        folds = np.asarray(folds)
-        if folds.shape != dist.shape:
-            raise DatasetError(f"fold ids {folds.shape} do not match the {len(dist)} pairs")
-        source = f"{len(np.unique(folds))} folds given by the pairs file"
-    fold_ids = np.unique(folds)
-    if len(fold_ids) < 2:
-        raise DatasetError("cross-validation needs at least 2 folds")
+    folds, source = _fold_ids(len(dist), folds, n_folds)
+    pick = _protocol_pick(np.asarray(thresholds, dtype=np.float64))
     accs, chosen = [], []
-    for f in fold_ids:
+    for f in np.unique(folds):
         test = folds == f
-        train_acc = _accuracy_per_threshold(dist[~test], issame[~test], thresholds)
-        best = thresholds[int(np.argmax(train_acc))]
+        best = pick(dist[~test], issame[~test])
         accs.append(float(np.mean((dist[test] < best) == issame[test])))
-        chosen.append(float(best))
-    return FoldAccuracy(
-        mean=float(np.mean(accs)),
-        std=float(np.std(accs)),
-        fold_accuracies=accs,
-        fold_thresholds=chosen,
-        n_pairs=len(dist),
-        fold_source=source,
-    )
+        chosen.append(best)
+    return FoldAccuracy(float(np.mean(accs)), float(np.std(accs)), accs, chosen, len(dist), source)
+
+
+def kfold_accuracy_per_extractor(
+    routes: RoutedDistances, issame, folds=None, n_folds: int = 10, thresholds=THRESHOLDS
+) -> FoldAccuracy:
+    """``kfold_accuracy`` with one threshold per extractor (``RoutedDistances.thresholds``),
+    both chosen on the other folds; a pair is judged by its own extractor's threshold."""
+    issame = np.asarray(issame, dtype=bool)
+    if routes.full.shape != issame.shape:
+        raise DatasetError(f"distances {routes.full.shape} and labels {issame.shape} must be equal-length "
+                           "vectors")
+    folds, source = _fold_ids(len(issame), folds, n_folds)
+    pick = _protocol_pick(np.asarray(thresholds, dtype=np.float64))
+    dist = routes.chosen
+    accs, t_full, t_partial = [], [], []
+    for f in np.unique(folds):
+        test = folds == f
+        tf, tp = routes.thresholds(issame, pick, select=~test)
+        limit = np.where(routes.routed[test], tp, tf)
+        accs.append(float(np.mean((dist[test] < limit) == issame[test])))
+        t_full.append(tf)
+        t_partial.append(tp)
+    return FoldAccuracy(float(np.mean(accs)), float(np.std(accs)), accs, t_full, len(issame), source,
+                        fold_thresholds_partial=t_partial)
 
 
 def best_threshold(dist, issame, thresholds=THRESHOLDS) -> tuple[float, float]:
@@ -207,6 +287,8 @@ class VerificationResult:
     case_source: str | None = None
     roc: tuple | None = None  # (far, tar) for the plot; not in the JSON
     pairs: tuple | None = None  # (distances, issame) as measured; not in the JSON
+    routes: RoutedDistances | None = None  # a routed model's distances under both extractors
+    threshold_rule: str = "one"
 
     def to_dict(self) -> dict:
         out = self.accuracy.to_dict()
@@ -218,14 +300,20 @@ class VerificationResult:
             tar_at_far=self.tar_at_far,
             cases=self.cases,
             case_source=self.case_source,
+            threshold_rule=self.threshold_rule,
         )
         return out
 
 
 def evaluate_distances(
-    dist, issame, folds=None, cases=None, n_folds: int = 10, case_source: str | None = None
+    dist, issame, folds=None, cases=None, n_folds: int = 10, case_source: str | None = None,
+    routes: RoutedDistances | None = None,
 ) -> VerificationResult:
     """Run the whole protocol on pair distances.
+
+    ``routes`` (a routed model's distances under both extractors; ``dist`` must be their
+    ``chosen``): the accuracies then use one threshold per extractor. The ROC, EER and TAR@FAR
+    stay those of ``dist`` under one moving threshold.
 
     ``cases`` (1, 2, 3 per pair: both unmasked, one masked, both masked), when given, adds per case:
     ``accuracy``: the held-out accuracy of the pairs of that case under the thresholds chosen on
@@ -237,7 +325,12 @@ def evaluate_distances(
     issame = np.asarray(issame, dtype=bool)
     if folds is not None:
         folds = np.asarray(folds)
-    acc = kfold_accuracy(dist, issame, folds, n_folds)
+    if routes is not None:
+        if not np.array_equal(routes.chosen, dist):
+            raise DatasetError("routed distances: dist must be the distances the pair rule chose")
+        acc = kfold_accuracy_per_extractor(routes, issame, folds, n_folds)
+    else:
+        acc = kfold_accuracy(dist, issame, folds, n_folds)
     far, tar, _ = roc_curve(dist, issame)
     tars = {}
     for target in FAR_TARGETS:
@@ -253,17 +346,23 @@ def evaluate_distances(
         case_source=case_source if cases is not None else None,
         roc=(far, tar),
         pairs=(dist, issame),
+        routes=routes,
+        threshold_rule="one" if routes is None else "per_extractor",
     )
     if cases is not None:
-        result.cases = _per_case(dist, issame, folds, np.asarray(cases), acc, n_folds)
+        result.cases = _per_case(dist, issame, folds, np.asarray(cases), acc, n_folds, routes)
     return result
 
 
-def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int) -> dict:
+def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int, routes=None) -> dict:
     if cases.shape != dist.shape:
         raise DatasetError(f"case labels {cases.shape} do not match the {len(dist)} pairs")
     fold_of = folds if folds is not None else contiguous_folds(len(dist), n_folds)
-    threshold_of_pair = np.asarray(acc.fold_thresholds)[np.searchsorted(np.unique(fold_of), fold_of)]
+    slot = np.searchsorted(np.unique(fold_of), fold_of)
+    threshold_of_pair = np.asarray(acc.fold_thresholds)[slot]
+    if routes is not None:
+        threshold_of_pair = np.where(routes.routed, np.asarray(acc.fold_thresholds_partial)[slot],
+                                     threshold_of_pair)
     correct = (dist < threshold_of_pair) == issame
     out = {}
     for case in sorted(int(c) for c in np.unique(cases)):
@@ -279,7 +378,8 @@ def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int) -> di
         sub_same = issame[sel]
         if sel.sum() >= n_folds and sub_same.any() and (~sub_same).any():
             sub_folds = folds[sel] if folds is not None and len(np.unique(folds[sel])) >= 2 else None
-            within = kfold_accuracy(dist[sel], sub_same, sub_folds, n_folds)
+            within = (kfold_accuracy(dist[sel], sub_same, sub_folds, n_folds) if routes is None else
+                      kfold_accuracy_per_extractor(routes.subset(sel), sub_same, sub_folds, n_folds))
             entry["accuracy_within_case"] = within.mean
             entry["std_within_case"] = within.std
         out[str(case)] = entry

@@ -3,7 +3,7 @@
 ``compare_images(app, a, b)`` is what ``bfm compare`` runs: C decides the case (1 both
 unmasked, 2 one masked, 3 both masked) and so the extractor (E_F for case 1, E_P otherwise);
 the squared L2 distance of the normalised embeddings is held against the threshold (default:
-the pack's ``verification_distance``): at or below it, the same person.
+the pack's, for that extractor): at or below it, the same person.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from .analyze import face_record, image_faces
 
 def compare_images(app, image_a, image_b, *, threshold: float | None = None, aligned: bool = False) -> dict:
     """Compare the main faces of two image files; returns the JSON record of ``bfm compare``."""
-    threshold = app.verification_threshold(threshold)
+    thresholds = app.verification_thresholds(threshold)
     faces = []
     for path in (image_a, image_b):
         found = image_faces(app, read_image(path), path, aligned=aligned, main_only=True)
         if not found:
             raise ImageError(f"{path}: no face found")
         faces.append(found[0])
-    result = app.compare(faces[0], faces[1], threshold=threshold)
+    result = app.compare(faces[0], faces[1], threshold=thresholds)
     return {
         "image_a": str(image_a),
         "image_b": str(image_b),
@@ -32,6 +32,6 @@ def compare_images(app, image_a, image_b, *, threshold: float | None = None, ali
         "extractor": result.extractor,
         "similarity": round(result.similarity, 6),
         "distance": round(result.distance, 6),
-        "threshold": threshold,
+        "threshold": result.threshold,
         "same": bool(result.same),
     }

@@ -165,19 +165,19 @@ def search_images(app, gallery_path, inputs, *, k: int = 5, threshold: float | N
     gallery = open_gallery(gallery_path, app)
     if not len(gallery):
         raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
-    threshold = app.verification_threshold(threshold)
+    thresholds = app.verification_thresholds(threshold)
 
     def answer(faces):
         records, labels = [], []
         for face in faces:
             hits = gallery.search(face, k=k, embed_missing=app.embed_missing)
             best = hits[0]
-            known = best.distance <= threshold
+            known = best.distance <= thresholds[best.extractor]
             record = face_record(face)
             record["identity"] = best.identity if known else UNKNOWN
             record["matches"] = [
                 {"identity": h.identity, "similarity": round(h.similarity, 6),
-                 "distance": round(h.distance, 6)}
+                 "distance": round(h.distance, 6), "extractor": h.extractor}
                 for h in hits
             ]
             records.append(record)

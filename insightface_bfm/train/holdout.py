@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from ..errors import BFMError
-from ..evaluation.verification import kfold_accuracy, pair_distances
+from ..evaluation.verification import (
+    THRESHOLD_RULES,
+    RoutedDistances,
+    kfold_accuracy,
+    kfold_accuracy_per_extractor,
+    pair_distances,
+)
 from .model import BFMModel
 
 CASES = {1: "both unmasked", 2: "one masked", 3: "both masked"}
@@ -62,16 +68,20 @@ def _embed_all(model: BFMModel, images: torch.Tensor, batch_size: int, device) -
 
 
 def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10, batch_size: int = 128,
-                     seed: int = 1234, device="cpu", mask_types=None, route: str = "classifier") -> dict:
+                     seed: int = 1234, device="cpu", mask_types=None, route: str = "classifier",
+                     thresholds: str = "one") -> dict:
     """Accuracy per case on held-out identities (``dataset``: a FaceDataset or an open_dataset path).
 
     Returns ``{"case1": {"accuracy", "std", "routed_partial"}, ..., "classifier_accuracy",
     "classifier_recall", "classifier_specificity", "pairs"}``; ``routed_partial`` is the share of
     pairs a BFM model sent to E_P. ``route``: "classifier" (the paper's rule, C decides), "truth"
     (the true mask state decides: what a perfect C would do) or "partial" (E_P for every pair).
+    ``thresholds``: "one" for every pair, or "per_extractor" (recipe key ``eval.thresholds``).
     """
     if route not in ("classifier", "truth", "partial"):
         raise ValueError(f"route must be classifier, truth or partial, got {route!r}")
+    if thresholds not in THRESHOLD_RULES:
+        raise ValueError(f"thresholds must be one of {THRESHOLD_RULES}, got {thresholds!r}")
     from ..data import open_dataset
     from ..masks.batched import MaskAugment
     from .trainer import to_network_tensor
@@ -131,7 +141,12 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
                 partial = np.full(len(a), truth_a or truth_b)
             ea = np.where(partial[:, None], emb_a["partial"][a], emb_a["full"][a])
             eb = np.where(partial[:, None], emb_b["partial"][b], emb_b["full"][b])
-        acc = kfold_accuracy(pair_distances(ea, eb), same, n_folds=folds)
+        if thresholds == "per_extractor" and model.partial is not None:
+            routes = RoutedDistances(pair_distances(emb_a["full"][a], emb_b["full"][b]),
+                                     pair_distances(emb_a["partial"][a], emb_b["partial"][b]), partial)
+            acc = kfold_accuracy_per_extractor(routes, same, n_folds=folds)
+        else:
+            acc = kfold_accuracy(pair_distances(ea, eb), same, n_folds=folds)
         result[f"case{case}"] = {"accuracy": acc.mean, "std": acc.std,
                                  "routed_partial": float(partial.mean())}
     return result

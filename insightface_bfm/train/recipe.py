@@ -196,6 +196,12 @@ class EvalSection:
     every_epochs: int = _opt(0, min=0)
     batch_size: int = _opt(128, min=1)
     seed: int = 1234
+    # Verification thresholds of a routed model: "one" for every pair (the paper compares by one
+    # L2 threshold), or "per_extractor": E_F's pairs and E_P's pairs each get their own, since their
+    # distances live in two embedding spaces (evaluation/verification.py). It rules this held-out
+    # evaluation, the thresholds `bfm models build` writes into its pack and the BFM row of
+    # benchmarks/real_faces.
+    thresholds: str = _opt("one", choices=("one", "per_extractor"))
 
 
 @dataclass

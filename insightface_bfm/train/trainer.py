@@ -469,7 +469,7 @@ class Trainer:
             with average.in_place(self.model) if average is not None else contextlib.nullcontext():
                 result = evaluate_holdout(self.model, self.holdout, pairs=e.pairs, folds=e.folds,
                                           batch_size=e.batch_size, seed=e.seed, device=self.device,
-                                          mask_types=self.recipe.data.mask_types)
+                                          mask_types=self.recipe.data.mask_types, thresholds=e.thresholds)
             self.model.train()
             if metrics is not None:
                 metrics.write({"step": self.step, "epoch": self.epoch, "eval": result})

@@ -7,6 +7,7 @@
         -> export (three ONNX files) -> pack with the detector
         -> held-out verification, Cases 1/2/3 (our masks, bfm eval's protocol), for the base alone
            and for the pack; the pack's threshold = the best one on the pooled held-out pairs
+           (one per extractor, E_F's and E_P's, with the recipe's eval.thresholds: per_extractor)
         -> the pack installed at ROOT/models/NAME, its manifest's ``bfm.build`` holding the table,
            the threshold, the base's sha256 and the recipe.
 
@@ -292,7 +293,8 @@ def build_pack_from_faces(
         # 5. held-out verification, Cases 1/2/3, base alone and the pack; the pack's threshold
         t = time.time()
         table, threshold = heldout_table(pairs_csv, images, {"base": work / "export" / "full.onnx",
-                                                             "bfm": staging}, work / "cache", progress)
+                                                             "bfm": staging}, work / "cache", progress,
+                                         thresholds=recipe_obj.eval.thresholds)
         timings["heldout"] = round(time.time() - t, 1)
         record = {
             "name": name,
@@ -308,7 +310,9 @@ def build_pack_from_faces(
             "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         build_pack(work / "export", target, detector=det_path, name=name,
-                   verification_distance=threshold["distance"], build_info=record, overwrite=True)
+                   verification_distance=threshold["distance"],
+                   verification_distance_partial=threshold["distance_partial"], build_info=record,
+                   overwrite=True)
         timings["total"] = round(time.time() - t0, 1)
         atomic_write_text(work / "result.json", json.dumps({**record, "path": str(target)}, indent=2) + "\n")
         echo(format_table(record))
@@ -381,30 +385,45 @@ def _train(recipe, run_dir: Path, echo) -> dict:
     return Trainer(recipe, resume=resume).fit()
 
 
-def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = True):
+def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = True, thresholds: str = "one"):
     """Accuracy per case (10 folds, ``bfm eval``'s protocol) of each model on the held-out pairs:
     Case 1 as they are, Case 2 the second face masked, Case 3 both (our renderer, seed 0, the same
     masks for every model); the verification threshold of the last model = the best one on its
-    pooled Case 1-3 pairs, with its accuracy per case."""
+    pooled Case 1-3 pairs, with its accuracy per case. ``thresholds="per_extractor"`` (recipe key
+    ``eval.thresholds``): the pack's model is measured, and its thresholds chosen, one per
+    extractor (E_F's on the pooled pairs routed to E_F, E_P's on those routed to E_P)."""
     from ..evaluation import evaluate
-    from ..evaluation.verification import best_threshold
+    from ..evaluation.verification import RoutedDistances, best_threshold
 
     table: dict = {}
     pooled = {}
     for model_name, model in models.items():
         for case, mask in CASES:
             res, ver, _ = evaluate(pairs_csv, model, images=images, mask_pairs=mask, seed=MASK_SEED,
-                                   cache_dir=cache_dir, progress=progress)
+                                   cache_dir=cache_dir, progress=progress, thresholds=thresholds)
             table.setdefault(model_name, {})[f"case{case}"] = {"accuracy": res["accuracy"], "std": res["std"]}
-            pooled.setdefault(model_name, []).append(ver.pairs)
-    last = list(models)[-1]
-    dist = np.concatenate([d for d, _ in pooled[last]])
-    same = np.concatenate([s for _, s in pooled[last]])
-    distance, accuracy = best_threshold(dist, same)
-    per_case = {f"case{c}": float(np.mean((d < distance) == s))
-                for (c, _), (d, s) in zip(CASES, pooled[last])}
-    threshold = {"distance": distance, "similarity": 1.0 - distance / 2.0, "pooled_accuracy": accuracy,
-                 "accuracy_at_threshold": per_case, "pairs_per_case": int(len(pooled[last][0][0]))}
+            pooled.setdefault(model_name, []).append(ver)
+    last = pooled[list(models)[-1]]
+    same = np.concatenate([v.pairs[1] for v in last])
+    if all(v.routes is not None for v in last):
+        routes = RoutedDistances(*(np.concatenate([getattr(v.routes, k) for v in last])
+                                   for k in ("full", "partial", "routed")))
+        picks = routes.thresholds(same, lambda d, s: best_threshold(d, s)[0])
+        distance, distance_partial = picks
+    else:
+        routes, distance_partial = None, None
+        distance = best_threshold(np.concatenate([v.pairs[0] for v in last]), same)[0]
+    per_case = {}
+    for (c, _), v in zip(CASES, last):
+        limit = distance if v.routes is None else np.where(v.routes.routed, distance_partial, distance)
+        per_case[f"case{c}"] = float(np.mean((v.pairs[0] < limit) == v.pairs[1]))
+    dist = np.concatenate([v.pairs[0] for v in last])
+    limit = distance if routes is None else np.where(routes.routed, distance_partial, distance)
+    threshold = {"rule": thresholds, "distance": distance, "similarity": 1.0 - distance / 2.0,
+                 "distance_partial": distance_partial,
+                 "similarity_partial": None if distance_partial is None else 1.0 - distance_partial / 2.0,
+                 "pooled_accuracy": float(np.mean((dist < limit) == same)),
+                 "accuracy_at_threshold": per_case, "pairs_per_case": int(len(last[0].pairs[0]))}
     return table, threshold
 
 
@@ -426,7 +445,12 @@ def format_table(record: dict) -> str:
                             for c in (1, 2, 3))
             rows.append(f"{label:<34}{cells}")
     at = th["accuracy_at_threshold"]
-    rows.append(f"pack threshold: squared L2 distance {th['distance']:.2f} (cosine {th['similarity']:.3f}); "
-                f"accuracy there: case 1 {100 * at['case1']:.2f}%, case 2 {100 * at['case2']:.2f}%, "
+    if th.get("distance_partial") is None:
+        said = f"pack threshold: squared L2 distance {th['distance']:.2f} (cosine {th['similarity']:.3f})"
+    else:
+        said = (f"pack thresholds: squared L2 distance {th['distance']:.2f} for E_F (cosine "
+                f"{th['similarity']:.3f}), {th['distance_partial']:.2f} for E_P (cosine "
+                f"{th['similarity_partial']:.3f})")
+    rows.append(f"{said}; accuracy there: case 1 {100 * at['case1']:.2f}%, case 2 {100 * at['case2']:.2f}%, "
                 f"case 3 {100 * at['case3']:.2f}%")
     return "\n".join(rows)

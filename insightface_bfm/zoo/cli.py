@@ -39,6 +39,12 @@ _registry_option = click.option(
     default=None,
     help="Verification threshold: squared L2 between normalised embeddings (2 - 2 cos).",
 )
+@click.option(
+    "--partial-distance-threshold",
+    type=float,
+    default=None,
+    help="E_P's own verification threshold (squared L2); default: --distance-threshold for both.",
+)
 @click.option("--pack-version", "version", default="1", show_default=True, help="The pack's own version.")
 @click.option(
     "--license", "license_file", type=click.Path(exists=True, dir_okay=False), help="MODEL.LICENSE text."
@@ -53,6 +59,7 @@ def pack(
     root,
     mask_threshold,
     distance_threshold,
+    partial_distance_threshold,
     version,
     license_file,
     overwrite,
@@ -74,6 +81,7 @@ def pack(
         root=root,
         mask_threshold=mask_threshold,
         verification_distance=distance_threshold,
+        verification_distance_partial=partial_distance_threshold,
         version=version,
         license_file=license_file,
         overwrite=overwrite,

@@ -22,13 +22,16 @@ and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm`
       "embedding_size": 512,
       "classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx",
       "detector": "det_10g.onnx" | null,
-      "thresholds": {"mask_score": 0.5, "verification_distance": 1.24 | null},
+      "thresholds": {"mask_score": 0.5, "verification_distance": 1.24 | null,
+                     "verification_distance_partial": 1.30 | null},  # optional key
       "files": {"<file>": "<sha256>", ...},  # every file of the pack except manifest.json
       "build": {...}                    # optional: how `bfm models build` made it (zoo/build.py)
     }
 
 ``verification_distance`` is a squared L2 distance between L2-normalised embeddings (range
 [0, 4]; equal to 2 - 2 * cosine similarity), the measure insightface's verification uses.
+It judges E_F's pairs, and E_P's too unless ``verification_distance_partial`` gives E_P its own
+(a pack built with ``eval.thresholds: per_extractor``; absent or null: one threshold for both).
 
 ``load_pack`` verifies the sha256 of every listed file before returning, and
 ``Pack.read_verified`` re-verifies the bytes it hands to ONNX Runtime, so a session is only
@@ -112,6 +115,8 @@ class PackThresholds:
     mask_score: float = 0.5
     # squared L2 between normalised embeddings; None when the pack builder gave none
     verification_distance: float | None = None
+    # E_P's own threshold; None: E_P's pairs are judged by verification_distance too
+    verification_distance_partial: float | None = None
 
     @property
     def verification_similarity(self) -> float | None:
@@ -119,6 +124,12 @@ class PackThresholds:
         if self.verification_distance is None:
             return None
         return 1.0 - self.verification_distance / 2.0
+
+    def distance_for(self, extractor: str) -> float | None:
+        """The squared L2 threshold for pairs compared by ``extractor`` ('full' or 'partial')."""
+        if extractor == "partial" and self.verification_distance_partial is not None:
+            return self.verification_distance_partial
+        return self.verification_distance
 
 
 @dataclass(frozen=True)
@@ -222,22 +233,27 @@ def load_pack(name_or_path, root=None) -> Pack:
     if detector is not None and (tasks.get("detection") or {}).get("file") != detector:
         raise PackError(f"{where}: tasks.detection.file must be the detector {detector!r}")
     thresholds_raw = bfm.get("thresholds") or {}
+
+    def optional(key):
+        return None if thresholds_raw.get(key) is None else float(thresholds_raw[key])
+
     try:
         thresholds = PackThresholds(
             mask_score=float(thresholds_raw.get("mask_score", 0.5)),
-            verification_distance=(
-                None
-                if thresholds_raw.get("verification_distance") is None
-                else float(thresholds_raw["verification_distance"])
-            ),
+            verification_distance=optional("verification_distance"),
+            verification_distance_partial=optional("verification_distance_partial"),
         )
     except (TypeError, ValueError):
         raise PackError(f"{where}: bfm.thresholds must hold numbers") from None
     if not 0.0 < thresholds.mask_score < 1.0:
         raise PackError(f"{where}: bfm.thresholds.mask_score must be in (0, 1)")
-    d = thresholds.verification_distance
-    if d is not None and not 0.0 <= d <= 4.0:
-        raise PackError(f"{where}: bfm.thresholds.verification_distance must be in [0, 4] (squared L2)")
+    for key in ("verification_distance", "verification_distance_partial"):
+        d = getattr(thresholds, key)
+        if d is not None and not 0.0 <= d <= 4.0:
+            raise PackError(f"{where}: bfm.thresholds.{key} must be in [0, 4] (squared L2)")
+    if thresholds.verification_distance_partial is not None and thresholds.verification_distance is None:
+        raise PackError(f"{where}: bfm.thresholds.verification_distance_partial needs verification_distance "
+                        "(E_F's threshold) too")
     # insightface's own parser: the pack must stay a valid manifest-V2 package for plain insightface.
     _check_insightface_manifest(directory)
     # Every file, before anything is loaded: missing or altered -> error naming it.
@@ -386,6 +402,7 @@ def build_pack(
     root=None,
     mask_threshold: float = 0.5,
     verification_distance: float | None = None,
+    verification_distance_partial: float | None = None,
     version: str = "1",
     license_file=None,
     overwrite: bool = False,
@@ -415,8 +432,12 @@ def build_pack(
         )
     if not 0.0 < mask_threshold < 1.0:
         raise PackError(f"mask threshold {mask_threshold}: must be in (0, 1)")
-    if verification_distance is not None and not 0.0 <= verification_distance <= 4.0:
-        raise PackError(f"verification distance {verification_distance}: must be in [0, 4] (squared L2)")
+    for label, d in (("verification distance", verification_distance),
+                     ("E_P's verification distance", verification_distance_partial)):
+        if d is not None and not 0.0 <= d <= 4.0:
+            raise PackError(f"{label} {d}: must be in [0, 4] (squared L2)")
+    if verification_distance_partial is not None and verification_distance is None:
+        raise PackError("E_P's verification distance needs E_F's (verification_distance) too")
     if out.exists() and not overwrite:
         raise PackError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
 
@@ -497,6 +518,8 @@ def build_pack(
                 "thresholds": {
                     "mask_score": float(mask_threshold),
                     "verification_distance": verification_distance,
+                    **({} if verification_distance_partial is None
+                       else {"verification_distance_partial": verification_distance_partial}),
                 },
                 "files": files,
             },
