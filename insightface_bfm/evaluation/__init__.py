@@ -6,9 +6,11 @@ evaluated).
 
 from .verification import (
     THRESHOLDS,
+    RoutedDistances,
     VerificationResult,
     evaluate_distances,
     kfold_accuracy,
+    kfold_accuracy_per_extractor,
     pair_distances,
     roc_curve,
     tar_at_far,
@@ -16,10 +18,12 @@ from .verification import (
 
 __all__ = [
     "THRESHOLDS",
+    "RoutedDistances",
     "VerificationResult",
     "evaluate",
     "evaluate_distances",
     "kfold_accuracy",
+    "kfold_accuracy_per_extractor",
     "pair_distances",
     "roc_curve",
     "tar_at_far",
