@@ -9,7 +9,7 @@ from test_trainer import assert_same_weights, faces, losses_of, tiny  # noqa: F4
 
 from insightface_bfm.errors import RecipeError
 from insightface_bfm.train import checkpoint as ckpt
-from insightface_bfm.train.recipe import load_recipe
+from insightface_bfm.train.recipe import Recipe, load_recipe
 from insightface_bfm.train.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -43,6 +43,8 @@ def test_thresholds_per_extractor_only_where_named():
     for name in ("real_faces_bfm.yaml", "build_pack.yaml"):
         r = load_recipe(recipes / name, check_paths=False)
         assert (r.eval.thresholds, r.data.classifier_worn_low) == ("per_extractor", 0.05)
+    with pytest.raises(RecipeError, match="'eval.thresholds' must be one of one, per_extractor, got 'two'"):
+        Recipe.from_dict({"eval": {"thresholds": "two"}}, source="r.yaml", check_paths=False)
 
 
 @pytest.mark.parametrize("optim, message", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..data.align import POLICIES
+from .verification import THRESHOLD_RULES
 
 
 @click.command("align")
@@ -55,7 +56,7 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 @click.option("--folds", type=int, default=10, show_default=True,
               help="Folds when the pairs file defines none.")
 @click.option("--mask-threshold", type=float, help="Classifier score above which a face counts as masked.")
-@click.option("--thresholds", "threshold_rule", type=click.Choice(["one", "per_extractor"]), default="one",
+@click.option("--thresholds", "threshold_rule", type=click.Choice(THRESHOLD_RULES), default="one",
               show_default=True,
               help="Verification thresholds of a BFM model: one for every pair (the paper), or one per "
                    "extractor (E_F's pairs and E_P's pairs each their own, as a pack built with them "

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import PackError, RecipeError
+from ..evaluation.verification import THRESHOLD_RULES
 
 MODES = ("bfm", "baseline1", "baseline2")
 BACKBONES = ("r18", "r34", "r50", "r100", "mbf")
@@ -201,7 +202,7 @@ class EvalSection:
     # distances live in two embedding spaces (evaluation/verification.py). It rules this held-out
     # evaluation, the thresholds `bfm models build` writes into its pack and the BFM row of
     # benchmarks/real_faces.
-    thresholds: str = _opt("one", choices=("one", "per_extractor"))
+    thresholds: str = _opt("one", choices=THRESHOLD_RULES)
 
 
 @dataclass
