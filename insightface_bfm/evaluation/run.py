@@ -236,13 +236,14 @@ def evaluate(
     t_embed = time.time() - t_embed
     threshold = getattr(embedder, "mask_threshold", None)
     e1, e2, classifier_cases = pair_embeddings(emb, left, right, threshold)
-    dist = pair_distances(e1, e2)
     routes = None
     if thresholds == "per_extractor" and classifier_cases is not None:
         routes = RoutedDistances(pair_distances(emb["full"][left], emb["full"][right]),
                                  pair_distances(emb["partial"][left], emb["partial"][right]),
                                  classifier_cases > 1)
-        dist = routes.chosen  # the same values, bit for bit, from the same normalisation
+        dist = routes.chosen  # pair_distances(e1, e2), bit for bit: the same rows, normalised alike
+    else:
+        dist = pair_distances(e1, e2)
 
     label_cases = pairs.cases
     if label_cases is None and manifest is not None:

@@ -97,6 +97,10 @@ class RoutedDistances:
         """Each pair's distance under the extractor the pair rule picked."""
         return np.where(self.routed, self.partial, self.full)
 
+    def limits(self, t_full, t_partial) -> np.ndarray:
+        """Each pair's threshold: its extractor's (numbers, or arrays with one per pair)."""
+        return np.where(self.routed, t_partial, t_full)
+
     def subset(self, select) -> RoutedDistances:
         return RoutedDistances(self.full[select], self.partial[select], self.routed[select])
 
@@ -196,7 +200,7 @@ def kfold_accuracy_per_extractor(
     for f in np.unique(folds):
         test = folds == f
         tf, tp = routes.thresholds(issame, pick, select=~test)
-        limit = np.where(routes.routed[test], tp, tf)
+        limit = routes.limits(tf, tp)[test]
         accs.append(float(np.mean((dist[test] < limit) == issame[test])))
         t_full.append(tf)
         t_partial.append(tp)
@@ -361,8 +365,7 @@ def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int, route
     slot = np.searchsorted(np.unique(fold_of), fold_of)
     threshold_of_pair = np.asarray(acc.fold_thresholds)[slot]
     if routes is not None:
-        threshold_of_pair = np.where(routes.routed, np.asarray(acc.fold_thresholds_partial)[slot],
-                                     threshold_of_pair)
+        threshold_of_pair = routes.limits(threshold_of_pair, np.asarray(acc.fold_thresholds_partial)[slot])
     correct = (dist < threshold_of_pair) == issame
     out = {}
     for case in sorted(int(c) for c in np.unique(cases)):

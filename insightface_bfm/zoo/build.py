@@ -415,10 +415,10 @@ def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = T
         distance = best_threshold(np.concatenate([v.pairs[0] for v in last]), same)[0]
     per_case = {}
     for (c, _), v in zip(CASES, last):
-        limit = distance if v.routes is None else np.where(v.routes.routed, distance_partial, distance)
+        limit = distance if v.routes is None else v.routes.limits(distance, distance_partial)
         per_case[f"case{c}"] = float(np.mean((v.pairs[0] < limit) == v.pairs[1]))
     dist = np.concatenate([v.pairs[0] for v in last])
-    limit = distance if routes is None else np.where(routes.routed, distance_partial, distance)
+    limit = distance if routes is None else routes.limits(distance, distance_partial)
     threshold = {"rule": thresholds, "distance": distance, "similarity": 1.0 - distance / 2.0,
                  "distance_partial": distance_partial,
                  "similarity_partial": None if distance_partial is None else 1.0 - distance_partial / 2.0,
