@@ -135,12 +135,13 @@ class FoldAccuracy:
             "accuracy": self.mean,
             "std": self.std,
             "fold_accuracies": self.fold_accuracies,
-            "fold_thresholds": self.fold_thresholds,
+            # the candidates are 0.01 steps of np.arange: 1.6400000000000001 is written 1.64
+            "fold_thresholds": [round(t, 6) for t in self.fold_thresholds],
             "n_pairs": self.n_pairs,
             "folds": self.fold_source,
         }
         if self.fold_thresholds_partial is not None:
-            out["fold_thresholds_partial"] = self.fold_thresholds_partial
+            out["fold_thresholds_partial"] = [round(t, 6) for t in self.fold_thresholds_partial]
         return out
 
 
