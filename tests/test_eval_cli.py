@@ -156,7 +156,7 @@ def test_bfm_pack_is_routed_by_its_classifier(tiny, tmp_path):
     assert (per["threshold_rule"], one["threshold_rule"]) == ("per_extractor", "one")
     assert len(per["fold_thresholds_partial"]) == 10 and "fold_thresholds_partial" not in one
     # written as the 0.01 steps they are (no 1.6400000000000001)
-    assert all(repr(t) == f"{t:.2f}" for t in per["fold_thresholds"] + per["fold_thresholds_partial"])
+    assert all(t == float(f"{t:.2f}") for t in per["fold_thresholds"] + per["fold_thresholds_partial"])
     assert per["auc"] == one["auc"]  # the ROC is the routed distances' either way
     assert "one threshold per extractor" in (tmp_path / "p" / "results.md").read_text()
 
