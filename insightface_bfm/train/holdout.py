@@ -129,8 +129,8 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
         3: (cover, cover, True, True),
     }.items():
         if model.partial is None:
-            ea, eb = emb_a["full"][a], emb_b["full"][b]
             partial = np.zeros(len(a), dtype=bool)
+            acc = kfold_accuracy(pair_distances(emb_a["full"][a], emb_b["full"][b]), same, n_folds=folds)
         else:
             if route == "partial":
                 partial = np.ones(len(a), dtype=bool)
@@ -139,14 +139,10 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
                 partial = (emb_a["p_masked"][a] >= 0.5) | (emb_b["p_masked"][b] >= 0.5)
             else:  # asked for, or no classifier in this model: the true mask state routes
                 partial = np.full(len(a), truth_a or truth_b)
-            ea = np.where(partial[:, None], emb_a["partial"][a], emb_a["full"][a])
-            eb = np.where(partial[:, None], emb_b["partial"][b], emb_b["full"][b])
-        if thresholds == "per_extractor" and model.partial is not None:
             routes = RoutedDistances(pair_distances(emb_a["full"][a], emb_b["full"][b]),
                                      pair_distances(emb_a["partial"][a], emb_b["partial"][b]), partial)
-            acc = kfold_accuracy_per_extractor(routes, same, n_folds=folds)
-        else:
-            acc = kfold_accuracy(pair_distances(ea, eb), same, n_folds=folds)
+            acc = (kfold_accuracy_per_extractor(routes, same, n_folds=folds) if thresholds == "per_extractor"
+                   else kfold_accuracy(routes.chosen, same, n_folds=folds))
         result[f"case{case}"] = {"accuracy": acc.mean, "std": acc.std,
                                  "routed_partial": float(partial.mean())}
     return result
