@@ -408,21 +408,18 @@ def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = T
     if all(v.routes is not None for v in last):
         routes = RoutedDistances(*(np.concatenate([getattr(v.routes, k) for v in last])
                                    for k in ("full", "partial", "routed")))
-        picks = routes.thresholds(same, lambda d, s: best_threshold(d, s)[0])
-        distance, distance_partial = picks
+        distance, distance_partial = routes.thresholds(same, lambda d, s: best_threshold(d, s)[0])
     else:
-        routes, distance_partial = None, None
+        distance_partial = None
         distance = best_threshold(np.concatenate([v.pairs[0] for v in last]), same)[0]
-    per_case = {}
-    for (c, _), v in zip(CASES, last):
-        limit = distance if v.routes is None else v.routes.limits(distance, distance_partial)
-        per_case[f"case{c}"] = float(np.mean((v.pairs[0] < limit) == v.pairs[1]))
-    dist = np.concatenate([v.pairs[0] for v in last])
-    limit = distance if routes is None else routes.limits(distance, distance_partial)
+    # each pair judged once, by its extractor's threshold: per case, then pooled
+    correct = [(v.pairs[0] < (distance if v.routes is None else v.routes.limits(distance, distance_partial)))
+               == v.pairs[1] for v in last]
+    per_case = {f"case{c}": float(np.mean(ok)) for (c, _), ok in zip(CASES, correct)}
     threshold = {"rule": thresholds, "distance": distance, "similarity": 1.0 - distance / 2.0,
                  "distance_partial": distance_partial,
                  "similarity_partial": None if distance_partial is None else 1.0 - distance_partial / 2.0,
-                 "pooled_accuracy": float(np.mean((dist < limit) == same)),
+                 "pooled_accuracy": float(np.mean(np.concatenate(correct))),
                  "accuracy_at_threshold": per_case, "pairs_per_case": int(len(last[0].pairs[0]))}
     return table, threshold
 
