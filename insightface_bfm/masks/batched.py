@@ -19,6 +19,7 @@ from torch import nn
 from ..imaging import ARCFACE_KPS
 from . import appearance as look
 from . import geometry as geo
+from . import textures
 from .styles import (
     ACCENTS,
     FEATURE_ODDS,
@@ -32,7 +33,10 @@ from .styles import (
     VALVE_COLORS,
     WORN_LOW_TOP,
     check_types,
+    pattern_cdf,
 )
+
+PHOTO = PATTERNS.index("photo")
 
 
 def _table(groups):
@@ -95,9 +99,13 @@ class MaskAugment(nn.Module):
         hi = [[getattr(SHAPES[t], f)[1] for f in SHAPE_FIELDS] for t in MASK_TYPES]
         self.register_buffer("shape_lo", torch.tensor(lo, dtype=torch.float32), persistent=False)
         self.register_buffer("shape_hi", torch.tensor(hi, dtype=torch.float32), persistent=False)
-        odds = torch.tensor([PATTERN_ODDS[t] for t in MASK_TYPES], dtype=torch.float32)
-        cdf = torch.cumsum(odds / odds.sum(1, keepdim=True), 1)
+        cdf = torch.tensor([pattern_cdf(PATTERN_ODDS[t]) for t in MASK_TYPES], dtype=torch.float32)
         self.register_buffer("pattern_cdf", cdf, persistent=False)
+        # the mask photos, RGB 0..255, read only when a drawn type can wear them
+        wears_photo = any(PATTERN_ODDS[t][PHOTO] > 0 for t in self.types)
+        photos = (torch.from_numpy(textures.photo_textures()[..., ::-1].copy()).permute(0, 3, 1, 2)
+                  if wears_photo else torch.zeros((0, 3, *textures.TEXTURE_SIZE)))
+        self.register_buffer("photos", photos.contiguous(), persistent=False)
         self.register_buffer("feature_odds", torch.tensor([FEATURE_ODDS[t] for t in MASK_TYPES]),
                              persistent=False)
         self.register_buffer("template", torch.from_numpy(np.asarray(ARCFACE_KPS, dtype=np.float32)),
@@ -173,6 +181,7 @@ class MaskAugment(nn.Module):
                                          torch.where(r[:, 22] < 0.75, 0.0, 90.0)),
             "grain": 1.0 + 5.0 * r[:, 23],
             "straps_visible": (r[:, 24] < STRAPS_VISIBLE).float(),
+            "texture": torch.clamp((r[:, 1] * len(PALETTES["photo"])).long(), max=len(PALETTES["photo"]) - 1),
         }
 
     # -- rendering ------------------------------------------------------------------------------
@@ -247,8 +256,9 @@ class MaskAugment(nn.Module):
         accent = style["accent"][:, :, None, None]
         pattern = style["pattern"]
         used = set(torch.unique(pattern).tolist())
+        prints_used = used - {0, PHOTO}
         pat = None
-        if used - {0}:
+        if prints_used:
             onehot = F.one_hot(pattern, len(PATTERNS)).float()[:, :, None, None]
             angle = torch.deg2rad(style["pattern_angle"])
             scale = _bcast(style["pattern_scale"])
@@ -260,8 +270,14 @@ class MaskAugment(nn.Module):
                 3: lambda: look.print_dots(torch, r1, r2, scale * frame.depth),
                 4: lambda: look.print_noise(torch, self._noise(noise, u, v)),
             }
-            pat = sum(onehot[:, k:k + 1] * prints[k]() for k in sorted(used - {0}))
+            pat = sum(onehot[:, k:k + 1] * prints[k]() for k in sorted(prints_used))
         color = base if pat is None else base + (accent - base) * pat
+        if PHOTO in used:  # photographed masks: the photo stretched over the outline
+            tx, ty = textures.texture_coords(torch, frame, shape, u, v)
+            grid = torch.stack([tx * 2.0 - 1.0, ty * 2.0 - 1.0], -1)[:, 0]
+            photo = F.grid_sample(self.photos[style["texture"]], grid, mode="bilinear", padding_mode="border",
+                                  align_corners=True)
+            color = torch.where(_bcast(pattern == PHOTO), photo, color)
 
         shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
         if bool(style["pleats"].any()):

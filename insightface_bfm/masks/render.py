@@ -18,6 +18,7 @@ from ..errors import ImageError
 from ..imaging import check_image
 from . import appearance as look
 from . import geometry as geo
+from . import textures
 from .styles import MASK_TYPES, MaskStyle, random_style
 
 _COORD_CACHE: OrderedDict = OrderedDict()
@@ -209,8 +210,14 @@ def render_mask(image, kps, style=None, rng=None):
         shade *= maps.seam
     shade *= light
     u, v, wmap = maps.u, maps.v, maps.w
-    pat = None
-    if style.pattern != "plain":
+    pat = tex = None
+    if style.pattern == "photo":  # a photographed mask stretched over the outline
+        tx, ty = textures.texture_coords(np, frame, shape, u, v)
+        rows, cols = textures.TEXTURE_SIZE
+        map_x, map_y = (tx * (cols - 1)).astype(np.float32), (ty * (rows - 1)).astype(np.float32)
+        tex = cv2.remap(textures.photo_textures()[style.texture], map_x, map_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    elif style.pattern != "plain":
         cos_a, sin_a = geo.angle_vector(style.pattern_angle)
         r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, style.pattern_scale)
         if style.pattern == "checks":
@@ -234,7 +241,10 @@ def render_mask(image, kps, style=None, rng=None):
     dst = out[y0:y1, x0:x1]
     planes = []
     for c, (cb, ca, cv_) in enumerate(zip(style.colors[0], style.colors[1], style.colors[2])):
-        layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
+        if tex is not None:
+            layer = tex[:, :, c] * shade
+        else:
+            layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
         if grain is not None:
             layer += grain
         if valve is not None:

@@ -22,9 +22,11 @@ MASK_FAMILIES = {
     "medical": ("surgical",),  # pleated surgical masks
     "respirator": ("n95", "kn95"),  # moulded cups and folded KN95s
     "fabric": ("cloth", "dark"),  # flat cloth masks, plain or printed, and dark ones
+    # surgical masks whose surface is a photograph (insightface's own mask photos, see textures.py)
+    "photographed": ("photo",),
 }
 MASK_TYPES = tuple(t for types in MASK_FAMILIES.values() for t in types)
-PATTERNS = ("plain", "checks", "stripes", "dots", "noise")
+PATTERNS = ("plain", "checks", "stripes", "dots", "noise", "photo")  # photo: MaskStyle.texture's photo
 
 
 def _rgb(r, g, b):
@@ -54,6 +56,8 @@ PALETTES = {
         _rgb(22, 22, 24), _rgb(34, 34, 36), _rgb(52, 52, 56), _rgb(25, 30, 48), _rgb(70, 70, 74),
         _rgb(40, 35, 35),
     ),
+    # the mean colours of textures.TEXTURE_NAMES, in that order (white, blue, black, green)
+    "photo": (_rgb(218, 218, 218), _rgb(133, 203, 233), _rgb(58, 55, 57), _rgb(95, 169, 150)),
 }
 # Second colours of the cloth prints (and of n95 valves).
 ACCENTS = (
@@ -66,11 +70,12 @@ VALVE_COLORS = (
 
 # Odds of each pattern per type (order of PATTERNS).
 PATTERN_ODDS = {
-    "surgical": (1.0, 0.0, 0.0, 0.0, 0.0),
-    "n95": (1.0, 0.0, 0.0, 0.0, 0.0),
-    "kn95": (1.0, 0.0, 0.0, 0.0, 0.0),
-    "cloth": (0.35, 0.15, 0.2, 0.15, 0.15),
-    "dark": (0.75, 0.0, 0.1, 0.0, 0.15),
+    "surgical": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    "n95": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    "kn95": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    "cloth": (0.35, 0.15, 0.2, 0.15, 0.15, 0.0),
+    "dark": (0.75, 0.0, 0.1, 0.0, 0.15, 0.0),
+    "photo": (0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
 }
 
 
@@ -101,6 +106,7 @@ SHAPES = {
     "dark": ShapeRanges((0.2, 0.72), (0.04, 0.2), (0.0, 0.06), (1.48, 2.0), (0.05, 0.35), (0.0, 0.08),
                         (0.93, 1.25), (0.1, 0.9)),
 }
+SHAPES["photo"] = SHAPES["surgical"]
 SHAPE_FIELDS = ("top", "top_curve", "top_point", "bottom", "bottom_curve", "bottom_point", "width", "jaw")
 
 # Feature odds per type: (pleats, seam, valve, ear loops; else head straps)
@@ -110,6 +116,7 @@ FEATURE_ODDS = {
     "kn95": (0.0, 1.0, 0.0, 1.0),
     "cloth": (0.0, 0.35, 0.0, 1.0),
     "dark": (0.25, 0.3, 0.0, 1.0),
+    "photo": (0.0, 0.0, 0.0, 1.0),  # the photo has its own pleats
 }
 
 
@@ -146,6 +153,7 @@ class MaskStyle:
     pattern_scale: float = 0.2  # pattern period in eye-to-mouth units
     pattern_angle: float = 0.0  # degrees
     grain: float = 4.0  # fabric grain noise, in grey levels
+    texture: int = 0  # pattern "photo": index into textures.TEXTURE_NAMES
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -161,6 +169,9 @@ class MaskStyle:
             raise ValueError(f"MaskStyle.top: {self.top} is outside 0.05..1.6 (fraction eye line -> nose)")
         if not (1.1 <= self.bottom <= 2.2):
             raise ValueError(f"MaskStyle.bottom: {self.bottom} is outside 1.1..2.2 (eye-to-mouth units)")
+        if not (isinstance(self.texture, int) and 0 <= self.texture < len(PALETTES["photo"])):
+            raise ValueError(f"MaskStyle.texture: {self.texture!r} is not an index of a mask photo "
+                             f"(0..{len(PALETTES['photo']) - 1})")
         if not (0.5 <= self.width <= 1.5):
             raise ValueError(f"MaskStyle.width: {self.width} is outside 0.5..1.5")
 
@@ -214,6 +225,22 @@ def types_without(family: str) -> tuple[str, ...]:
     return tuple(t for t in MASK_TYPES if t not in MASK_FAMILIES[family])
 
 
+def pattern_cdf(odds) -> list[float]:
+    """Cumulative odds of PATTERNS, exactly 1.0 from the last pattern with odds on (a draw just
+    under 1 must never fall through rounding onto a pattern the type does not wear)."""
+    total, acc, cdf = sum(odds), 0.0, []
+    last = max(i for i, p in enumerate(odds) if p > 0)
+    for i, p in enumerate(odds):
+        acc += p / total
+        cdf.append(1.0 if i >= last else acc)
+    return cdf
+
+
+def pattern_index(odds, x: float) -> int:
+    """Index into PATTERNS drawn by the uniform number ``x`` (as the batched renderer's searchsorted)."""
+    return next(i for i, c in enumerate(pattern_cdf(odds)) if x < c or c >= 1.0)
+
+
 def _pick(seq, x: float):
     return seq[min(int(x * len(seq)), len(seq) - 1)]
 
@@ -245,13 +272,7 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     base = _jitter_color(_pick(palette, r[1]), r[2], n[0:3])
     accent = _jitter_color(_pick(palette if kind == "dark" else ACCENTS, r[3]), r[4], n[3:6])
     valve_color = _jitter_color(_pick(VALVE_COLORS, r[5]), r[6], n[6:9])
-    odds = PATTERN_ODDS[kind]
-    total, acc, pattern = sum(odds), 0.0, PATTERNS[-1]
-    for name, p in zip(PATTERNS, odds):
-        acc += p / total
-        if r[7] < acc:
-            pattern = name
-            break
+    pattern = PATTERNS[pattern_index(PATTERN_ODDS[kind], r[7])]
     ranges = SHAPES[kind]
     shape = {}
     for i, name in enumerate(SHAPE_FIELDS):
@@ -276,5 +297,6 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
         pattern_scale=0.1 + 0.2 * r[21],
         pattern_angle=angle,
         grain=1.0 + 5.0 * r[23],
+        texture=min(int(r[1] * len(PALETTES["photo"])), len(PALETTES["photo"]) - 1),  # the palette pick
         **shape,
     )
