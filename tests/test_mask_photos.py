@@ -96,6 +96,7 @@ def test_random_photo_styles_use_every_photo_and_no_other_type_wears_one():
     assert {s.texture for s in drawn} == set(range(len(textures.TEXTURE_NAMES)))
     others = [t for t in MASK_TYPES if t != "photo"]
     assert all(random_style(s, types=others).pattern != "photo" for s in range(300))
+    assert {random_style(s, types=others).texture for s in range(300)} == {0}  # meaningless there: not drawn
     # a draw just under 1 never falls through rounding onto a pattern the type does not wear
     for kind in MASK_TYPES:
         odds = PATTERN_ODDS[kind]
