@@ -272,12 +272,14 @@ class MaskAugment(nn.Module):
             }
             pat = sum(onehot[:, k:k + 1] * prints[k]() for k in sorted(prints_used))
         color = base if pat is None else base + (accent - base) * pat
-        if PHOTO in used:  # photographed masks: the photo stretched over the outline
+        if PHOTO in used:  # photographed masks: the photo over the outline, sampled for their rows only
+            rows = torch.nonzero(pattern == PHOTO).squeeze(1)
             tx, ty = textures.texture_coords(torch, frame, shape, u, v)
-            grid = torch.stack([tx * 2.0 - 1.0, ty * 2.0 - 1.0], -1)[:, 0]
-            photo = F.grid_sample(self.photos[style["texture"]], grid, mode="bilinear", padding_mode="border",
-                                  align_corners=True)
-            color = torch.where(_bcast(pattern == PHOTO), photo, color)
+            grid = torch.stack([tx * 2.0 - 1.0, ty * 2.0 - 1.0], -1)[rows, 0]
+            photo = F.grid_sample(self.photos[style["texture"][rows]], grid, mode="bilinear",
+                                  padding_mode="border", align_corners=True)
+            color = color.expand(-1, -1, *photo.shape[2:]).clone()
+            color[rows] = photo
 
         shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
         if bool(style["pleats"].any()):

@@ -281,7 +281,7 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     if r[25] < worn_low:
         shape["top"] = WORN_LOW_TOP[0] + (WORN_LOW_TOP[1] - WORN_LOW_TOP[0]) * r[8]
     pleats, seam, valve, loops = (x < p for x, p in zip(r[16:20], FEATURE_ODDS[kind]))
-    photo = min(int(r[1] * len(PALETTES["photo"])), len(PALETTES["photo"]) - 1)  # the palette pick
+    photo = _pick(range(len(PALETTES["photo"])), r[1])  # the palette pick
     a = r[22]
     angle = (a * 4.0 - 1.0) * 45.0 if a < 0.5 else (0.0 if a < 0.75 else 90.0)
     return MaskStyle(
