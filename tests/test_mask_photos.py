@@ -65,29 +65,18 @@ def test_photo_mask_carries_the_photo_not_a_flat_colour():
 
 def test_photo_follows_the_outline_top_band_at_the_top():
     """The photo's nose-wire band sits along the mask's top edge, its hem along the bottom edge."""
-    img = _face()
-    style = MaskStyle(type="photo", pattern="photo", texture=2, pleats=False, grain=0.0, straps_visible=False,
-                      bottom=1.4)  # the chin inside the 112x112 crop
-    _, region = render_mask(img, ARCFACE_KPS, style)
-    frame_top = np.flatnonzero(region[:, 56])[0]
-    frame_bottom = np.flatnonzero(region[:, 56])[-1]
-    coords = textures.texture_coords(np, *_frame_and_shape(style), *_uv(56, (frame_top, frame_bottom)))
-    assert coords[1][0] < 0.1 and coords[1][1] > 0.9
-
-
-def _frame_and_shape(style):
     from insightface_bfm.masks import geometry as geo
     from insightface_bfm.masks.render import _shape
 
-    return geo.face_frame(np, np.asarray(ARCFACE_KPS, np.float64)), _shape(style)
-
-
-def _uv(x, rows):
-    from insightface_bfm.masks import geometry as geo
-
+    style = MaskStyle(type="photo", pattern="photo", texture=2, pleats=False, grain=0.0, straps_visible=False,
+                      bottom=1.4)  # the chin inside the 112x112 crop
+    _, region = render_mask(_face(), ARCFACE_KPS, style)
+    column = np.flatnonzero(region[:, 56])
     frame = geo.face_frame(np, np.asarray(ARCFACE_KPS, np.float64))
-    u, v, _ = geo.face_coords(np, frame, np.array([x, x], np.float64), np.array(rows, np.float64))
-    return u, v
+    rows = np.array([column[0], column[-1]], np.float64)  # the first and last drawn row of the centre column
+    u, v, _ = geo.face_coords(np, frame, np.array([56.0, 56.0]), rows)
+    _, ty = textures.texture_coords(np, frame, _shape(style), u, v)
+    assert ty[0] < 0.1 and ty[1] > 0.9  # the first drawn row samples the photo's top, the last its bottom
 
 
 def test_random_photo_styles_use_every_photo_and_no_other_type_wears_one():
