@@ -177,7 +177,7 @@ class CheckpointEmbedder:
     def embed(self, crops: np.ndarray) -> dict:
         out = {"full": _with_flip(self._runner(self.model.full), crops, self.flip)}
         if self.routed:
-            out["partial"] = _with_flip(self._runner(self.model.partial), crops, self.flip)
+            out["partial"] = _with_flip(self._runner(self.model.partial_extractor), crops, self.flip)
             out["mask_score"] = self._runner(self.model.mask_probability)(crops)
         return out
 

@@ -255,7 +255,8 @@ def export_checkpoint(checkpoint, out_dir, *, opset: int = OPSET, verify: bool =
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BFMError(f"{out_dir}: export destination exists and is not a directory")
-    networks = {"mask_classifier": model.classifier, "full": model.full, "partial": model.partial}
+    # E_P with its view of the crop (model.partial_rows), so partial.onnx applies it itself
+    networks = {"mask_classifier": model.classifier, "full": model.full, "partial": model.partial_extractor}
     if networks["full"] is None:
         raise BFMError(f"{checkpoint}: the checkpoint has no full-face extractor to export")
     metadata = {"recipe": recipe, "mode": getattr(model, "mode", "")}

@@ -13,6 +13,7 @@ from .margin import ArcFaceHead, CosFaceHead, make_head
 from .mask_classifier import MaskClassifier
 from .mobilefacenet import MobileFaceNet
 from .partial_fc import PartialFC
+from .upper_face import UpperFace
 
 BACKBONES = ("r18", "r34", "r50", "r100", "mbf")
 
@@ -60,6 +61,7 @@ __all__ = [
     "MaskClassifier",
     "MobileFaceNet",
     "PartialFC",
+    "UpperFace",
     "get_backbone",
     "make_head",
 ]

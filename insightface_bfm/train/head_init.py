@@ -90,6 +90,9 @@ def start_heads_at_centres(model, dataset, init, device="cpu", channels_last: bo
             raise BFMError(f"init.head centres: {head_name} weight has shape {tuple(head.weight.shape)}")
         spec = getattr(init, net_name)
         onnx_file = _onnx_path(spec) if spec is not None else None  # onnx:PATH, or mxnet: converted
+        if net_name == "partial" and model.partial_view is not None:
+            # E_P sees the upper face only (model.partial_rows): its file embeds whole crops
+            net, onnx_file = model.partial_extractor, None
         if onnx_file is not None:
             if onnx_file not in computed:
                 computed[onnx_file] = class_centres(onnx_embedder(onnx_file), dataset, model.num_classes,

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import losses
 from ..errors import BFMError
-from ..nets import MaskClassifier, PartialFC, get_backbone, make_head
+from ..nets import MaskClassifier, PartialFC, UpperFace, get_backbone, make_head
 from .recipe import Recipe
 
 # safetensors key prefix of each part (CONTRACT); baselines keep their one model under "full."
@@ -66,6 +66,10 @@ class BFMModel(nn.Module):
             self.classifier = MaskClassifier() if cfg.classifier else None
         else:
             self.classifier = self.partial = self.head_partial = None
+        # model.partial_rows: what E_P sees of a crop (None: all of it, as the paper)
+        self.partial_view = None
+        if cfg.partial_rows is not None and self.partial is not None:
+            self.partial_view = UpperFace(cfg.partial_rows)
         self.frozen_bn = False  # every BatchNorm stays in eval mode (init.freeze_bn)
         self.frozen_full = False  # E_F neither trains nor updates its statistics (init.freeze_full)
 
@@ -94,7 +98,7 @@ class BFMModel(nn.Module):
         if not self.frozen_full:
             terms["full"] = _arcface(self.head_full, self.full(x), labels)
         # eqs. 4 and 5: E_P on x and masked x, in one pass (BatchNorm sees both copies together).
-        p, p_masked = self.partial(torch.cat([x, x_masked])).chunk(2)
+        p, p_masked = self.partial_extractor(torch.cat([x, x_masked])).chunk(2)
         terms["guided"] = losses.guided_loss(p, p_masked)
         terms["partial"] = _arcface_pair(self.head_partial, p, p_masked, labels, self.pair_reduction)
         return terms
@@ -130,8 +134,17 @@ class BFMModel(nn.Module):
     @torch.no_grad()
     def embed(self, x: torch.Tensor, extractor: str = "full") -> torch.Tensor:
         """L2-normalised embeddings from ``full`` (E_F, or the baselines' model) or ``partial`` (E_P)."""
-        net = self.partial if extractor == "partial" and self.partial is not None else self.full
+        net = self.partial_extractor if extractor == "partial" and self.partial is not None else self.full
         return nn.functional.normalize(net(x).float(), dim=1)
+
+    @property
+    def partial_extractor(self) -> nn.Module | None:
+        """E_P as it embeds a crop: with ``model.partial_rows``, the upper-face view and then E_P
+        (what training, evaluation and export run); otherwise E_P itself. ``self.partial`` alone is
+        the network whose weights train and load."""
+        if self.partial is None or self.partial_view is None:
+            return self.partial
+        return nn.Sequential(self.partial_view, self.partial)
 
     def extractors(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in ("full", "partial") if getattr(self, name) is not None}

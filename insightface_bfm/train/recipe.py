@@ -60,6 +60,9 @@ class ModelSection:
     sample_rate: float = _opt(1.0, min=0.001, max=1.0)
     # The mask classifier C (Table I); bfm mode only.
     classifier: bool = True
+    # E_P sees only the top N rows of the 112x112 crop, the rest mid-grey (nets/upper_face.py; a
+    # named deviation, null = the whole crop, as the paper). Part of partial.onnx once exported.
+    partial_rows: int | None = _opt(None, min=1, max=111)
 
 
 @dataclass
@@ -412,6 +415,8 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
             except ValueError:
                 fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)} or a family "
                      f"({', '.join(MASK_FAMILIES)}), got {kind!r}")
+    if r.model.partial_rows is not None and r.mode != "bfm" and "bfm" not in (r.compare or []):
+        fail(f"'model.partial_rows' shapes E_P's input: only mode bfm has E_P, this recipe trains {r.mode}")
     if r.init.trainable is not None and r.init.trainable_share is not None:
         fail("give either 'init.trainable' (name patterns) or 'init.trainable_share', not both")
     if r.init.freeze_full and r.init.full is None and r.mode == "bfm":
