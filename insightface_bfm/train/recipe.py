@@ -62,6 +62,7 @@ class ModelSection:
     classifier: bool = True
     # E_P sees only the top N rows of the 112x112 crop, the rest mid-grey (nets/upper_face.py; a
     # named deviation, null = the whole crop, as the paper). Part of partial.onnx once exported.
+    # Modes without E_P ignore it (as they ignore C's options), so one --set serves a comparison.
     partial_rows: int | None = _opt(None, min=1, max=111)
 
 
@@ -415,8 +416,6 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
             except ValueError:
                 fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)} or a family "
                      f"({', '.join(MASK_FAMILIES)}), got {kind!r}")
-    if r.model.partial_rows is not None and r.mode != "bfm" and "bfm" not in (r.compare or []):
-        fail(f"'model.partial_rows' shapes E_P's input: only mode bfm has E_P, this recipe trains {r.mode}")
     if r.init.trainable is not None and r.init.trainable_share is not None:
         fail("give either 'init.trainable' (name patterns) or 'init.trainable_share', not both")
     if r.init.freeze_full and r.init.full is None and r.mode == "bfm":
