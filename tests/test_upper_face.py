@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_export import SMALL_MBF
+from test_export import SMALL_MBF, _normalised
 from test_trainer import tiny
 
 from insightface_bfm.data import open_dataset
@@ -79,16 +79,15 @@ def test_partial_onnx_and_checkpoint_evaluation_apply_the_cut(tmp_path):
     session = helpers.session(written["partial"])
     got_x, got_y = (session.run(None, {"input": t.numpy()})[0] for t in (x, y))
     expected = model.embed(x, "partial").numpy()
-    normalise = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    assert np.abs(normalise(got_x) - expected).max() < 1e-5
-    assert np.abs(normalise(got_y) - expected).max() < 1e-5
+    assert np.abs(_normalised(got_x) - expected).max() < 1e-5
+    assert np.abs(_normalised(got_y) - expected).max() < 1e-5
     # bfm eval on the checkpoint embeds through the same view
     crops = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
     other = crops.copy()
     other[:, ROWS:] = 255 - other[:, ROWS:]
     embedder = open_embedder(run)
     a, b = embedder.embed(crops)["partial"], embedder.embed(other)["partial"]
-    np.testing.assert_allclose(normalise(a), normalise(b), atol=1e-5)
+    np.testing.assert_allclose(_normalised(a), _normalised(b), atol=1e-5)
 
 
 def test_head_centres_come_from_the_upper_face_view(tmp_path):
