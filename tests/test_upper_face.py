@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 from test_export import SMALL_MBF, _normalised
+from test_head_init import _centres
 from test_trainer import tiny
 
 from insightface_bfm.data import open_dataset
@@ -16,7 +17,7 @@ from insightface_bfm.nets import UpperFace
 from insightface_bfm.train.checkpoint import save_checkpoint
 from insightface_bfm.train.model import BFMModel
 from insightface_bfm.train.recipe import load_recipe
-from insightface_bfm.train.trainer import Trainer, to_network_tensor
+from insightface_bfm.train.trainer import Trainer
 
 torch.set_num_threads(1)
 ROWS = 60
@@ -97,11 +98,7 @@ def test_head_centres_come_from_the_upper_face_view(tmp_path):
     r = tiny(tmp_path, "bfm", train={"max_steps": 1}, model={"partial_rows": ROWS},
              init={"full": source, "partial": source, "freeze_full": True, "head": "centres"})
     trainer = Trainer(r, dataset=faces)
-    x = to_network_tensor(torch.from_numpy(np.stack([faces[i][0] for i in range(len(faces))])))
-    emb = trainer.model.eval().embed(x, "partial")
-    labels = torch.as_tensor(np.asarray(faces.labels))
-    centres = torch.nn.functional.normalize(
-        torch.stack([emb[labels == c].mean(0) for c in range(faces.num_classes)]), dim=1)
+    centres = _centres(trainer.model.partial_extractor, faces)
     torch.testing.assert_close(trainer.model.head_partial.weight.detach(), centres, atol=1e-5, rtol=1e-4)
 
 
