@@ -82,6 +82,31 @@ def test_sampler_splits_global_batches_across_ranks():
     assert list(single) != together  # a new order each epoch
 
 
+def test_random_streams_of_every_rank_are_seeded_apart():
+    # Each rank's flip / mask / photo / C-mask stream gets its own seed: two equal seeds would make
+    # two ranks (or two uses) draw the same numbers. One process keeps the seeds of the measured runs.
+    from types import SimpleNamespace
+
+    from insightface_bfm.train.distributed import World
+    from insightface_bfm.train.trainer import Trainer
+
+    def seeds(world_size, seed=0):
+        out = {}
+        for rank in range(world_size):
+            fake = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(seed=seed)),
+                                   world=World(rank=rank, world_size=world_size),
+                                   STREAM_OFFSETS=Trainer.STREAM_OFFSETS)
+            for stream in Trainer.STREAM_OFFSETS:
+                out[rank, stream] = Trainer._stream_seed(fake, stream)
+        return out
+
+    assert seeds(1, seed=3) == {(0, "flip"): 6000, (0, "mask"): 6001, (0, "photo"): 6002,
+                                (0, "classifier_mask"): 6003}
+    for world_size in (2, 3, 8, 64):
+        drawn = seeds(world_size)
+        assert len(set(drawn.values())) == len(drawn), world_size
+
+
 def run_two_processes(out, classifier_steps=1):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1")

@@ -262,14 +262,14 @@ class Trainer:
     STREAM_OFFSETS = {"flip": 0, "mask": 1, "photo": 2, "classifier_mask": 3}
 
     def _stream_seed(self, stream: str, step: int = 0) -> int:
-        # Per rank and stream, a stride of 2 per rank. C's further-step masks (the fourth stream)
-        # would then replay the next rank's "mask" stream: under torchrun their ranks sit far apart
-        # instead; on one process the seed is the one all measured runs used. (Rank r's "photo"
-        # and rank r+1's "flip" share a seed too, as they always have: kept, for reproducibility.)
-        seed, rank = self.recipe.train.seed, self.world.rank
-        if stream == "classifier_mask" and self.world.world_size > 1:
-            return seed * 2000 + 1_000_000_007 * (rank + 1) + 3 + 7919 * step
-        return (seed * 1000 + rank) * 2 + self.STREAM_OFFSETS[stream] + 7919 * step
+        # Per rank and stream. "flip" and "mask" keep a stride of 2 per rank, the seeds every
+        # measured run used; the later streams ("photo", C's "classifier_mask") would replay the
+        # next rank's "flip" / "mask" at that stride, so under torchrun their ranks sit far apart.
+        # On one process every stream keeps the seed all measured runs used.
+        seed, rank, offset = self.recipe.train.seed, self.world.rank, self.STREAM_OFFSETS[stream]
+        if offset >= 2 and self.world.world_size > 1:
+            return seed * 2000 + 1_000_000_007 * (rank + 1) + offset + 7919 * step
+        return (seed * 1000 + rank) * 2 + offset + 7919 * step
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
