@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from insightface_bfm.cli import main
 from insightface_bfm.errors import ChecksumError, PackError
+from insightface_bfm.train.recipe import Recipe
 from insightface_bfm.zoo.download import RECEIPT
 from insightface_bfm.zoo.packs import build_pack
 from insightface_bfm.zoo.registry import REGISTRY_ENV, ensure_pack, load_registries
@@ -31,12 +33,23 @@ def fresh_python(code: str, **env):
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
+def built_recipe(tmp_path):
+    """A pack's recipe as ``bfm models build`` records it: the builder's own absolute paths."""
+    return Recipe.from_dict({
+        "mode": "bfm",
+        "data": {"path": str(tmp_path / "work" / "data" / "train")},
+        "init": {"full": f"onnx:{tmp_path / 'models' / 'base.onnx'}", "freeze_full": True},
+        "train": {"output": str(tmp_path / "work" / "run")},
+    }, check_paths=False).to_dict()
+
+
 @pytest.fixture
 def published(tmp_path, shared, server):
     """A pack built from an export + the shared SCRFD, published with the CLI, served by ``server``."""
     export = make_export(tmp_path / "export", shared("models", "mobilefacenet_128.onnx"))
     detector = shared("models", "scrfd_2.5g_bnkps.onnx")
-    info = {"heldout": {"bfm": {"case1": {"accuracy": 0.9}}}, "threshold": {"distance": 1.2}}
+    info = {"heldout": {"bfm": {"case1": {"accuracy": 0.9}}}, "threshold": {"distance": 1.2},
+            "recipe": built_recipe(tmp_path), "faces": {"folder": str(tmp_path / "lfw112")}}
     pack = build_pack(export, tmp_path / "built" / "tinypack", detector=detector, verification_distance=1.2,
                       build_info=info)
     out = tmp_path / "site"
@@ -59,6 +72,20 @@ def test_publish_writes_zip_and_entry(published, server):
     assert "licence" in entry and entry["licence"]
     index = yaml.safe_load((published / "index.yaml").read_text())
     assert [e["name"] for e in index["entries"]] == ["tinypack"]
+    # nothing published names a folder of the publishing machine (tmp_path stands for it): the
+    # recipe's paths are cut to <local>/ + their last part, in the entry and in the zipped manifest
+    local = str(published.parent)
+    recipe = entry["recipe"]
+    assert recipe["data"]["path"] == "<local>/train" and recipe["train"]["output"] == "<local>/run"
+    assert recipe["init"]["full"] == "onnx:<local>/base.onnx" and recipe["init"]["freeze_full"] is True
+    Recipe.from_dict(recipe, check_paths=False)  # still a recipe
+    with zipfile.ZipFile(published / "tinypack.zip") as zf:
+        zipped = json.loads(zf.read("tinypack/manifest.json"))
+    assert local not in json.dumps(zipped) and local not in (published / "tinypack.yaml").read_text()
+    assert zipped["bfm"]["build"]["faces"]["folder"] == "<local>/lfw112"
+    assert zipped["bfm"]["build"]["recipe"] == recipe
+    built = json.loads((published.parent / "built" / "tinypack" / "manifest.json").read_text())
+    assert zipped["bfm"]["files"] == built["bfm"]["files"]  # the pack's files are as built
     # the same pack published twice gives the same archive bytes
     before = (published / "tinypack.zip").read_bytes()
     CliRunner().invoke(main, ["models", "publish", str(published.parent / "built" / "tinypack"),

@@ -7,10 +7,15 @@ bytes and sha256. The entry (``OUT/NAME.yaml``) is what ``registry.parse_registr
 metrics of the pack's held-out table and its recipe (from the manifest's ``bfm.build`` when
 ``bfm models build`` made it). ``OUT/index.yaml`` lists every entry in OUT, so the folder served
 over http(s) is a registry: ``--registry URL_BASE/index.yaml``.
+
+What is published names no folder of the publishing machine: in the entry's recipe and in the
+zipped manifest's ``bfm.build``, an absolute path (also after ``onnx:`` / ``mxnet:``) becomes
+``<local>/NAME``, its last part (``portable``), for the user to point at their own copy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -24,20 +29,46 @@ from .packs import LICENSE_FILE, MANIFEST, load_pack
 from .registry import INDEX, _read_yaml, load_registry, parse_registry
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+LOCAL = "<local>"  # stands for a folder of the machine that built the pack
+_SPEC_PREFIXES = ("onnx:", "mxnet:")  # recipe init specs that carry a path (train/recipe.py)
+
+
+def portable(value):
+    """``value`` (a recipe or build record: dicts, lists, strings) with every absolute path,
+    bare or after ``onnx:`` / ``mxnet:``, cut to ``<local>/`` + its last part; the rest as is."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefix = next((p for p in _SPEC_PREFIXES if value.startswith(p)), "")
+    path = value[len(prefix):]
+    if not (os.path.isabs(path) or path.startswith("~")):
+        return value
+    return f"{prefix}{LOCAL}/{Path(path.rstrip('/')).name}"
 
 
 def pack_zip(pack, archive: Path) -> None:
-    """A loaded (so verified) pack's manifest and listed files as ``NAME/<file>`` entries, reproducibly."""
+    """A loaded (so verified) pack's manifest and listed files as ``NAME/<file>`` entries, reproducibly.
+    The manifest goes in with its build record made ``portable`` (the files' checksums unchanged)."""
     name = pack.name
     files = sorted({*pack.files, MANIFEST})
+    manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"]))
+    if "build" in manifest["bfm"]:
+        manifest["bfm"]["build"] = portable(manifest["bfm"]["build"])
     with atomic_open(archive, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
         for fname in files:
             info = zipfile.ZipInfo(f"{name}/{fname}", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            with open(pack.path / fname, "rb") as src, zf.open(info, "w") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
+            with zf.open(info, "w") as dst:
+                if fname == MANIFEST:
+                    dst.write((json.dumps(manifest, indent=2) + "\n").encode())
+                    continue
+                with open(pack.path / fname, "rb") as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
 
 
 def _licence_line(pack_dir: Path) -> str:
@@ -88,7 +119,7 @@ def publish_pack(pack_dir, url_base: str, out, *, licence: str | None = None) ->
         "files": [{"name": archive.name, "url": f"{str(url_base).rstrip('/')}/{archive.name}",
                    "sha256": digest, "size": size, "extract": True}],
         "metrics": _metrics(build),
-        "recipe": (build or {}).get("recipe"),
+        "recipe": portable((build or {}).get("recipe")),
     }
     parse_registry(entry, f"{name} entry")  # the registry's own checks, before anything is written
     entry_file = out / f"{name}.yaml"
