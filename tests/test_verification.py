@@ -16,6 +16,7 @@ import pytest
 
 from insightface_bfm.errors import DatasetError
 from insightface_bfm.evaluation.verification import (
+    balanced_folds,
     contiguous_folds,
     equal_error_rate,
     evaluate_distances,
@@ -81,6 +82,17 @@ def ref_contiguous_folds(n, k):
     return out
 
 
+def ref_balanced_folds(same, k):
+    # the default folds: the same pairs in order cut as ref_contiguous_folds, the different ones
+    # likewise; fold f = the f-th block of each
+    out = [None] * len(same)
+    for kind in (True, False):
+        where = [i for i, s in enumerate(same) if bool(s) == kind]
+        for i, f in zip(where, ref_contiguous_folds(len(where), k)):
+            out[i] = f
+    return out
+
+
 def ref_auc(dist, same):
     """Mann-Whitney: P(a same pair is closer than a different one), ties count half."""
     pos = [d for d, s in zip(dist, same) if s]
@@ -117,7 +129,7 @@ def synthetic(n=600, seed=0, quantise=True):
 
 def test_kfold_matches_loop_reference_on_synthetic_distances():
     dist, same = synthetic(240, seed=1)
-    folds = ref_contiguous_folds(len(dist), 10)
+    folds = ref_balanced_folds(same, 10)
     mean, std, accs = ref_fold_accuracy_loops(dist.tolist(), same.tolist(), folds)
     ours = kfold_accuracy(dist, same)
     assert ours.fold_accuracies == pytest.approx(accs, abs=0)
@@ -160,6 +172,37 @@ def test_contiguous_folds_sizes_like_kfold():
     assert contiguous_folds(605, 10).tolist() == ref_contiguous_folds(605, 10)
     with pytest.raises(DatasetError):
         contiguous_folds(5, 10)
+
+
+def test_default_folds_hold_both_kinds_of_pair():
+    # LFW's pairsDevTest.txt layout: 500 same pairs, then 500 different ones. Contiguous folds
+    # would hold one kind each; the default folds hold 50 of each, in file order.
+    same = np.repeat([True, False], 500)
+    folds = balanced_folds(same, 10)
+    assert folds.tolist() == ref_balanced_folds(same.tolist(), 10)
+    for f in range(10):
+        assert same[folds == f].sum() == 50 and (~same[folds == f]).sum() == 50
+    assert kfold_accuracy(np.zeros(1000), same).fold_source.startswith("10 balanced folds")
+    # where contiguous folds already hold a tenth of each kind (pairs.txt / arcface_torch .bin
+    # layout: 300 same then 300 different per fold), they are the very same folds
+    view2 = np.tile(np.repeat([True, False], 300), 10)
+    assert balanced_folds(view2, 10).tolist() == contiguous_folds(6000, 10).tolist()
+    with pytest.raises(DatasetError):
+        balanced_folds(same[:5], 10)
+
+
+def test_one_kind_per_fold_biases_the_accuracy_and_balanced_folds_do_not():
+    # Same pairs at 0.2 and 0.6 (half each), different ones at 0.4 and 0.8: the best threshold on
+    # the whole set is 0.41 or 0.61 (75% either way). In a 500 + 500 list, a fold of same pairs
+    # only is judged by a threshold chosen on 400 same and 500 different pairs: the smaller
+    # threshold wins there and rejects half of the fold's same pairs, and a fold of different
+    # pairs only sees the larger threshold. Balanced folds judge every fold as the whole set.
+    same = np.repeat([True, False], 500)
+    dist = np.where(same, np.tile([0.2, 0.6], 500), np.tile([0.4, 0.8], 500))
+    pure = kfold_accuracy(dist, same, folds=np.asarray(ref_contiguous_folds(1000, 10)))
+    balanced = kfold_accuracy(dist, same)
+    assert balanced.mean == pytest.approx(0.75)
+    assert pure.mean == pytest.approx(0.5)
 
 
 def test_roc_auc_eer_tar_against_reference():
@@ -205,7 +248,7 @@ def test_per_case_accuracy():
     cases = np.random.default_rng(7).integers(1, 4, 600)
     res = evaluate_distances(dist, same, cases=cases, case_source="labels")
     # per case, with the whole set's fold thresholds: recount by hand
-    folds = ref_contiguous_folds(600, 10)
+    folds = ref_balanced_folds(same, 10)
     thr = res.accuracy.fold_thresholds
     for c in (1, 2, 3):
         idx = [i for i in range(600) if cases[i] == c]
@@ -215,9 +258,11 @@ def test_per_case_accuracy():
         assert entry["accuracy"] == pytest.approx(right / len(idx))
         sub = kfold_accuracy(dist[cases == c], same[cases == c])
         assert entry["accuracy_within_case"] == pytest.approx(sub.mean)
-    # the pair-weighted mean of case accuracies is the overall held-out accuracy
+    # the pair-weighted mean of case accuracies is the overall held-out accuracy (each fold's
+    # accuracy weighted by its size: balanced folds of a random list differ by a pair or two)
     total = sum(res.cases[str(c)]["accuracy"] * res.cases[str(c)]["n_pairs"] for c in (1, 2, 3)) / 600
-    assert total == pytest.approx(np.mean(res.accuracy.fold_accuracies), abs=1e-12)
+    sizes = np.bincount(folds, minlength=10)
+    assert total == pytest.approx(np.dot(res.accuracy.fold_accuracies, sizes) / 600, abs=1e-12)
 
 
 # ---------------------------------------------------------------- real LFW with the shared model
@@ -370,7 +415,7 @@ def test_per_extractor_thresholds_match_the_reference():
     for n_routed in (200, 30):  # enough pairs on E_P's route, and too few (its threshold from all)
         full, partial, routed, same = two_spaces(n_routed=n_routed)
         res = kfold_accuracy_per_extractor(RoutedDistances(full, partial, routed), same)
-        want, chosen = ref_per_extractor(full, partial, routed, same, ref_contiguous_folds(400, 10))
+        want, chosen = ref_per_extractor(full, partial, routed, same, ref_balanced_folds(same, 10))
         assert res.mean == pytest.approx(want, abs=1e-12)
         assert np.allclose(res.fold_thresholds, [c[0] for c in chosen])
         assert np.allclose(res.fold_thresholds_partial, [c[1] for c in chosen])
@@ -404,7 +449,7 @@ def test_evaluate_distances_per_extractor_per_case():
     cases = np.where(routed, 2, 1)
     res = evaluate_distances(routes.chosen, same, cases=cases, routes=routes)
     assert res.threshold_rule == "per_extractor" and res.to_dict()["fold_thresholds_partial"]
-    folds = ref_contiguous_folds(400, 10)
+    folds = ref_balanced_folds(same, 10)
     for c in (1, 2):
         idx = [i for i in range(400) if cases[i] == c]
         thr = res.accuracy.fold_thresholds_partial if c == 2 else res.accuracy.fold_thresholds

@@ -9,8 +9,14 @@ that threshold on the held-out fold. The reported accuracy is the mean over fold
 the (population) standard deviation.
 
 Folds are LFW's own when the pairs file says so (the 10-fold header of pairs.txt), else
-contiguous blocks of the pair list in order, sized like scikit-learn's ``KFold`` without
-shuffling (the first ``n % k`` folds hold one pair more).
+balanced folds (``balanced_folds``): the same-identity pairs, in order, cut into contiguous blocks
+sized like scikit-learn's ``KFold`` without shuffling (the first ``n % k`` blocks hold one pair
+more), the different-identity pairs likewise, and fold k joins the k-th block of each. Where the
+plain contiguous blocks of the list already hold a k-th of each kind (the pair lists of
+arcface_torch's .bin sets, LFW's pairs.txt), these are exactly those blocks. A list of all same
+pairs and then all different ones (LFW's pairsDevTest.txt, 500 + 500) would otherwise give folds
+of one kind each, every threshold chosen on one kind fewer than the fold it judges: a bias against
+the held-out kind, the larger the flatter a model's accuracy is around its best threshold.
 
 A routed model (C, E_F and E_P) can also be held to one threshold per extractor
 (``thresholds="per_extractor"``, ``kfold_accuracy_per_extractor``): E_F's and E_P's distances
@@ -67,6 +73,24 @@ def contiguous_folds(n: int, n_folds: int = 10) -> np.ndarray:
     sizes = np.full(n_folds, n // n_folds)
     sizes[: n % n_folds] += 1
     return np.repeat(np.arange(n_folds), sizes)
+
+
+def balanced_folds(issame, n_folds: int = 10) -> np.ndarray:
+    """Fold id per pair: fold k holds the k-th contiguous block (``contiguous_folds``) of the same
+    pairs in order and the k-th of the different pairs; see the module's docstring."""
+    issame = np.asarray(issame, dtype=bool)
+    n = len(issame)
+    if n_folds < 2:
+        raise DatasetError(f"need at least 2 folds, got {n_folds}")
+    if n < n_folds:
+        raise DatasetError(f"{n} pairs cannot be split into {n_folds} folds")
+    folds = np.empty(n, dtype=np.int64)
+    for kind in (True, False):
+        where = np.flatnonzero(issame == kind)
+        sizes = np.full(n_folds, len(where) // n_folds)
+        sizes[: len(where) % n_folds] += 1
+        folds[where] = np.repeat(np.arange(n_folds), sizes)
+    return folds
 
 
 def _accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -145,9 +169,10 @@ class FoldAccuracy:
         return out
 
 
-def _fold_ids(n: int, folds, n_folds: int) -> tuple[np.ndarray, str]:
+def _fold_ids(issame: np.ndarray, folds, n_folds: int) -> tuple[np.ndarray, str]:
+    n = len(issame)
     if folds is None:
-        return contiguous_folds(n, n_folds), f"{n_folds} contiguous folds"
+        return balanced_folds(issame, n_folds), f"{n_folds} balanced folds (a share of each kind of pair)"
     folds = np.asarray(folds)
     if folds.shape != (n,):
         raise DatasetError(f"fold ids {folds.shape} do not match the {n} pairs")
@@ -168,13 +193,13 @@ def kfold_accuracy(
 ) -> FoldAccuracy:
     """Cross-validated verification accuracy (the arcface_torch / LFW protocol).
 
-    ``folds``: fold id per pair (e.g. LFW's own), or None for contiguous folds.
+    ``folds``: fold id per pair (e.g. LFW's own), or None for balanced folds (``balanced_folds``).
     """
     dist = np.asarray(dist, dtype=np.float64)
     issame = np.asarray(issame, dtype=bool)
     if dist.shape != issame.shape or dist.ndim != 1:
         raise DatasetError(f"distances {dist.shape} and labels {issame.shape} must be equal-length vectors")
-    folds, source = _fold_ids(len(dist), folds, n_folds)
+    folds, source = _fold_ids(issame, folds, n_folds)
     pick = _protocol_pick(np.asarray(thresholds, dtype=np.float64))
     accs, chosen = [], []
     for f in np.unique(folds):
@@ -194,7 +219,7 @@ def kfold_accuracy_per_extractor(
     if routes.full.shape != issame.shape:
         raise DatasetError(f"distances {routes.full.shape} and labels {issame.shape} must be equal-length "
                            "vectors")
-    folds, source = _fold_ids(len(issame), folds, n_folds)
+    folds, source = _fold_ids(issame, folds, n_folds)
     pick = _protocol_pick(np.asarray(thresholds, dtype=np.float64))
     dist = routes.chosen
     accs, t_full, t_partial = [], [], []
@@ -324,7 +349,7 @@ def evaluate_distances(
     ``accuracy``: the held-out accuracy of the pairs of that case under the thresholds chosen on
     the whole set (one threshold per fold for all cases, as a deployed system has), and
     ``accuracy_within_case``: the full protocol run on that case's pairs alone (own thresholds,
-    contiguous folds unless the file's folds all occur), where it has enough pairs.
+    balanced folds unless the file's folds all occur), where it has enough pairs.
     """
     dist = np.asarray(dist, dtype=np.float64)
     issame = np.asarray(issame, dtype=bool)
@@ -362,7 +387,7 @@ def evaluate_distances(
 def _per_case(dist, issame, folds, cases, acc: FoldAccuracy, n_folds: int, routes=None) -> dict:
     if cases.shape != dist.shape:
         raise DatasetError(f"case labels {cases.shape} do not match the {len(dist)} pairs")
-    fold_of = folds if folds is not None else contiguous_folds(len(dist), n_folds)
+    fold_of = folds if folds is not None else balanced_folds(issame, n_folds)
     slot = np.searchsorted(np.unique(fold_of), fold_of)
     threshold_of_pair = np.asarray(acc.fold_thresholds)[slot]
     if routes is not None:

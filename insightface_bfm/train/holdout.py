@@ -23,6 +23,7 @@ from ..errors import BFMError
 from ..evaluation.verification import (
     THRESHOLD_RULES,
     RoutedDistances,
+    contiguous_folds,
     kfold_accuracy,
     kfold_accuracy_per_extractor,
     pair_distances,
@@ -116,6 +117,9 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
     a = np.array([row[int(i)] for i in first])
     b = np.array([row[int(i)] for i in second])
     result = {"pairs": int(len(same))}
+    # make_pairs shuffles, so contiguous folds already mix same and different pairs; they are kept
+    # (rather than the balanced folds of a pair file) so every held-out number stays comparable
+    fold_ids = contiguous_folds(len(same), folds)
     if plain["p_masked"] is not None:
         said = np.concatenate([plain["p_masked"] < 0.5, cover["p_masked"] >= 0.5])
         result["classifier_accuracy"] = float(said.mean())
@@ -130,7 +134,7 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
     }.items():
         if model.partial is None:
             partial = np.zeros(len(a), dtype=bool)
-            acc = kfold_accuracy(pair_distances(emb_a["full"][a], emb_b["full"][b]), same, n_folds=folds)
+            acc = kfold_accuracy(pair_distances(emb_a["full"][a], emb_b["full"][b]), same, fold_ids)
         else:
             if route == "partial":
                 partial = np.ones(len(a), dtype=bool)
@@ -141,8 +145,8 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
                 partial = np.full(len(a), truth_a or truth_b)
             routes = RoutedDistances(pair_distances(emb_a["full"][a], emb_b["full"][b]),
                                      pair_distances(emb_a["partial"][a], emb_b["partial"][b]), partial)
-            acc = (kfold_accuracy_per_extractor(routes, same, n_folds=folds) if thresholds == "per_extractor"
-                   else kfold_accuracy(routes.chosen, same, n_folds=folds))
+            acc = (kfold_accuracy_per_extractor(routes, same, fold_ids) if thresholds == "per_extractor"
+                   else kfold_accuracy(routes.chosen, same, fold_ids))
         result[f"case{case}"] = {"accuracy": acc.mean, "std": acc.std,
                                  "routed_partial": float(partial.mean())}
     return result
