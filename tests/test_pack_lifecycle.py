@@ -173,6 +173,20 @@ def test_registries_merge_user_first(published, server, tmp_path, monkeypatch):
     assert r.exit_code == 0 and "files OK" in r.output, r.output
 
 
+def test_a_manifest_without_local_paths_is_zipped_as_it_is(tmp_path, shared):
+    from insightface_bfm.zoo.packs import load_pack
+    from insightface_bfm.zoo.publish import pack_zip
+
+    export = make_export(tmp_path / "export", shared("models", "mobilefacenet_128.onnx"))
+    pack = build_pack(export, tmp_path / "plain", build_info={"heldout": {}, "recipe": {"mode": "bfm"}})
+    # written by hand, say: another layout than the package's, which publishing must not rewrite
+    manifest = pack.path / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()), separators=(",", ":")))
+    pack_zip(load_pack(pack.path), tmp_path / "plain.zip")
+    with zipfile.ZipFile(tmp_path / "plain.zip") as zf:
+        assert zf.read("plain/manifest.json") == (pack.path / "manifest.json").read_bytes()
+
+
 def test_local_packs_are_listed_and_verified(tmp_path, shared):
     export = make_export(tmp_path / "export", shared("models", "mobilefacenet_128.onnx"))
     root = tmp_path / "root"

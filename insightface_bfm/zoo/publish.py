@@ -54,16 +54,17 @@ def pack_zip(pack, archive: Path) -> None:
     The manifest goes in with its build record made ``portable`` (the files' checksums unchanged)."""
     name = pack.name
     files = sorted({*pack.files, MANIFEST})
-    manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"]))
-    if "build" in manifest["bfm"]:
-        manifest["bfm"]["build"] = portable(manifest["bfm"]["build"])
+    manifest = None  # None: the manifest file goes in as it is
+    build = pack.manifest["bfm"].get("build")
+    if build is not None and portable(build) != build:
+        manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"], build=portable(build)))
     with atomic_open(archive, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
         for fname in files:
             info = zipfile.ZipInfo(f"{name}/{fname}", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w") as dst:
-                if fname == MANIFEST:
+                if fname == MANIFEST and manifest is not None:
                     dst.write((json.dumps(manifest, indent=2) + "\n").encode())
                     continue
                 with open(pack.path / fname, "rb") as src:
