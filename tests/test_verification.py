@@ -192,11 +192,11 @@ def test_default_folds_hold_both_kinds_of_pair():
 
 
 def test_one_kind_per_fold_biases_the_accuracy_and_balanced_folds_do_not():
-    # Same pairs at 0.2 and 0.6 (half each), different ones at 0.4 and 0.8: the best threshold on
-    # the whole set is 0.41 or 0.61 (75% either way). In a 500 + 500 list, a fold of same pairs
-    # only is judged by a threshold chosen on 400 same and 500 different pairs: the smaller
-    # threshold wins there and rejects half of the fold's same pairs, and a fold of different
-    # pairs only sees the larger threshold. Balanced folds judge every fold as the whole set.
+    # Same pairs at 0.2 and 0.6 (half each), different ones at 0.4 and 0.8: on the whole set the
+    # best thresholds are 0.21 and 0.61 (75% either way). In a 500 + 500 list, a fold of same pairs
+    # only is judged by a threshold chosen on 400 same and 500 different pairs: 0.21 wins there and
+    # rejects half of the fold's same pairs; a fold of different pairs only gets 0.61, which accepts
+    # half of them. Balanced folds (450 + 450 to choose on: a tie, so 0.21) give every fold 75%.
     same = np.repeat([True, False], 500)
     dist = np.where(same, np.tile([0.2, 0.6], 500), np.tile([0.4, 0.8], 500))
     pure = kfold_accuracy(dist, same, folds=np.asarray(ref_contiguous_folds(1000, 10)))

@@ -66,10 +66,19 @@ def pair_distances(emb1, emb2) -> np.ndarray:
 
 def contiguous_folds(n: int, n_folds: int = 10) -> np.ndarray:
     """Fold id per pair: contiguous blocks in order, the first ``n % n_folds`` one larger."""
+    _check_fold_count(n, n_folds)
+    return _blocks(n, n_folds)
+
+
+def _check_fold_count(n: int, n_folds: int) -> None:
     if n_folds < 2:
         raise DatasetError(f"need at least 2 folds, got {n_folds}")
     if n < n_folds:
         raise DatasetError(f"{n} pairs cannot be split into {n_folds} folds")
+
+
+def _blocks(n: int, n_folds: int) -> np.ndarray:
+    # n items in order -> n_folds contiguous blocks, sized like scikit-learn's KFold (some may be empty)
     sizes = np.full(n_folds, n // n_folds)
     sizes[: n % n_folds] += 1
     return np.repeat(np.arange(n_folds), sizes)
@@ -79,17 +88,11 @@ def balanced_folds(issame, n_folds: int = 10) -> np.ndarray:
     """Fold id per pair: fold k holds the k-th contiguous block (``contiguous_folds``) of the same
     pairs in order and the k-th of the different pairs; see the module's docstring."""
     issame = np.asarray(issame, dtype=bool)
-    n = len(issame)
-    if n_folds < 2:
-        raise DatasetError(f"need at least 2 folds, got {n_folds}")
-    if n < n_folds:
-        raise DatasetError(f"{n} pairs cannot be split into {n_folds} folds")
-    folds = np.empty(n, dtype=np.int64)
+    _check_fold_count(len(issame), n_folds)
+    folds = np.empty(len(issame), dtype=np.int64)
     for kind in (True, False):
         where = np.flatnonzero(issame == kind)
-        sizes = np.full(n_folds, len(where) // n_folds)
-        sizes[: len(where) % n_folds] += 1
-        folds[where] = np.repeat(np.arange(n_folds), sizes)
+        folds[where] = _blocks(len(where), n_folds)
     return folds
 
 
