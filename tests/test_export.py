@@ -67,6 +67,19 @@ def test_metadata_names_role_size_and_recipe(small_mbf, tmp_path):
     assert helpers.session(path).get_modelmeta().custom_metadata_map["role"] == "partial"
 
 
+def test_embedded_recipe_names_no_local_folder(small_mbf, tmp_path):
+    # an exported file travels (packs, registries): the recipe it carries keeps file names only
+    recipe = {"mode": "bfm", "data": {"path": str(tmp_path / "faces" / "train")},
+              "init": {"full": f"onnx:{tmp_path / 'base.onnx'}", "partial": "mxnet:~/models/r100,3"},
+              "train": {"output": "runs/bfm"}}
+    meta = read_metadata(export_onnx(small_mbf, tmp_path / "full.onnx", "full", {"recipe": recipe}))
+    assert str(tmp_path) not in meta["recipe"]
+    assert yaml.safe_load(meta["recipe"]) == {
+        "mode": "bfm", "data": {"path": "<local>/train"},
+        "init": {"full": "onnx:<local>/base.onnx", "partial": "mxnet:<local>/r100,3"},
+        "train": {"output": "runs/bfm"}}  # a relative path names no machine's folder: kept
+
+
 def test_mask_classifier_exports_probabilities(tmp_path):
     classifier = helpers.randomise(MaskClassifier(), seed=3)
     path = export_onnx(classifier, tmp_path / "mask_classifier.onnx", "mask_classifier")

@@ -68,7 +68,9 @@ class _WithSoftmax(nn.Module):
 
 
 def recipe_text(recipe) -> str:
-    """The recipe as YAML text (a dict or Recipe is dumped with sorted keys: equal recipes hash equal)."""
+    """The recipe as YAML text (a dict or Recipe is dumped with sorted keys: equal recipes hash equal),
+    its absolute paths cut to ``<local>/NAME`` (``train.recipe.portable_paths``): an ONNX file
+    travels, the folders of the machine that exported it do not."""
     if recipe is None:
         return ""
     if isinstance(recipe, str):
@@ -77,7 +79,9 @@ def recipe_text(recipe) -> str:
         recipe = recipe.to_dict()
     import yaml
 
-    return yaml.safe_dump(recipe, sort_keys=True)
+    from ..train.recipe import portable_paths
+
+    return yaml.safe_dump(portable_paths(recipe), sort_keys=True)
 
 
 def export_onnx(module: nn.Module, path, role: str, metadata: dict | None = None, *,

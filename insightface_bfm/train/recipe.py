@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,28 @@ def _opt(default, **rules):
         return field(default_factory=lambda: type(default)(default), metadata=rules)
     return field(default=default, metadata=rules)
 
+
+
+LOCAL = "<local>"  # stands for a folder of the machine that trained, built or exported
+_SPEC_PREFIXES = ("onnx:", "mxnet:")  # init specs that carry a path (InitSection)
+
+
+def portable_paths(value):
+    """``value`` (a recipe dict, or any record of dicts, lists and strings) with every absolute path,
+    bare or after ``onnx:`` / ``mxnet:``, cut to ``<local>/`` + its last part; the rest as is. What
+    leaves the machine (exported ONNX files, published packs) carries it instead of the local
+    folders, which say nothing to anyone else and may say too much."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefix = next((p for p in _SPEC_PREFIXES if value.startswith(p)), "")
+    path = value[len(prefix):]
+    if not (os.path.isabs(path) or path.startswith("~")):
+        return value
+    return f"{prefix}{LOCAL}/{Path(path.rstrip('/')).name}"
 
 @dataclass
 class ModelSection:

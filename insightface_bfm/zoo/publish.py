@@ -10,7 +10,8 @@ over http(s) is a registry: ``--registry URL_BASE/index.yaml``.
 
 What is published names no folder of the publishing machine: in the entry's recipe and in the
 zipped manifest's ``bfm.build``, an absolute path (also after ``onnx:`` / ``mxnet:``) becomes
-``<local>/NAME``, its last part (``portable``), for the user to point at their own copy.
+``<local>/NAME``, its last part (``train.recipe.portable_paths``), for the user to point at their
+own copy. The ONNX files' embedded recipes were cut the same way when they were exported.
 """
 
 from __future__ import annotations
@@ -24,40 +25,23 @@ import yaml
 
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import PackError
+from ..train.recipe import portable_paths
 from .download import sha256_file
 from .packs import LICENSE_FILE, MANIFEST, load_pack
 from .registry import INDEX, _read_yaml, load_registry, parse_registry
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
-LOCAL = "<local>"  # stands for a folder of the machine that built the pack
-_SPEC_PREFIXES = ("onnx:", "mxnet:")  # recipe init specs that carry a path (train/recipe.py)
-
-
-def portable(value):
-    """``value`` (a recipe or build record: dicts, lists, strings) with every absolute path,
-    bare or after ``onnx:`` / ``mxnet:``, cut to ``<local>/`` + its last part; the rest as is."""
-    if isinstance(value, dict):
-        return {k: portable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [portable(v) for v in value]
-    if not isinstance(value, str):
-        return value
-    prefix = next((p for p in _SPEC_PREFIXES if value.startswith(p)), "")
-    path = value[len(prefix):]
-    if not (os.path.isabs(path) or path.startswith("~")):
-        return value
-    return f"{prefix}{LOCAL}/{Path(path.rstrip('/')).name}"
 
 
 def pack_zip(pack, archive: Path) -> None:
     """A loaded (so verified) pack's manifest and listed files as ``NAME/<file>`` entries, reproducibly.
-    The manifest goes in with its build record made ``portable`` (the files' checksums unchanged)."""
+    The manifest goes in with its build record made ``portable_paths`` (the files' checksums unchanged)."""
     name = pack.name
     files = sorted({*pack.files, MANIFEST})
     manifest = None  # None: the manifest file goes in as it is
     build = pack.manifest["bfm"].get("build")
-    if build is not None and portable(build) != build:
-        manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"], build=portable(build)))
+    if build is not None and portable_paths(build) != build:
+        manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"], build=portable_paths(build)))
     with atomic_open(archive, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
         for fname in files:
             info = zipfile.ZipInfo(f"{name}/{fname}", date_time=_EPOCH)
@@ -120,7 +104,7 @@ def publish_pack(pack_dir, url_base: str, out, *, licence: str | None = None) ->
         "files": [{"name": archive.name, "url": f"{str(url_base).rstrip('/')}/{archive.name}",
                    "sha256": digest, "size": size, "extract": True}],
         "metrics": _metrics(build),
-        "recipe": portable((build or {}).get("recipe")),
+        "recipe": portable_paths((build or {}).get("recipe")),
     }
     parse_registry(entry, f"{name} entry")  # the registry's own checks, before anything is written
     entry_file = out / f"{name}.yaml"
