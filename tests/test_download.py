@@ -200,6 +200,11 @@ def test_install_verify_remove_via_cli(server, tmp_path):
     assert r.exit_code == 0 and "unverified source: pk.zip" in r.output
     r = runner.invoke(main, ["models", "download", "pk", *common, "--quiet", "--allow-unverified"])
     assert r.exit_code == 2 and "already installed" in r.output
+    # the command it suggests works as printed (it names the root the download used)
+    hint = r.output.split("`")[1].split()
+    assert hint[:3] == ["bfm", "models", "verify"] and hint[-2:] == ["--root", str(root)]
+    r = runner.invoke(main, [*hint[1:], "--allow-unverified"])
+    assert r.exit_code == 0, r.output
 
 
 def test_install_env_root_and_hand_placed_archive(server, tmp_path, monkeypatch):

@@ -273,7 +273,8 @@ def install(
     target = models / entry.name
     if target.exists() and not force:
         raise PackError(
-            f"{target}: already installed; `bfm models verify {entry.name}` checks it, --force replaces it"
+            f"{target}: already installed; `bfm models verify {entry.name} --root {root}` checks it, "
+            "--force replaces it"
         )
     overrides = dict(sha256_overrides or {})
     plan = []
