@@ -44,7 +44,6 @@ def _opt(default, **rules):
     return field(default=default, metadata=rules)
 
 
-
 LOCAL = "<local>"  # stands for a folder of the machine that trained, built or exported
 _SPEC_PREFIXES = ("onnx:", "mxnet:")  # init specs that carry a path (InitSection)
 
@@ -65,6 +64,7 @@ def portable_paths(value):
     if not (os.path.isabs(path) or path.startswith("~")):
         return value
     return f"{prefix}{LOCAL}/{Path(path.rstrip('/')).name}"
+
 
 @dataclass
 class ModelSection:
