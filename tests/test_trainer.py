@@ -221,6 +221,21 @@ def test_finetune_init_and_freeze_full(tmp_path, faces):
         Trainer(bad, dataset=faces)
 
 
+def test_out_overrides_train_output_and_the_run_records_it(tmp_path):
+    # `bfm-train recipe.yaml --out DIR`: the run goes to DIR, and the recipe it records says so
+    from insightface_bfm.cli import main
+
+    recipe = tiny(tmp_path, "baseline1", train={"max_steps": 1}).to_dict()
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "elsewhere"
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "baseline1").exists()  # the recipe's own train.output
+    for saved in (out / "recipe.yaml", ckpt.resolve_checkpoint(out) / "recipe.yaml"):
+        assert yaml.safe_load(saved.read_text())["train"]["output"] == str(out), saved
+
+
 def test_cli_trains_and_compares(tmp_path):
     from insightface_bfm.cli import main
     from insightface_bfm.train.holdout import evaluate_holdout

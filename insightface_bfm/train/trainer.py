@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import math
@@ -160,6 +161,9 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, dataset=None, resume=False, out: str | Path | None = None,
                  holdout=None):
+        if out is not None and str(out) != recipe.train.output:
+            # the recipe the run records (recipe.yaml, checkpoints, exports) names where it went
+            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, output=str(out)))
         self.recipe = recipe
         self.run_dir = Path(out) if out is not None else recipe.output_dir
         device_spec = recipe.train.device
