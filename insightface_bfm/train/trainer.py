@@ -161,11 +161,11 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, dataset=None, resume=False, out: str | Path | None = None,
                  holdout=None):
-        if out is not None and str(out) != recipe.train.output:
+        if out is not None:
             # the recipe the run records (recipe.yaml, checkpoints, exports) names where it went
             recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, output=str(out)))
         self.recipe = recipe
-        self.run_dir = Path(out) if out is not None else recipe.output_dir
+        self.run_dir = recipe.output_dir
         device_spec = recipe.train.device
         wants_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
         self.world = init_from_env("cuda" if wants_cuda else "cpu")
