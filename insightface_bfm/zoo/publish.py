@@ -40,8 +40,9 @@ def pack_zip(pack, archive: Path) -> None:
     files = sorted({*pack.files, MANIFEST})
     manifest = None  # None: the manifest file goes in as it is
     build = pack.manifest["bfm"].get("build")
-    if build is not None and portable_paths(build) != build:
-        manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"], build=portable_paths(build)))
+    published = portable_paths(build)
+    if published != build:
+        manifest = dict(pack.manifest, bfm=dict(pack.manifest["bfm"], build=published))
     with atomic_open(archive, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
         for fname in files:
             info = zipfile.ZipInfo(f"{name}/{fname}", date_time=_EPOCH)
