@@ -1,9 +1,10 @@
 """Contact sheet: every mask kind, both renderers, on 8 LFW faces, to look at.
 
 Rows, labelled on the left with the kind, its family and the renderer: each kind of
-``MASK_TYPES`` by the per-image ``render_mask`` (numpy, at each crop's own 5 points from
-``landmarks.tsv`` through the alignment) and by the trainer's batched ``MaskAugment`` (torch, at
-the template with its default jitter); then two more placements of the trainer: masks worn low
+``ALL_TYPES`` (the masks, then the opt-in lower-face occluders) by the per-image
+``render_mask`` (numpy, at each crop's own 5 points from ``landmarks.tsv`` through the
+alignment) and by the trainer's batched ``MaskAugment`` (torch, at the template with its default
+jitter); then two more placements of the trainer: masks worn low
 (``data.mask_worn_low``) and masks placed off the template as the real-faces and build recipes
 place them (``data.mask_kps_jitter: 4``), also in any type's colours (``data.mask_colours:
 any``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread over the set, a fresh
@@ -23,7 +24,7 @@ import numpy as np
 
 from insightface_bfm.atomic import atomic_write_bytes
 from insightface_bfm.imaging import encode_image, to_network_input
-from insightface_bfm.masks import MASK_TYPES, family_of, random_style, render_mask
+from insightface_bfm.masks import ALL_TYPES, OCCLUDER_TYPES, family_of, random_style, render_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mask_coverage import crop_points  # noqa: E402
@@ -41,7 +42,7 @@ def pick_faces(root: Path, n: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def numpy_row(crops, kps, kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, MASK_TYPES.index(kind)])
+    rng = np.random.default_rng([seed, ALL_TYPES.index(kind)])
     masked = [render_mask(c, k, random_style(rng, types=[kind]))[0] for c, k in zip(crops, kps)]
     return np.concatenate(masked, 1)
 
@@ -69,8 +70,8 @@ def label(row: np.ndarray, text: str) -> np.ndarray:
 def contact_sheet(root=LFW, faces: int = 8, seed: int = 0, with_torch: bool = True) -> np.ndarray:
     crops, kps = pick_faces(Path(root), faces)
     rows = []
-    for i, kind in enumerate(MASK_TYPES):
-        name = f"{kind}\n({family_of(kind)})"
+    for i, kind in enumerate(ALL_TYPES):
+        name = f"{kind}\n({family_of(kind)}{', opt-in' if kind in OCCLUDER_TYPES else ''})"
         rows.append(label(numpy_row(crops, kps, kind, seed), f"{name}\nrender_mask"))
         if with_torch:
             rows.append(label(torch_row(crops, [kind], seed * 1000 + i), f"{name}\nMaskAugment"))

@@ -51,11 +51,27 @@ def test_folder_manifest_resume_and_reproduce(tmp_path):
     assert res.exit_code == 2 and "seed 3" in res.output
 
 
+def test_occluders_by_family_name(tmp_path):
+    """README "Synthetic masks": ``bfm mask SRC DST --types occluder`` draws hands, scarves and objects."""
+    src = _make_folder(tmp_path / "src", 6)
+    dst = tmp_path / "dst"
+    res = CliRunner().invoke(main, ["mask", str(src), str(dst), "--types", "occluder", "--quiet"])
+    assert res.exit_code == 0, res.output
+    header, entries = read_manifest(dst / MANIFEST)
+    assert header["types"] == ["hand", "scarf", "object"] and len(entries) == 6
+    for e in entries:
+        face = e["faces"][0]
+        style = MaskStyle.from_dict(face["style"])
+        assert style.type in ("hand", "scarf", "object")
+        expected, _ = render_mask(cv2.imread(str(src / e["image"])), np.array(face["kps"]), style)
+        assert np.array_equal(expected, cv2.imread(str(dst / e["output"])))
+
+
 def test_bad_arguments(tmp_path):
     src = _make_folder(tmp_path / "src", 1)
     runner = CliRunner()
-    res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--types", "scarf"])
-    assert res.exit_code == 2 and "scarf" in res.output
+    res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--types", "visor"])
+    assert res.exit_code == 2 and "visor" in res.output
     res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--worn-low", "2"])
     assert res.exit_code == 2 and "--worn-low" in res.output
     res = runner.invoke(main, ["mask", str(src), str(tmp_path / "o"), "--raw"])

@@ -105,7 +105,7 @@ def test_style_round_trips_through_json():
     with pytest.raises(ValueError, match="colors"):
         MaskStyle(colors=((1, 2, 3),))
     with pytest.raises(ValueError):
-        random_style(0, types=["surgical", "scarf"])
+        random_style(0, types=["surgical", "visor"])
     assert {random_style(s, types="n95,kn95").type for s in range(30)} == {"n95", "kn95"}
 
 

@@ -7,8 +7,11 @@ package never imports torch.
 
 from .render import check_kps, render_mask
 from .styles import (
+    ALL_TYPES,
     MASK_FAMILIES,
     MASK_TYPES,
+    OCCLUDER_FAMILY,
+    OCCLUDER_TYPES,
     PATTERNS,
     MaskStyle,
     check_types,
@@ -17,5 +20,6 @@ from .styles import (
     types_without,
 )
 
-__all__ = ["MASK_FAMILIES", "MASK_TYPES", "PATTERNS", "MaskStyle", "check_kps", "check_types", "family_of",
-           "random_style", "render_mask", "types_without"]
+__all__ = ["ALL_TYPES", "MASK_FAMILIES", "MASK_TYPES", "OCCLUDER_FAMILY", "OCCLUDER_TYPES", "PATTERNS",
+           "MaskStyle", "check_kps", "check_types", "family_of", "random_style", "render_mask",
+           "types_without"]

@@ -120,3 +120,31 @@ def valve_shading(xp, valve_inside, radius):
     r = xp.clip(valve_inside / (radius + 1e-6), 0.0, 1.0)  # 0 at rim, 1 at centre
     ring = xp.clip(1.0 - xp.abs(r - 0.55) * 12.0, 0.0, 1.0)
     return (0.78 + 0.3 * r) * (1.0 - 0.25 * ring)
+
+
+# -- occluders (opt-in types: styles.OCCLUDER_TYPES) --------------------------------------------
+
+def finger_folds(xp, frame, shape, v):
+    """A hand across the mouth: four fingers stacked from the top edge down, each rounded (lit in
+    the middle) with a dark crease between neighbours."""
+    t0 = shape.top_centre(xp, frame)
+    span = shape.bottom - t0
+    phase = 4.0 * (v - t0) / span
+    f = phase - xp.floor(phase)
+    finger_px = span * frame.depth / 4.0
+    crease = xp.clip(1.0 - xp.minimum(f, 1.0 - f) * finger_px / 1.2, 0.0, 1.0)
+    # about 1 on average: the hand keeps the face's brightness
+    return (1.02 + 0.12 * xp.sin(math.pi * f)) * (1.0 - 0.22 * crease)
+
+
+def knit_ribs(xp, frame, u, w):
+    """Knitted scarves: fine vertical ribs across the fabric."""
+    rib_px = 0.05 * frame.depth + 1.0
+    return 1.0 - 0.08 * (0.5 + 0.5 * xp.sin(TWO_PI * u * w / rib_px))
+
+
+def specular_band(xp, u_outline, width):
+    """A held object's specular highlight: a bright vertical band on its lit side (0..0.55, the
+    share of white light added). ``u_outline``: u in the object's own frame (see MaskShape.centred)."""
+    band = xp.clip(1.0 - xp.abs(u_outline + 0.45 * width) / (0.15 * width + 1e-3), 0.0, 1.0)
+    return 0.55 * band * band

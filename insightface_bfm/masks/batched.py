@@ -22,13 +22,16 @@ from . import geometry as geo
 from . import textures
 from .styles import (
     ACCENTS,
+    ALL_TYPES,
     FEATURE_ODDS,
     MASK_TYPES,
+    OCCLUDER_TYPES,
     PALETTES,
     PATTERN_ODDS,
     PATTERNS,
     SHAPE_FIELDS,
     SHAPES,
+    SKIN_GRAIN,
     STRAPS_VISIBLE,
     VALVE_COLORS,
     WORN_LOW_TOP,
@@ -84,29 +87,34 @@ class MaskAugment(nn.Module):
         self.colours = colours
         self.kps_jitter = float(kps_jitter)
         self.worn_low = float(worn_low)  # share of masks pulled under the nose (see random_style)
-        type_ids = [MASK_TYPES.index(t) for t in self.types]
+        # tables over every type (the masks first, so their indices are MASK_TYPES'); occluders are
+        # drawn only when asked for, and only then does a batch draw their sideways offsets
+        type_ids = [ALL_TYPES.index(t) for t in self.types]
         self.register_buffer("type_ids", torch.tensor(type_ids, dtype=torch.long), persistent=False)
+        self.occluders = any(t in OCCLUDER_TYPES for t in self.types)
         for name, groups in (
-            ("palette", [PALETTES[t] for t in MASK_TYPES]),
-            ("accent", [PALETTES[t] if t == "dark" else ACCENTS for t in MASK_TYPES]),
-            ("valve", [VALVE_COLORS for _ in MASK_TYPES]),
+            ("palette", [PALETTES[t] for t in ALL_TYPES]),
+            ("accent", [PALETTES[t] if t == "dark" else ACCENTS for t in ALL_TYPES]),
+            ("valve", [VALVE_COLORS for _ in ALL_TYPES]),
         ):
             flat, offsets, counts = _table(groups)
             self.register_buffer(f"{name}_rgb", flat, persistent=False)
             self.register_buffer(f"{name}_offsets", offsets, persistent=False)
             self.register_buffer(f"{name}_counts", counts, persistent=False)
-        lo = [[getattr(SHAPES[t], f)[0] for f in SHAPE_FIELDS] for t in MASK_TYPES]
-        hi = [[getattr(SHAPES[t], f)[1] for f in SHAPE_FIELDS] for t in MASK_TYPES]
+        lo = [[getattr(SHAPES[t], f)[0] for f in SHAPE_FIELDS] for t in ALL_TYPES]
+        hi = [[getattr(SHAPES[t], f)[1] for f in SHAPE_FIELDS] for t in ALL_TYPES]
         self.register_buffer("shape_lo", torch.tensor(lo, dtype=torch.float32), persistent=False)
         self.register_buffer("shape_hi", torch.tensor(hi, dtype=torch.float32), persistent=False)
-        cdf = torch.tensor([pattern_cdf(PATTERN_ODDS[t]) for t in MASK_TYPES], dtype=torch.float32)
+        shifts = torch.tensor([SHAPES[t].shift for t in ALL_TYPES])
+        self.register_buffer("shift_range", shifts, persistent=False)
+        cdf = torch.tensor([pattern_cdf(PATTERN_ODDS[t]) for t in ALL_TYPES], dtype=torch.float32)
         self.register_buffer("pattern_cdf", cdf, persistent=False)
         # the mask photos, RGB 0..255, read only when a drawn type can wear them
         wears_photo = any(PATTERN_ODDS[t][PHOTO] > 0 for t in self.types)
         photos = (torch.from_numpy(textures.photo_textures()[..., ::-1].copy()).permute(0, 3, 1, 2)
                   if wears_photo else torch.zeros((0, 3, *textures.TEXTURE_SIZE)))
         self.register_buffer("photos", photos.contiguous(), persistent=False)
-        self.register_buffer("feature_odds", torch.tensor([FEATURE_ODDS[t] for t in MASK_TYPES]),
+        self.register_buffer("feature_odds", torch.tensor([FEATURE_ODDS[t] for t in ALL_TYPES]),
                              persistent=False)
         self.register_buffer("template", torch.from_numpy(np.asarray(ARCFACE_KPS, dtype=np.float32)),
                              persistent=False)
@@ -172,7 +180,12 @@ class MaskAugment(nn.Module):
             shape[:, 0] = torch.where(r[:, 25] < self.worn_low, low, shape[:, 0])
         feats = (r[:, 16:20] < self.feature_odds[t]).float()
         pleats, seam, valve_on, loops = feats.unbind(1)
+        extra = {}
+        if self.occluders:  # one more number per sample, as random_style draws it
+            lo_s, hi_s = self.shift_range[t].unbind(1)
+            extra["shift"] = lo_s + (hi_s - lo_s) * self._rand((batch,), generator, device)
         return {
+            **extra,
             "type": t, "base": base, "accent": accent, "valve_rgb": valve, "pattern": pattern,
             "shape": shape, "pleats": pleats, "seam": seam, "valve": valve_on, "loops": loops,
             "valve_side": torch.where(r[:, 20] < 0.5, -1.0, 1.0),
@@ -180,7 +193,7 @@ class MaskAugment(nn.Module):
             "pattern_angle": torch.where(r[:, 22] < 0.5, (r[:, 22] * 4 - 1) * 45.0,
                                          torch.where(r[:, 22] < 0.75, 0.0, 90.0)),
             "grain": 1.0 + 5.0 * r[:, 23],
-            "straps_visible": (r[:, 24] < STRAPS_VISIBLE).float(),
+            "straps_visible": ((r[:, 24] < STRAPS_VISIBLE) & (t < len(MASK_TYPES))).float(),
             "texture": torch.clamp((r[:, 1] * len(PALETTES["photo"])).long(), max=len(PALETTES["photo"]) - 1),
         }
 
@@ -222,12 +235,18 @@ class MaskAugment(nn.Module):
         b, _, h, w = images.shape
         device = images.device
         frame = geo.face_frame(torch, kps)
-        shape = geo.MaskShape(*[_bcast(c) for c in style["shape"].unbind(1)])
+        shift = _bcast(style["shift"]) if "shift" in style else 0.0
+        shape = geo.MaskShape(*[_bcast(c) for c in style["shape"].unbind(1)], shift)
         xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
         ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
         u, v, wmap = geo.face_coords(torch, frame, xs, ys)
+        # occluders: (B,1,1,1) flags, None where no sample of the batch is one
+        hand, scarf, thing = (_flag(style["type"], kind) for kind in OCCLUDER_TYPES)
 
         inside = geo.outline_distance(torch, frame, shape, u, v, wmap)
+        if hand is not None:
+            hand_d = geo.hand_distance(torch, frame, shape, _bcast(style["valve_side"]), u, v, wmap)
+            inside = torch.where(hand > 0, hand_d, inside)
         a_mask = geo.coverage(torch, inside)
         loops = _bcast(style["loops"])
         strap = geo.strap_distance(torch, frame, shape, loops, xs, ys)
@@ -249,10 +268,17 @@ class MaskAugment(nn.Module):
         luma_l, nl = window_mean(left)
         luma_r, nr = window_mean(right)
         cheek = torch.where(nl + nr > 0, (luma_l * nl + luma_r * nr) / (nl + nr).clamp(min=1.0), mean)
-        light = look.side_light(torch, u, luma_l, luma_r) * look.brightness_gain(torch, cheek)
+        gain = look.brightness_gain(torch, cheek)
+        light = look.side_light(torch, u, luma_l, luma_r) * gain
 
         # prints: each is computed only when some sample of the batch wears it
         base = style["base"][:, :, None, None]
+        if hand is not None:  # a hand: the colour of the cheeks it covers, tinted as random_style's
+            n = window.sum((2, 3), keepdim=True)
+            cheeks = (pix * window).sum((2, 3), keepdim=True) / n.clamp(min=1.0)
+            tint = (base / (base.mean(1, keepdim=True) + 1e-6)) ** 0.25
+            skin = torch.where(n > 0, cheeks / gain * tint, base)
+            base = torch.where(hand > 0, skin, base)
         accent = style["accent"][:, :, None, None]
         pattern = style["pattern"]
         used = set(torch.unique(pattern).tolist())
@@ -286,11 +312,17 @@ class MaskAugment(nn.Module):
             shade = shade * (1.0 + _bcast(style["pleats"]) * (look.pleat_folds(torch, frame, shape, v) - 1.0))
         if bool(style["seam"].any()):
             shade = shade * (1.0 + _bcast(style["seam"]) * (look.centre_seam(torch, frame, u, wmap) - 1.0))
+        grain_scale = _bcast(style["grain"])
+        if hand is not None:
+            shade = shade * (1.0 + hand * (look.finger_folds(torch, frame, shape, v) - 1.0))
+            grain_scale = grain_scale * (1.0 - (1.0 - SKIN_GRAIN) * hand)
+        if scarf is not None:
+            shade = shade * (1.0 + scarf * (look.knit_ribs(torch, frame, u, wmap) - 1.0))
         layer = color * (shade * light)
         # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
         hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
         grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
-        layer = layer + grain * _bcast(style["grain"])
+        layer = layer + grain * grain_scale
 
         if bool(style["valve"].any()):
             side = _bcast(style["valve_side"])
@@ -300,6 +332,9 @@ class MaskAugment(nn.Module):
             a_valve = geo.coverage(torch, v_in) * a_mask * _bcast(style["valve"])
             valve = style["valve_rgb"][:, :, None, None] * (look.valve_shading(torch, v_in, radius) * light)
             layer = layer + (valve - layer) * a_valve
+        if thing is not None:
+            spec = thing * look.specular_band(torch, shape.centred(u), shape.width)
+            layer = layer + (250.0 * gain - layer) * spec
 
         surgical = _bcast((style["type"] == MASK_TYPES.index("surgical")).float())
         strap_rgb = (base * 0.85 + 30.0) * (1.0 - surgical) + 225.0 * surgical
@@ -322,6 +357,12 @@ class MaskAugment(nn.Module):
         grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
         return sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
                    for n in noise)
+
+
+def _flag(types, kind):
+    """(B,1,1,1) float flag of the samples of one type; None when the batch has none."""
+    on = types == ALL_TYPES.index(kind)
+    return _bcast(on.float()) if bool(on.any()) else None
 
 
 def _first_row(kps, h: int, w: int) -> int:

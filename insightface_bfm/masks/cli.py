@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .styles import MASK_FAMILIES, MASK_TYPES
+from .styles import MASK_FAMILIES, MASK_TYPES, OCCLUDER_FAMILY, OCCLUDER_TYPES
 
 
 @click.command("mask")
@@ -17,7 +17,9 @@ from .styles import MASK_FAMILIES, MASK_TYPES
 @click.option("--det-size", default=640, show_default=True, help="Detector input size (square).")
 @click.option("--det-thresh", default=0.5, show_default=True, help="Detector score threshold.")
 @click.option("--types", default=",".join(MASK_TYPES), show_default=True,
-              help=f"Comma-separated mask types (or families: {', '.join(MASK_FAMILIES)}) to draw from.")
+              help=f"Comma-separated mask types (or families: {', '.join(MASK_FAMILIES)}) to draw from; "
+                   f"the lower-face occluders {', '.join(OCCLUDER_TYPES)} (family {OCCLUDER_FAMILY}) "
+                   "only when named.")
 @click.option("--seed", default=0, show_default=True, help="Seed: with the image name it fixes each style.")
 @click.option("--worn-low", default=0.0, show_default=True,
               help="Share of masks worn pulled down under the nose (nose tip left bare).")

@@ -95,10 +95,15 @@ def face_coords(xp, frame: FaceFrame, x, y):
 class MaskShape:
     """Outline parameters (floats or (B,1,1,1) tensors); see styles.ShapeRanges for their meaning."""
 
-    def __init__(self, top, top_curve, top_point, bottom, bottom_curve, bottom_point, width, jaw):
+    def __init__(self, top, top_curve, top_point, bottom, bottom_curve, bottom_point, width, jaw, shift=0.0):
         self.top, self.top_curve, self.top_point = top, top_curve, top_point
         self.bottom, self.bottom_curve, self.bottom_point = bottom, bottom_curve, bottom_point
         self.width, self.jaw = width, jaw
+        self.shift = shift  # sideways offset in half-widths (occluders); 0 for every mask
+
+    def centred(self, u):
+        """``u`` in the outline's own frame (the face's ``u`` unless the outline is shifted)."""
+        return u if _is_number(self.shift) and self.shift == 0 else u - self.shift
 
     def top_centre(self, xp, frame):
         # never closer to the eye line than one pixel: the anti-aliased edge stays below it
@@ -118,10 +123,30 @@ class MaskShape:
 
 def outline_distance(xp, frame: FaceFrame, shape: MaskShape, u, v, w):
     """Signed distance (pixels, approximately) to the mask outline: > 0 inside."""
+    u = shape.centred(u)
     au = xp.abs(u)
     d_top = (v - shape.top_edge(frame, u, au, xp)) * frame.depth
     d_bottom = (shape.bottom_edge(u, au) - v) * frame.depth
     d_side = (shape.side_edge(xp, v) - au) * w
+    return xp.minimum(xp.minimum(d_top, d_bottom), d_side)
+
+
+def hand_distance(xp, frame: FaceFrame, shape: MaskShape, side, u, v, w):
+    """Signed distance (pixels) to a hand laid across the mouth: > 0 inside.
+
+    The palm comes in from the ``side`` -1/+1 opposite to the fingertips and runs past the face
+    contour; the four fingers end in rounded tips at ``shape.width`` (outline half-widths from the
+    shifted centre). Top and bottom edges as a mask's.
+    """
+    ul = shape.centred(u) * side  # > 0 towards the fingertips
+    au = xp.abs(ul)
+    top = shape.top_edge(frame, ul, au, xp)
+    d_top = (v - top) * frame.depth
+    d_bottom = (shape.bottom_edge(ul, au) - v) * frame.depth
+    phase = 4.0 * (v - top) / (shape.bottom - top)
+    f = xp.clip(phase - xp.floor(phase), 0.0, 1.0)
+    tip = shape.width - 0.22 * (1.0 - xp.sqrt(xp.clip(xp.sin(math.pi * f), 0.0, 1.0)))
+    d_side = xp.minimum((tip - ul) * w, (shape.width + 0.6 + ul) * w)
     return xp.minimum(xp.minimum(d_top, d_bottom), d_side)
 
 

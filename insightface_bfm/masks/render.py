@@ -19,7 +19,7 @@ from ..imaging import check_image
 from . import appearance as look
 from . import geometry as geo
 from . import textures
-from .styles import MASK_TYPES, MaskStyle, random_style
+from .styles import ALL_TYPES, SKIN_GRAIN, MaskStyle, random_style
 
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
@@ -90,15 +90,19 @@ class _FaceMaps:
 
     def outline_distance(self, frame, shape):
         """``geometry.outline_distance`` from the cached maps (same formula, fewer operations)."""
-        top = shape.top_centre(np, frame) + shape.top_curve * self.uu
+        uu, au = self.uu, self.au
+        if shape.shift:  # an off-centre occluder: its own u, not the cached one
+            u = self.u - np.float32(shape.shift)
+            uu, au = u * u, np.abs(u)
+        top = shape.top_centre(np, frame) + shape.top_curve * uu
         if shape.top_point:
-            top = top + shape.top_point * self.au
-        bottom = shape.bottom - shape.bottom_curve * self.uu
+            top = top + shape.top_point * au
+        bottom = shape.bottom - shape.bottom_curve * uu
         if shape.bottom_point:
-            bottom = bottom - shape.bottom_point * self.au
+            bottom = bottom - shape.bottom_point * au
         side = shape.width - (shape.width * shape.jaw) * self.below2
         d = np.minimum((self.v - top) * frame.depth, (bottom - self.v) * frame.depth)
-        return np.minimum(d, (side - self.au) * self.w)
+        return np.minimum(d, (side - au) * self.w)
 
 
 def _face_maps(pts, frame, box) -> _FaceMaps:
@@ -118,7 +122,7 @@ def _face_maps(pts, frame, box) -> _FaceMaps:
 
 def _shape(style: MaskStyle) -> geo.MaskShape:
     return geo.MaskShape(style.top, style.top_curve, style.top_point, style.bottom, style.bottom_curve,
-                         style.bottom_point, style.width, style.jaw)
+                         style.bottom_point, style.width, style.jaw, style.shift)
 
 
 def _as_style(style, rng) -> MaskStyle:
@@ -128,7 +132,7 @@ def _as_style(style, rng) -> MaskStyle:
         return style
     if isinstance(style, dict):
         return MaskStyle.from_dict(style)
-    if isinstance(style, str) and style in MASK_TYPES:
+    if isinstance(style, str) and style in ALL_TYPES:
         return random_style(rng, types=[style])
     raise ValueError(f"style: expected a MaskStyle, its dict, a mask type name or None, got {style!r}")
 
@@ -164,15 +168,18 @@ def render_mask(image, kps, style=None, rng=None):
     out = img.copy()
     region_u8 = np.zeros((h, w), dtype=np.uint8)
     # one box for every style (the envelope of all random styles) keeps the face cache warm
-    envelope = geo.MaskShape(min(style.top, 0.2), 0, 0, max(style.bottom, 2.0), 0, 0,
-                             max(style.width, 1.25), 0)
+    reach = style.width + abs(style.shift) + (0.6 if style.type == "hand" else 0.0)  # a palm runs on
+    envelope = geo.MaskShape(min(style.top, 0.2), 0, 0, max(style.bottom, 2.0), 0, 0, max(reach, 1.25), 0)
     box = _mask_box(frame, envelope, w, h)
     if box is None:
         return out, region_u8.view(bool)
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
 
-    inside = maps.outline_distance(frame, shape)
+    if style.type == "hand":
+        inside = geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
+    else:
+        inside = maps.outline_distance(frame, shape)
     a_mask = np.clip(inside + 0.5, 0.0, 1.0)
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
@@ -208,8 +215,14 @@ def render_mask(image, kps, style=None, rng=None):
         shade *= look.pleat_folds(np, frame, shape, maps.v)
     if style.seam:
         shade *= maps.seam
-    shade *= light
     u, v, wmap = maps.u, maps.v, maps.w
+    colors = style.colors
+    if style.type == "hand":  # the face's own skin, folded into fingers
+        shade *= look.finger_folds(np, frame, shape, v)
+        colors = (_skin_colour(roi, maps, style.colors[0], gain), *style.colors[1:])
+    elif style.type == "scarf":
+        shade *= look.knit_ribs(np, frame, u, wmap)
+    shade *= light
     pat = tex = None
     if style.pattern == "photo":  # a photographed mask stretched over the outline
         tx, ty = textures.texture_coords(np, frame, shape, u, v)
@@ -228,7 +241,8 @@ def render_mask(image, kps, style=None, rng=None):
             pat = look.print_dots(np, r1, r2, style.pattern_scale * frame.depth)
         else:
             pat = look.print_noise(np, _noise_print(np.random.default_rng(style.seed), u, v))
-    grain = _grain(style.seed, rh, rw) * style.grain if style.grain > 0 else None
+    grain_scale = style.grain * (SKIN_GRAIN if style.type == "hand" else 1.0)
+    grain = _grain(style.seed, rh, rw) * grain_scale if grain_scale > 0 else None
     valve = None
     if style.valve:
         cx, cy = geo.valve_center(frame, shape, style.valve_side)
@@ -237,10 +251,11 @@ def render_mask(image, kps, style=None, rng=None):
         a_valve = geo.coverage(np, v_in) * a_mask
         valve = (a_valve, look.valve_shading(np, v_in, radius) * light)
 
+    spec = look.specular_band(np, shape.centred(u), shape.width) if style.type == "object" else None
     # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting)
     dst = out[y0:y1, x0:x1]
     planes = []
-    for c, (cb, ca, cv_) in enumerate(zip(style.colors[0], style.colors[1], style.colors[2])):
+    for c, (cb, ca, cv_) in enumerate(zip(*colors)):
         if tex is not None:
             layer = tex[:, :, c] * shade
         else:
@@ -249,6 +264,8 @@ def render_mask(image, kps, style=None, rng=None):
             layer += grain
         if valve is not None:
             layer += (cv_ * valve[1] - layer) * valve[0]
+        if spec is not None:
+            layer += (250.0 * gain - layer) * spec
         f = dst[:, :, c].astype(np.float32)
         f += (layer - f) * a_mask
         planes.append(f)
@@ -257,6 +274,18 @@ def render_mask(image, kps, style=None, rng=None):
     out[y0:y1, x0:x1] = np.clip(merged, 0, 255).astype(np.uint8)
     region_u8[y0:y1, x0:x1] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
+
+
+def _skin_colour(roi, maps, tint, gain) -> tuple[float, float, float]:
+    """A hand's colour: the mean colour of the cheeks it covers (before the exposure gain the shading
+    applies again), tinted a little towards the style's skin tone; the tone itself without cheeks."""
+    window = maps.left + maps.right
+    n = float(window.sum())
+    if n == 0:
+        return tuple(float(c) for c in tint)
+    mean = [float((roi[:, :, c].astype(np.float32) * window).sum()) / n for c in range(3)]
+    level = sum(tint) / 3.0 + 1e-6
+    return tuple(m / gain * (t / level) ** 0.25 for m, t in zip(mean, tint))
 
 
 def _mask_box(frame, shape, w, h):

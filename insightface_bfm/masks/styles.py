@@ -26,6 +26,13 @@ MASK_FAMILIES = {
     "photographed": ("photo",),
 }
 MASK_TYPES = tuple(t for types in MASK_FAMILIES.values() for t in types)
+# Lower-face occluders that are not masks, drawn only when asked for (data.mask_types, bfm mask
+# --types): a hand over the mouth (in the face's own skin colour), a scarf or bandana pulled up,
+# an object held in front of the mouth (a phone, a cup; off-centre, with a specular highlight).
+# Never among the defaults, so every default draw and measured number stays as it was.
+OCCLUDER_FAMILY = "occluder"
+OCCLUDER_TYPES = ("hand", "scarf", "object")
+ALL_TYPES = MASK_TYPES + OCCLUDER_TYPES
 PATTERNS = ("plain", "checks", "stripes", "dots", "noise", "photo")  # photo: MaskStyle.texture's photo
 
 
@@ -58,6 +65,19 @@ PALETTES = {
     ),
     # the mean colours of textures.TEXTURE_NAMES, in that order (white, blue, black, green)
     "photo": (_rgb(218, 218, 218), _rgb(133, 203, 233), _rgb(58, 55, 57), _rgb(95, 169, 150)),
+    # a hand takes the colour of the face it covers (measured on the cheeks); these skin tones are
+    # only the fallback where no cheek is in the image
+    "hand": (_rgb(224, 172, 140), _rgb(198, 134, 100), _rgb(141, 85, 56), _rgb(90, 56, 38)),
+    # knitted scarves and printed bandanas
+    "scarf": (
+        _rgb(150, 30, 40), _rgb(30, 50, 100), _rgb(90, 90, 95), _rgb(200, 190, 170), _rgb(40, 80, 60),
+        _rgb(25, 25, 28), _rgb(190, 120, 40), _rgb(120, 60, 110), _rgb(200, 40, 40), _rgb(40, 40, 120),
+    ),
+    # phones, cups, microphones, a sheet of paper
+    "object": (
+        _rgb(20, 20, 22), _rgb(60, 60, 65), _rgb(235, 235, 230), _rgb(180, 180, 185), _rgb(200, 60, 50),
+        _rgb(50, 90, 170), _rgb(230, 200, 80),
+    ),
 }
 # Second colours of the cloth prints (and of n95 valves).
 ACCENTS = (
@@ -76,6 +96,9 @@ PATTERN_ODDS = {
     "cloth": (0.35, 0.15, 0.2, 0.15, 0.15, 0.0),
     "dark": (0.75, 0.0, 0.1, 0.0, 0.15, 0.0),
     "photo": (0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+    "hand": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    "scarf": (0.2, 0.25, 0.3, 0.1, 0.15, 0.0),  # plain, plaid, knit ribs, polka dots, bandana print
+    "object": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
 }
 
 
@@ -91,6 +114,8 @@ class ShapeRanges:
     bottom_point: tuple[float, float]
     width: tuple[float, float]  # side extent, 1 ~ face contour at the cheeks
     jaw: tuple[float, float]  # narrowing of the sides below the mouth
+    # sideways offset of the whole outline in face half-widths (occluders only: every mask is centred)
+    shift: tuple[float, float] = (0.0, 0.0)
 
 
 SHAPES = {
@@ -107,6 +132,18 @@ SHAPES = {
                         (0.93, 1.25), (0.1, 0.9)),
 }
 SHAPES["photo"] = SHAPES["surgical"]
+SHAPES.update({
+    # fingers across the mouth from one side: the nose may stay free, the chin often does
+    # (the palm comes in from the side opposite the fingertips: MaskStyle.valve_side)
+    "hand": ShapeRanges((0.45, 1.2), (-0.05, 0.08), (0.0, 0.0), (1.25, 1.65), (0.0, 0.15), (0.0, 0.0),
+                        (0.55, 0.95), (0.0, 0.0), (-0.3, 0.3)),
+    # bulky and wide, down past the chin; a bandana's pointed bottom (bottom_point) or a scarf's straight one
+    "scarf": ShapeRanges((0.25, 0.85), (0.05, 0.25), (0.0, 0.05), (1.9, 2.2), (0.0, 0.3), (0.0, 0.45),
+                         (1.15, 1.45), (0.0, 0.25)),
+    # a compact thing in front of the mouth, often off-centre (but always over the mouth's middle)
+    "object": ShapeRanges((0.6, 1.15), (0.0, 0.03), (0.0, 0.0), (1.2, 1.55), (0.0, 0.06), (0.0, 0.0),
+                          (0.4, 0.75), (0.0, 0.0), (-0.3, 0.3)),
+})
 SHAPE_FIELDS = ("top", "top_curve", "top_point", "bottom", "bottom_curve", "bottom_point", "width", "jaw")
 
 # Feature odds per type: (pleats, seam, valve, ear loops; else head straps)
@@ -117,8 +154,14 @@ FEATURE_ODDS = {
     "cloth": (0.0, 0.35, 0.0, 1.0),
     "dark": (0.25, 0.3, 0.0, 1.0),
     "photo": (0.0, 0.0, 0.0, 1.0),  # the photo has its own pleats
+    "hand": (0.0, 0.0, 0.0, 0.0),
+    "scarf": (0.0, 0.0, 0.0, 0.0),
+    "object": (0.0, 0.0, 0.0, 0.0),
 }
 
+
+# Skin is smoother than fabric: a hand gets this share of the style's grain.
+SKIN_GRAIN = 0.3
 
 # Share of masks whose loops or straps are drawn.
 STRAPS_VISIBLE = 0.65
@@ -154,11 +197,12 @@ class MaskStyle:
     pattern_angle: float = 0.0  # degrees
     grain: float = 4.0  # fabric grain noise, in grey levels
     texture: int = 0  # pattern "photo": index into textures.TEXTURE_NAMES
+    shift: float = 0.0  # sideways offset of the outline in face half-widths (occluders)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.type not in MASK_TYPES:
-            raise ValueError(f"MaskStyle.type: unknown mask type {self.type!r}; expected one of {MASK_TYPES}")
+        if self.type not in ALL_TYPES:
+            raise ValueError(f"MaskStyle.type: unknown mask type {self.type!r}; expected one of {ALL_TYPES}")
         if self.pattern not in PATTERNS:
             raise ValueError(f"MaskStyle.pattern: unknown pattern {self.pattern!r}; expected {PATTERNS}")
         colors = tuple(tuple(int(c) for c in col) for col in self.colors)
@@ -172,8 +216,10 @@ class MaskStyle:
         if not (isinstance(self.texture, int) and 0 <= self.texture < len(PALETTES["photo"])):
             raise ValueError(f"MaskStyle.texture: {self.texture!r} is not an index of a mask photo "
                              f"(0..{len(PALETTES['photo']) - 1})")
-        if not (0.5 <= self.width <= 1.5):
-            raise ValueError(f"MaskStyle.width: {self.width} is outside 0.5..1.5")
+        if not (0.3 <= self.width <= 1.5):
+            raise ValueError(f"MaskStyle.width: {self.width} is outside 0.3..1.5")
+        if not (-0.5 <= self.shift <= 0.5):
+            raise ValueError(f"MaskStyle.shift: {self.shift} is outside -0.5..0.5 (face half-widths)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -196,26 +242,28 @@ class MaskStyle:
 
 
 def check_types(types) -> tuple[str, ...]:
-    """Validate a selection of mask types: names of ``MASK_TYPES`` or of ``MASK_FAMILIES``
-    (expanded to their types), a list or a comma-separated string; None means all of them."""
+    """Validate a selection of mask types: names of ``ALL_TYPES`` (the masks and the opt-in
+    occluders) or of families (``MASK_FAMILIES``, ``"occluder"``), expanded to their types; a list
+    or a comma-separated string; None means every mask type (never the occluders)."""
     if types is None:
         return MASK_TYPES
     if isinstance(types, str):
         types = [t.strip() for t in types.split(",") if t.strip()]
-    out = [kind for t in types for kind in MASK_FAMILIES.get(t, (t,))]  # repeats keep their weight
-    bad = [t for t in out if t not in MASK_TYPES]
+    families = {**MASK_FAMILIES, OCCLUDER_FAMILY: OCCLUDER_TYPES}
+    out = [kind for t in types for kind in families.get(t, (t,))]  # repeats keep their weight
+    bad = [t for t in out if t not in ALL_TYPES]
     if bad or not out:
-        raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(MASK_TYPES)} "
-                         f"or families {list(MASK_FAMILIES)}")
+        raise ValueError(f"mask types {list(types)}: expected a non-empty subset of {list(ALL_TYPES)} "
+                         f"or families {list(families)}")
     return tuple(out)
 
 
 def family_of(mask_type: str) -> str:
-    """The family (a key of ``MASK_FAMILIES``) of one mask type."""
-    for family, types in MASK_FAMILIES.items():
+    """The family (a key of ``MASK_FAMILIES``, or ``"occluder"``) of one mask type."""
+    for family, types in {**MASK_FAMILIES, OCCLUDER_FAMILY: OCCLUDER_TYPES}.items():
         if mask_type in types:
             return family
-    raise ValueError(f"mask type {mask_type!r}: expected one of {list(MASK_TYPES)}")
+    raise ValueError(f"mask type {mask_type!r}: expected one of {list(ALL_TYPES)}")
 
 
 def types_without(family: str) -> tuple[str, ...]:
@@ -267,6 +315,9 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     r = rng.random(26).tolist()
     n = rng.normal(0.0, 5.0, 9).tolist()
     seed = int(rng.integers(2**31 - 1))
+    # occluders' sideways offset: one more number, drawn only where occluders may be drawn, so the
+    # stream of a selection of masks stays as it always was (the batched renderer does the same)
+    r_shift = float(rng.random()) if any(t in OCCLUDER_TYPES for t in types) else 0.5
     kind = _pick(types, r[0])
     palette = PALETTES[kind]
     base = _jitter_color(_pick(palette, r[1]), r[2], n[0:3])
@@ -278,6 +329,8 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     for i, name in enumerate(SHAPE_FIELDS):
         lo, hi = getattr(ranges, name)
         shape[name] = lo + (hi - lo) * r[8 + i]
+    lo, hi = ranges.shift
+    shape["shift"] = lo + (hi - lo) * r_shift
     if r[25] < worn_low:
         shape["top"] = WORN_LOW_TOP[0] + (WORN_LOW_TOP[1] - WORN_LOW_TOP[0]) * r[8]
     pleats, seam, valve, loops = (x < p for x, p in zip(r[16:20], FEATURE_ODDS[kind]))
@@ -294,7 +347,7 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
         valve=valve,
         valve_side=-1.0 if r[20] < 0.5 else 1.0,
         loops=loops,
-        straps_visible=r[24] < STRAPS_VISIBLE,
+        straps_visible=r[24] < STRAPS_VISIBLE and kind not in OCCLUDER_TYPES,
         pattern_scale=0.1 + 0.2 * r[21],
         pattern_angle=angle,
         grain=1.0 + 5.0 * r[23],

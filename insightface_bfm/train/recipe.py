@@ -95,7 +95,8 @@ class DataSection:
     path: str | None = None
     num_workers: int = _opt(4, min=0)
     # Mask types drawn on the fly: names of insightface_bfm.masks.MASK_TYPES or MASK_FAMILIES
-    # (None = every type).
+    # (None = every mask type), and the opt-in lower-face occluders (OCCLUDER_TYPES: hand, scarf,
+    # object, or the family "occluder"). A name listed twice is drawn twice as often.
     mask_types: list[str] | None = None
     # Probability that the "masked x" of a pair really gets a mask (the paper: every one).
     mask_prob: float = _opt(1.0, min=0.0, max=1.0)
@@ -431,14 +432,14 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
     if r.optim.milestones != sorted(r.optim.milestones):
         fail(f"'optim.milestones' must be increasing, got {r.optim.milestones}")
     if r.data.mask_types is not None:
-        from ..masks import MASK_FAMILIES, MASK_TYPES, check_types
+        from ..masks import ALL_TYPES, MASK_FAMILIES, OCCLUDER_FAMILY, check_types
 
         for i, kind in enumerate(r.data.mask_types):
             try:
                 check_types([kind])
             except ValueError:
-                fail(f"'data.mask_types[{i}]' must be one of {', '.join(MASK_TYPES)} or a family "
-                     f"({', '.join(MASK_FAMILIES)}), got {kind!r}")
+                fail(f"'data.mask_types[{i}]' must be one of {', '.join(ALL_TYPES)} or a family "
+                     f"({', '.join([*MASK_FAMILIES, OCCLUDER_FAMILY])}), got {kind!r}")
     if r.init.trainable is not None and r.init.trainable_share is not None:
         fail("give either 'init.trainable' (name patterns) or 'init.trainable_share', not both")
     if r.init.freeze_full and r.init.full is None and r.mode == "bfm":
