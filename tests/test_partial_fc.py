@@ -121,6 +121,10 @@ def _worker(rank, port, out_dir):
         pfc_ddp(ddp(inputs[mine]), labels[mine]).backward()
         results["backbone_grad"] = backbone.weight.grad.clone()
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        # both ranks done with every collective before either tears gloo down: a rank destroying
+        # its group while the other still talks to it aborted once ("terminate called without an
+        # active exception", a fresh-clone CI run)
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
