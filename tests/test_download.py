@@ -80,11 +80,16 @@ def test_404_is_not_retried_and_says_where_to_put_file(server, tmp_path):
     assert len(server.log) == 1
 
 
-def test_no_network(tmp_path):
+def _closed_port():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
+    return port
+
+
+def test_no_network(tmp_path):
+    port = _closed_port()
     with pytest.raises(DownloadError, match=r"failed after 2 attempts.*by hand.*m\.bin"):
         dl.download_file(
             f"http://127.0.0.1:{port}/m.bin", tmp_path / "m.bin", retries=1, backoff=0, progress=False
@@ -205,6 +210,10 @@ def test_install_verify_remove_via_cli(server, tmp_path):
     assert hint[:3] == ["bfm", "models", "verify"] and hint[-2:] == ["--root", str(root)]
     r = runner.invoke(main, [*hint[1:], "--allow-unverified"])
     assert r.exit_code == 0, r.output
+    # it says so before reading any registry: a registry that cannot be reached does not matter
+    dead = f"http://127.0.0.1:{_closed_port()}/registry.yaml"
+    r = runner.invoke(main, ["models", "download", "pk", "--root", str(root), "--registry", dead, "--quiet"])
+    assert r.exit_code == 2 and "already installed" in r.output, r.output
 
 
 def test_install_env_root_and_hand_placed_archive(server, tmp_path, monkeypatch):

@@ -150,13 +150,16 @@ def _parse_sha(values):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def download(name, root, registry, sha256, allow_unverified, force, retries, quiet):
     """Download NAME into ROOT/models/NAME (resumable; re-run after an interruption)."""
-    from .download import install
+    from .download import install, refuse_installed
     from .registry import get_entry
 
+    root = resolve_root(root)
+    if not force:
+        refuse_installed(name, root)  # before the registry: an installed pack needs no network
     entry = get_entry(_registry(registry), name)
     target = install(
         entry,
-        resolve_root(root),
+        root,
         sha256_overrides=_parse_sha(sha256),
         allow_unverified=allow_unverified,
         force=force,

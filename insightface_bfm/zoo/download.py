@@ -252,6 +252,17 @@ def extract_zip(archive, dest, *, strip_top: str | None = None) -> list[str]:
     return names
 
 
+def refuse_installed(name: str, root) -> None:
+    """Raise ``PackError`` when NAME is already installed under ROOT/models (a download would
+    replace it only with ``force``); called before any registry is read, so nothing is fetched."""
+    target = Path(root) / "models" / name
+    if target.exists():
+        raise PackError(
+            f"{target}: already installed; `bfm models verify {name} --root {root}` checks it, "
+            "--force replaces it"
+        )
+
+
 def install(
     entry,
     root,
@@ -271,11 +282,8 @@ def install(
     """
     models = Path(root) / "models"
     target = models / entry.name
-    if target.exists() and not force:
-        raise PackError(
-            f"{target}: already installed; `bfm models verify {entry.name} --root {root}` checks it, "
-            "--force replaces it"
-        )
+    if not force:
+        refuse_installed(entry.name, root)
     overrides = dict(sha256_overrides or {})
     plan = []
     for spec in entry.files:
