@@ -1,9 +1,9 @@
 """The mask classifier C's own training options: ``optim.classifier_steps`` and ``optim.classifier_ema``.
 
-Both are deviations from the paper (off in its recipes). C (Table I) is tiny next to the extractors.
-On a short fine-tuning budget it is still learning when E_P is done, and at a constant learning
-rate its last weights are a random point of a bouncing path: trained alone on LFW crops, its
-specificity moved by half a point between checkpoints 300 steps apart.
+Both are deviations from the paper (off in its recipes). C (Table I) is trained from scratch
+while the extractors are fine-tuned: on a short budget it is still learning when E_P is done, and
+at a constant learning rate its last weights are a random point of a bouncing path: trained alone
+on LFW crops, its specificity moved by half a point between checkpoints 300 steps apart.
 
 - ``classifier_steps`` K: each batch gives C K SGD steps. The first is eq. 7's joint step. Each
   further step (``Trainer.classifier_step``) is eq. 1 alone, on a fresh mask draw of the same

@@ -141,7 +141,7 @@ class OptimSection:
     # Max global L2 norm of the gradients; None = no clipping.
     clip_grad: float | None = _opt(None, min=0.0)
     # The mask classifier C (bfm with model.classifier); deviations from the paper, off (1 and 0)
-    # in its recipes. C is tiny next to the extractors: on a short fine-tuning budget it is still
+    # in its recipes. C is trained from scratch while E_P is fine-tuned: on a short budget it is still
     # learning when E_P is done, and at a constant lr its last weights bounce (trained alone, its
     # specificity moved by half a point between checkpoints 300 steps apart). classifier_steps:
     # C's SGD steps per batch (the first is eq. 7's joint step; each further one is eq. 1 alone on
