@@ -17,6 +17,7 @@ generator, 600 pairs):
   accuracy whatever C said), next to the all-families model's on the same faces and masks.
 
     python benchmarks/mask_families.py --out DIR [--max-ids 1200] [--val-ids 300] [--set KEY=VALUE]
+        [--add-types occluder --mask-repeat 2]   # every training also draws the opt-in occluders
 
 Writes DIR/results.json and DIR/results.md; a rerun reuses the models it already measured.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from insightface_bfm.atomic import atomic_write_text
-from insightface_bfm.masks import MASK_FAMILIES, types_without
+from insightface_bfm.masks import MASK_FAMILIES, MASK_TYPES, check_types, types_without
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "real_faces"))
 import run as real_faces  # noqa: E402
@@ -78,15 +79,18 @@ def train_and_measure(name: str, types, args, train_dir: Path, val_dir: Path, rm
         f"train.seed={args.seed}",
         "train.save_every=0",
     ]
-    if types is not None:
-        overrides.append(f"data.mask_types=[{','.join(types)}]")
+    if types is not None or args.add_types:
+        # each mask type args.mask_repeat times, then the added kinds once (a repeat weighs a kind)
+        masks = list(types if types is not None else MASK_TYPES) * args.mask_repeat
+        overrides.append(f"data.mask_types=[{','.join(masks + list(args.add_types))}]")
     recipe = load_recipe(RECIPE, overrides + args.set)
     t0 = time.time()
     trainer = Trainer(recipe)
     trainer.fit()
     seconds = time.time() - t0
     model = trainer.model
-    row = {"trained_on": list(types) if types else "every family", "train_seconds": round(seconds, 1),
+    row = {"trained_on": (list(types) if types else "every family"), "added": list(args.add_types),
+           "train_seconds": round(seconds, 1),
            "rmfd_recall": mask_recall(model, rmfd), "families": {}, "c_specificity": None}
     for family, family_types in MASK_FAMILIES.items():
         r = evaluate_holdout(model, str(val_dir), pairs=args.pairs, mask_types=family_types,
@@ -140,7 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rmfd", type=int, help="C's recall on the first N RMFD photos only (smoke)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every training (repeatable)")
+    ap.add_argument("--add-types", default="",
+                    help="kinds added to every training's masks, e.g. occluder (hand, scarf, object); "
+                         "never to the measured ones")
+    ap.add_argument("--mask-repeat", type=int, default=1,
+                    help="with --add-types: each mask type listed this many times (2 with the three "
+                         "occluders: a fifth of the masks are occluders when every family is in)")
     args = ap.parse_args(argv)
+    args.add_types = check_types(args.add_types) if args.add_types else ()
     for path in (real_faces.LFW, real_faces.RMFD, real_faces.PRETRAINED, real_faces.DETECTOR):
         if not path.exists():
             print(f"skipped: {path} is absent (this benchmark needs ../shared beside the repository)")
@@ -166,7 +177,8 @@ def main(argv=None) -> int:
     for name in ["all", *families]:
         # what the numbers depend on (the code too: a rerun after a change should pass a new --out)
         key = json.dumps([name, args.set, args.max_ids, args.val_ids, args.seed, args.pairs, args.max_rmfd,
-                          args.eval_seed, args.threads])
+                          args.eval_seed, args.threads, *([args.add_types, args.mask_repeat] if args.add_types
+                                                          else [])])
         if done.get(name, {}).get("key") == key:
             rows[name] = done[name]
             log(f"{name}: measured before, reused")
@@ -176,7 +188,8 @@ def main(argv=None) -> int:
         atomic_write_text(results_path, json.dumps({"models": {**done, **rows}}, indent=1))
     rows = {**{k: v for k, v in done.items() if k not in rows}, **rows}  # earlier families kept
     summary = {"benchmark": "benchmarks/mask_families.py", "command": " ".join(sys.argv), "data": info,
-               "rmfd_faces": len(rmfd), "overrides": args.set, "models": rows,
+               "rmfd_faces": len(rmfd), "overrides": args.set,
+               "added_types": list(args.add_types), "mask_repeat": args.mask_repeat, "models": rows,
                "wall_s": round(time.time() - t_start, 1), "load_average_end": list(os.getloadavg())}
     atomic_write_text(results_path, json.dumps(summary, indent=1))
     table = markdown(rows)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import shared_path
 
 from insightface_bfm.errors import BFMError
@@ -208,3 +209,11 @@ def test_leave_one_family_out_smoke(tmp_path):
     # a second run reuses what it measured
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("measured before, reused") == 2
+    # occluders added to every training (never to the measured masks), each mask type weighted twice
+    added = subprocess.run(cmd + ["--add-types", "hand", "--mask-repeat", "2"], capture_output=True,
+                           text=True, timeout=300)
+    assert added.returncode == 0 and "reused" not in added.stdout, added.stderr[-2000:]
+    for name, types in (("all", MASK_TYPES), ("medical", types_without("medical"))):
+        recipe = yaml.safe_load((out / "runs" / name / "recipe.yaml").read_text())
+        assert recipe["data"]["mask_types"] == [*types, *types, "hand"]
+    assert json.loads((out / "results.json").read_text())["added_types"] == ["hand"]
