@@ -190,7 +190,8 @@ class MaskStyle:
     pleats: bool = True
     seam: bool = False
     valve: bool = False
-    valve_side: float = 1.0  # +1: the wearer's left side of the image (right of the nose), -1: other side
+    # +1: the wearer's left side of the image (right of the nose), -1: other side; a hand's finger tips
+    valve_side: float = 1.0
     loops: bool = True  # ear loops, else head straps
     straps_visible: bool = True  # loops/straps drawn (in many photos hair or the crop hides them)
     pattern_scale: float = 0.2  # pattern period in eye-to-mouth units
@@ -304,7 +305,8 @@ WORN_LOW_TOP = (1.1, 1.45)
 
 
 def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
-    """Draw a style: type uniform over ``types`` (default all), then colours, pattern, shape and seed.
+    """Draw a style: type uniform over ``types`` (default every mask type; the occluders only when
+    named), then colours, pattern, shape and seed.
 
     ``rng``: a ``numpy.random.Generator``, a seed or None. ``worn_low``: share of masks worn
     under the nose (nose tip uncovered; default 0: every mask covers the nose). The draw uses
