@@ -145,11 +145,13 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every training (repeatable)")
     ap.add_argument("--add-types", default="",
-                    help="kinds added to every training's masks, e.g. occluder (hand, scarf, object); "
-                         "never to the measured ones")
+                    help="comma-separated types or families added once to every training's mask types, e.g. "
+                         "occluder (hand, scarf, object); never to the measured masks")
     ap.add_argument("--mask-repeat", type=int, default=1,
-                    help="with --add-types: each mask type listed this many times (2 with the three "
-                         "occluders: a fifth of the masks are occluders when every family is in)")
+                    help="with --add-types: the training's own mask types (not the added ones) listed this "
+                         "many times, which sets the added kinds' share: 1 (default) and the three occluders "
+                         "make a third of the masks occluders with every family, 2 a fifth (3/11 to 3/13 "
+                         "when a family is left out)")
     args = ap.parse_args(argv)
     args.add_types = check_types(args.add_types) if args.add_types else ()
     for path in (real_faces.LFW, real_faces.RMFD, real_faces.PRETRAINED, real_faces.DETECTOR):

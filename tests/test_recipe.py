@@ -88,6 +88,7 @@ def test_unknown_key_names_file_path_and_suggestion(tmp_path):
     ({"model": "r50"}, r"'model' is a section"),
     ({"data": {"mask_prob": 1.5}}, r"'data\.mask_prob' must be <= 1"),
     ({"data": {"mask_types": ["surgical", "visor"]}}, r"'data\.mask_types\[1\]' must be one of"),
+    ({"data": {"mask_types": []}}, r"'data\.mask_types' is empty"),
     ({"model": {"sample_rate": 0.1}}, r"'model\.sample_rate' below 1 needs 'model\.partial_fc: true'"),
     ({"mode": "bfm", "compare": ["bfm"]}, r"either 'mode'"),
     ({"compare": ["bfm", "baseline3"], "eval": {"holdout": "synthetic:4:2:1"}},

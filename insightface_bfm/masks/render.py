@@ -19,7 +19,7 @@ from ..imaging import check_image
 from . import appearance as look
 from . import geometry as geo
 from . import textures
-from .styles import ALL_TYPES, SKIN_GRAIN, MaskStyle, random_style
+from .styles import ALL_TYPES, SKIN_GRAIN, SKIN_TINT, MaskStyle, random_style
 
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
@@ -285,7 +285,7 @@ def _skin_colour(roi, maps, tint, gain) -> tuple[float, float, float]:
         return tuple(float(c) for c in tint)
     mean = [float((roi[:, :, c].astype(np.float32) * window).sum()) / n for c in range(3)]
     level = sum(tint) / 3.0 + 1e-6
-    return tuple(m / gain * (t / level) ** 0.25 for m, t in zip(mean, tint))
+    return tuple(m / gain * (t / level) ** SKIN_TINT for m, t in zip(mean, tint))
 
 
 def _mask_box(frame, shape, w, h):

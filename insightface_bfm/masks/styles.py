@@ -162,6 +162,9 @@ FEATURE_ODDS = {
 
 # Skin is smoother than fabric: a hand gets this share of the style's grain.
 SKIN_GRAIN = 0.3
+# A hand's colour is the cheeks' times (palette tone / its grey level) ** SKIN_TINT: hands vary a
+# little in hue from the face they cover, not a lot.
+SKIN_TINT = 0.1
 
 # Share of masks whose loops or straps are drawn.
 STRAPS_VISIBLE = 0.65

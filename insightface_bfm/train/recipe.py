@@ -434,6 +434,8 @@ def _check_recipe(r: Recipe, raw: dict, source: str, check_paths: bool) -> None:
     if r.data.mask_types is not None:
         from ..masks import ALL_TYPES, MASK_FAMILIES, OCCLUDER_FAMILY, check_types
 
+        if not r.data.mask_types:
+            fail("'data.mask_types' is empty: list at least one type or family, or null for every mask type")
         for i, kind in enumerate(r.data.mask_types):
             try:
                 check_types([kind])
