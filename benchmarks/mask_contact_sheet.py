@@ -77,7 +77,7 @@ def contact_sheet(root=LFW, faces: int = 8, seed: int = 0, with_torch: bool = Tr
             rows.append(label(torch_row(crops, [kind], seed * 1000 + i), f"{name}\nMaskAugment"))
     if with_torch:
         worn_low = torch_row(crops, None, seed + 1, worn_low=1.0)
-        rows.append(label(worn_low, "worn low\n(every kind)\nMaskAugment"))
+        rows.append(label(worn_low, "worn low\n(every mask type)\nMaskAugment"))
         off_template = torch_row(crops, None, seed + 2, kps_jitter=4.0)
         rows.append(label(off_template, "off template\n(jitter 4)\nMaskAugment"))
         any_colours = torch_row(crops, None, seed + 3, kps_jitter=4.0, colours="any")
