@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from .styles import SKIN_TINT
+
 TWO_PI = 2.0 * math.pi
 # Luminance of well-lit skin: a face this bright gets masks in their palette colour.
 REFERENCE_LUMA = 150.0
@@ -135,6 +137,14 @@ def finger_folds(xp, frame, shape, v):
     crease = xp.clip(1.0 - xp.minimum(f, 1.0 - f) * finger_px / 1.2, 0.0, 1.0)
     # about 1 on average: the hand keeps the face's brightness
     return (1.02 + 0.12 * xp.sin(math.pi * f)) * (1.0 - 0.22 * crease)
+
+
+def skin_colour(cheeks, tone, gain):
+    """A hand's colour from the mean colour of the cheeks it covers (per channel, in any channel
+    order): divided by the exposure gain the shading applies again, and tinted a little towards the
+    style's palette tone (its hue, not its level; ``styles.SKIN_TINT``)."""
+    level = (tone[0] + tone[1] + tone[2]) / 3.0 + 1e-6
+    return [c / gain * (t / level) ** SKIN_TINT for c, t in zip(cheeks, tone)]
 
 
 def knit_ribs(xp, frame, u, w):

@@ -32,7 +32,6 @@ from .styles import (
     SHAPE_FIELDS,
     SHAPES,
     SKIN_GRAIN,
-    SKIN_TINT,
     STRAPS_VISIBLE,
     VALVE_COLORS,
     WORN_LOW_TOP,
@@ -277,8 +276,8 @@ class MaskAugment(nn.Module):
         if hand is not None:  # a hand: the colour of the cheeks it covers, tinted as random_style's
             n = window.sum((2, 3), keepdim=True)
             cheeks = (pix * window).sum((2, 3), keepdim=True) / n.clamp(min=1.0)
-            tint = (base / (base.mean(1, keepdim=True) + 1e-6)) ** SKIN_TINT
-            skin = torch.where(n > 0, cheeks / gain * tint, base)
+            skin = torch.cat(look.skin_colour(cheeks.split(1, 1), base.split(1, 1), gain), 1)
+            skin = torch.where(n > 0, skin, base)
             base = torch.where(hand > 0, skin, base)
         accent = style["accent"][:, :, None, None]
         pattern = style["pattern"]

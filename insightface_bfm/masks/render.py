@@ -19,7 +19,7 @@ from ..imaging import check_image
 from . import appearance as look
 from . import geometry as geo
 from . import textures
-from .styles import ALL_TYPES, SKIN_GRAIN, SKIN_TINT, MaskStyle, random_style
+from .styles import ALL_TYPES, SKIN_GRAIN, MaskStyle, random_style
 
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
@@ -276,16 +276,15 @@ def render_mask(image, kps, style=None, rng=None):
     return out, region_u8.view(bool)
 
 
-def _skin_colour(roi, maps, tint, gain) -> tuple[float, float, float]:
-    """A hand's colour: the mean colour of the cheeks it covers (before the exposure gain the shading
-    applies again), tinted a little towards the style's skin tone; the tone itself without cheeks."""
+def _skin_colour(roi, maps, tone, gain) -> tuple[float, float, float]:
+    """A hand's colour from the cheeks of this face (``appearance.skin_colour``); the style's palette
+    tone itself where no cheek is in the image."""
     window = maps.left + maps.right
     n = float(window.sum())
     if n == 0:
-        return tuple(float(c) for c in tint)
-    mean = [float((roi[:, :, c].astype(np.float32) * window).sum()) / n for c in range(3)]
-    level = sum(tint) / 3.0 + 1e-6
-    return tuple(m / gain * (t / level) ** SKIN_TINT for m, t in zip(mean, tint))
+        return tuple(float(c) for c in tone)
+    cheeks = [float((roi[:, :, c].astype(np.float32) * window).sum()) / n for c in range(3)]
+    return tuple(look.skin_colour(cheeks, tone, gain))
 
 
 def _mask_box(frame, shape, w, h):
