@@ -89,7 +89,7 @@ def train_and_measure(name: str, types, args, train_dir: Path, val_dir: Path, rm
     trainer.fit()
     seconds = time.time() - t0
     model = trainer.model
-    row = {"trained_on": (list(types) if types else "every family"), "added": list(args.add_types),
+    row = {"trained_on": list(types) if types else "every family", "added": list(args.add_types),
            "train_seconds": round(seconds, 1),
            "rmfd_recall": mask_recall(model, rmfd), "families": {}, "c_specificity": None}
     for family, family_types in MASK_FAMILIES.items():
@@ -153,7 +153,12 @@ def main(argv=None) -> int:
                          "make a third of the masks occluders with every family, 2 a fifth (3/11 to 3/13 "
                          "when a family is left out)")
     args = ap.parse_args(argv)
-    args.add_types = check_types(args.add_types) if args.add_types else ()
+    try:
+        args.add_types = check_types(args.add_types) if args.add_types else ()
+    except ValueError as e:
+        ap.error(f"--add-types: {e}")
+    if args.mask_repeat < 1 or (args.mask_repeat != 1 and not args.add_types):
+        ap.error("--mask-repeat must be a positive count, and is for --add-types only")
     for path in (real_faces.LFW, real_faces.RMFD, real_faces.PRETRAINED, real_faces.DETECTOR):
         if not path.exists():
             print(f"skipped: {path} is absent (this benchmark needs ../shared beside the repository)")
