@@ -133,14 +133,15 @@ def markdown(rows: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path,
+                    help="folder for the data links, runs and results (a rerun reuses what it measured)")
     ap.add_argument("--max-ids", type=int, default=1200, help="DevTrain people to train on")
     ap.add_argument("--val-ids", type=int, default=300, help="DevTrain people (2+ faces) held out")
     ap.add_argument("--families", default=",".join(MASK_FAMILIES), help="families to leave out in turn")
-    ap.add_argument("--pairs", type=int, default=600)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=600, help="held-out pairs per case and family")
+    ap.add_argument("--seed", type=int, default=0, help="people split and training seed")
+    ap.add_argument("--eval-seed", type=int, default=1234, help="held-out pairs and their masks")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--max-rmfd", type=int, help="C's recall on the first N RMFD photos only (smoke)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every training (repeatable)")
