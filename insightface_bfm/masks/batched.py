@@ -240,8 +240,11 @@ class MaskAugment(nn.Module):
         xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
         ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
         u, v, wmap = geo.face_coords(torch, frame, xs, ys)
-        # occluders: (B,1,1,1) flags, None where no sample of the batch is one
-        hand, scarf, thing = (_flag(style["type"], kind) for kind in OCCLUDER_TYPES)
+        # occluders: (B,1,1,1) flags, None where no sample of the batch is one; styles drawn without
+        # occluders (no "shift") skip the check: no device sync on the default path
+        hand = scarf = thing = None
+        if "shift" in style:
+            hand, scarf, thing = (_flag(style["type"], kind) for kind in OCCLUDER_TYPES)
 
         inside = geo.outline_distance(torch, frame, shape, u, v, wmap)
         if hand is not None:
