@@ -7,8 +7,9 @@ alignment) and by the trainer's batched ``MaskAugment`` (torch, at the template 
 jitter); then two more placements of the trainer: masks worn low
 (``data.mask_worn_low``) and masks placed off the template as the real-faces and build recipes
 place them (``data.mask_kps_jitter: 4``), also in any type's colours (``data.mask_colours:
-any``). Columns: 8 aligned LFW crops (``../shared/data/lfw112``) spread over the set, a fresh
-random style each. Writes a PNG atomically:
+any``); last, every mask type lit (contact shadows and the sheen of synthetic fabrics:
+``data.mask_lighting``, ``bfm mask --lighting``) by both renderers. Columns: 8 aligned LFW
+crops (``../shared/data/lfw112``) spread over the set, a fresh random style each. Writes a PNG atomically:
 
     python benchmarks/mask_contact_sheet.py --out /tmp/mask_sheet.png [--faces 8] [--seed 0]
 """
@@ -41,9 +42,12 @@ def pick_faces(root: Path, n: int) -> tuple[list[np.ndarray], np.ndarray]:
     return [cv2.imread(str(root / name)) for name in chosen], np.stack([table[name] for name in chosen])
 
 
-def numpy_row(crops, kps, kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, ALL_TYPES.index(kind)])
-    masked = [render_mask(c, k, random_style(rng, types=[kind]))[0] for c, k in zip(crops, kps)]
+def numpy_row(crops, kps, kind: str | None, seed: int, lighting: bool = False) -> np.ndarray:
+    """One kind (None: every mask type) by the per-image renderer, a fresh style per crop."""
+    rng = np.random.default_rng([seed, ALL_TYPES.index(kind) if kind else len(ALL_TYPES)])
+    types = [kind] if kind else None
+    styles = [random_style(rng, types=types, lighting=lighting) for _ in crops]
+    masked = [render_mask(c, k, style)[0] for c, k, style in zip(crops, kps, styles)]
     return np.concatenate(masked, 1)
 
 
@@ -82,6 +86,11 @@ def contact_sheet(root=LFW, faces: int = 8, seed: int = 0, with_torch: bool = Tr
         rows.append(label(off_template, "off template\n(jitter 4)\nMaskAugment"))
         any_colours = torch_row(crops, None, seed + 3, kps_jitter=4.0, colours="any")
         rows.append(label(any_colours, "any colours\n(jitter 4)\nMaskAugment"))
+    lit_label = "lit, opt-in\n(every mask type)\n"
+    rows.append(label(numpy_row(crops, kps, None, seed + 4, lighting=True), lit_label + "render_mask"))
+    if with_torch:
+        lit = torch_row(crops, None, seed + 4, lighting=True)
+        rows.append(label(lit, lit_label + "MaskAugment"))
     return np.concatenate(rows, 0)
 
 

@@ -178,7 +178,7 @@ def test_contact_sheet_shows_every_kind():
     from mask_contact_sheet import LABEL_W, contact_sheet, pick_faces
 
     sheet = contact_sheet(lfw, faces=2, seed=0)
-    rows = 2 * len(ALL_TYPES) + 3
+    rows = 2 * len(ALL_TYPES) + 3 + 2  # ... worn low, off template, any colours; lit by both renderers
     assert sheet.shape == (112 * rows, LABEL_W + 2 * 112, 3)
     bare = np.concatenate(pick_faces(lfw, 2)[0], 1)
     mouth = np.r_[50:62, 162:174]  # the middle columns of both faces (an occluder may sit off-centre)

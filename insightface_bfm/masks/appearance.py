@@ -158,3 +158,28 @@ def specular_band(xp, u_outline, width):
     share of white light added). ``u_outline``: u in the object's own frame (see MaskShape.centred)."""
     band = xp.clip(1.0 - xp.abs(u_outline + 0.45 * width) / (0.15 * width + 1e-3), 0.0, 1.0)
     return 0.55 * band * band
+
+
+# -- lighting (opt-in: styles.SHADOW_RANGE, SHEEN_RANGE) ---------------------------------------
+
+def contact_shadow(xp, frame, inside, v, strength):
+    """Soft contact shadow on the skin around the outline: a mask stands a little off the face and
+    shades the skin next to its edge, most under its lower edge (light from above). Returns the
+    multiplier of the skin (1 = untouched; exactly 1 beyond a few pixels, so the rest of the face
+    keeps its pixels). ``inside``: signed distance to the outline in pixels (negative outside)."""
+    reach = 0.15 * frame.depth + 1.0
+    halo = xp.clip(1.0 + inside / reach, 0.0, 1.0)  # 1 at the edge, 0 at ``reach`` px outside
+    under = xp.clip((v - 1.0) * 2.0, 0.0, 1.0)  # below the mouth line: the edge faces down
+    # none above the eye line (where no mask reaches), fading in just under it
+    eyes = xp.clip(v * 8.0, 0.0, 1.0)
+    return 1.0 - strength * halo * halo * (0.7 + 0.3 * under) * eyes
+
+
+def sheen_lobe(xp, u, v, left_luma, right_luma):
+    """Where synthetic fabric catches the light (0..1): a broad highlight over the bulge between
+    the nose and the mouth, moved towards the brighter cheek (the same side light as
+    ``side_light``; even light keeps it on the middle)."""
+    toward = xp.clip(7.0 * (right_luma - left_luma) / (right_luma + left_luma + 1.0), -1.0, 1.0)
+    du = (u - 0.35 * toward) / 0.22
+    dv = (v - 0.8) / 0.35
+    return xp.exp(-0.5 * (du * du + dv * dv))

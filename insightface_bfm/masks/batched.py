@@ -29,8 +29,11 @@ from .styles import (
     PALETTES,
     PATTERN_ODDS,
     PATTERNS,
+    SHADOW_RANGE,
     SHAPE_FIELDS,
     SHAPES,
+    SHEEN_RANGE,
+    SHEEN_TYPES,
     SKIN_GRAIN,
     STRAPS_VISIBLE,
     VALVE_COLORS,
@@ -69,7 +72,7 @@ class MaskAugment(nn.Module):
     """
 
     def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0, worn_low: float = 0.0,
-                 colours: str = "own"):
+                 colours: str = "own", lighting: bool = False):
         super().__init__()
         self.types = check_types(types)
         if not 0.0 <= p <= 1.0:
@@ -87,6 +90,8 @@ class MaskAugment(nn.Module):
         self.colours = colours
         self.kps_jitter = float(kps_jitter)
         self.worn_low = float(worn_low)  # share of masks pulled under the nose (see random_style)
+        # contact shadows and the sheen of synthetic fabrics (see random_style's lighting)
+        self.lighting = bool(lighting)
         # tables over every type (the masks first, so their indices are MASK_TYPES'); occluders are
         # drawn only when asked for, and only then does a batch draw their sideways offsets
         type_ids = [ALL_TYPES.index(t) for t in self.types]
@@ -114,13 +119,15 @@ class MaskAugment(nn.Module):
         photos = (torch.from_numpy(textures.photo_textures()[..., ::-1].copy()).permute(0, 3, 1, 2)
                   if wears_photo else torch.zeros((0, 3, *textures.TEXTURE_SIZE)))
         self.register_buffer("photos", photos.contiguous(), persistent=False)
+        sheen_on = [float(t in SHEEN_TYPES) for t in ALL_TYPES]
+        self.register_buffer("sheen_types", torch.tensor(sheen_on), persistent=False)
         self.register_buffer("feature_odds", torch.tensor([FEATURE_ODDS[t] for t in ALL_TYPES]),
                              persistent=False)
         self.register_buffer("template", torch.from_numpy(np.asarray(ARCFACE_KPS, dtype=np.float32)),
                              persistent=False)
 
     def extra_repr(self) -> str:
-        return f"types={list(self.types)}, p={self.p}"
+        return f"types={list(self.types)}, p={self.p}" + (", lighting=True" if self.lighting else "")
 
     # -- drawing --------------------------------------------------------------------------------
     def _rand(self, shape, generator, device):
@@ -197,6 +204,14 @@ class MaskAugment(nn.Module):
             "texture": torch.clamp((r[:, 1] * len(PALETTES["photo"])).long(), max=len(PALETTES["photo"]) - 1),
         }
 
+    def sample_lighting(self, types, generator=None, device=None) -> dict:
+        """Contact shadow and sheen strengths per sample (``random_style``'s lighting): a shadow for
+        every sample, a sheen for the synthetic fabrics (``SHEEN_TYPES``) only."""
+        r = self._rand((types.shape[0], 2), generator, device or types.device)
+        shadow = SHADOW_RANGE[0] + (SHADOW_RANGE[1] - SHADOW_RANGE[0]) * r[:, 0]
+        sheen = (SHEEN_RANGE[0] + (SHEEN_RANGE[1] - SHEEN_RANGE[0]) * r[:, 1]) * self.sheen_types[types]
+        return {"shadow": shadow, "sheen": sheen}
+
     # -- rendering ------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, generator=None, kps: torch.Tensor | None = None):
         if images.ndim != 4 or images.shape[1] != 3:
@@ -214,6 +229,8 @@ class MaskAugment(nn.Module):
         noise_lo = self._randn((b, 1, 6, 6), generator, device)
         noise_hi = self._randn((b, 1, 13, 13), generator, device) * 0.5
         seeds = self._rand((b,), generator, device) * 97.0
+        if self.lighting:  # drawn last: every other number of the batch is what it is without lighting
+            style.update(self.sample_lighting(style["type"], generator, device))
         return self.render(images, kps.to(device=device, dtype=torch.float32), style, apply,
                            (noise_lo, noise_hi), seeds)
 
@@ -326,6 +343,9 @@ class MaskAugment(nn.Module):
         hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
         grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
         layer = layer + grain * grain_scale
+        if "sheen" in style:  # styles drawn with lighting
+            sheen = _bcast(style["sheen"]) * look.sheen_lobe(torch, u, v, luma_l, luma_r)
+            layer = layer + (250.0 * gain - layer) * sheen
 
         if bool(style["valve"].any()):
             side = _bcast(style["valve_side"])
@@ -347,6 +367,8 @@ class MaskAugment(nn.Module):
         a_mask = a_mask * keep
         a_strap = a_strap * keep
         f = pix + (straps - pix) * a_strap
+        if "shadow" in style:
+            f = f * look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
         f = f + (layer - f) * a_mask
         # add the change rather than re-normalise: untouched pixels stay bit-identical
         masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)

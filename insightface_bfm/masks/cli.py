@@ -23,10 +23,13 @@ from .styles import MASK_FAMILIES, MASK_TYPES, OCCLUDER_FAMILY, OCCLUDER_TYPES
 @click.option("--seed", default=0, show_default=True, help="Seed: with the image name it fixes each style.")
 @click.option("--worn-low", default=0.0, show_default=True,
               help="Share of masks worn pulled down under the nose (nose tip left bare).")
+@click.option("--lighting", is_flag=True,
+              help="Also draw a soft contact shadow on the skin around each mask and a specular sheen "
+                   "on synthetic fabrics (surgical, N95, KN95, photo).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "folder", "rec"]), default="auto",
               show_default=True, help="Output kind; auto = the same kind as SRC.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, worn_low, fmt, quiet):
+def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, worn_low, lighting, fmt, quiet):
     """Write a masked copy of SRC (aligned crops by default) to DST, with DST/mask_manifest.jsonl.
 
     SRC: an image folder, one image file, - (image paths on stdin), a RecordIO folder or a .rec.
@@ -47,7 +50,7 @@ def mask(src, dst, raw, detector, det_size, det_thresh, types, seed, worn_low, f
     if not 0.0 <= worn_low <= 1.0:
         raise click.BadParameter(f"{worn_low} is not a share in [0, 1]", param_hint="--worn-low")
     summary = mask_dataset(src, dst, types=types, seed=seed, detector=det, fmt=fmt, worn_low=worn_low,
-                           progress=not quiet)
+                           lighting=lighting, progress=not quiet)
     click.echo(str(summary))
     for name, why in summary.misses[:10]:
         click.echo(f"  missed {name}: {why}", err=True)

@@ -73,7 +73,8 @@ def load_detector(path, det_size: int = 640, threshold: float = 0.5):
     return load(detector=path, det_size=det_size, threshold=threshold)
 
 
-def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn_low: float = 0.0):
+def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn_low: float = 0.0,
+               lighting: bool = False):
     """Mask one image: the aligned crop (template points) or, with a detector, every face found.
 
     Returns ``(masked, faces)``, ``faces`` a list of ``{"kps", "style"}`` dicts; masked is None
@@ -90,7 +91,7 @@ def mask_image(img: np.ndarray, name: str, seed: int, types, detector=None, worn
     out, faces = img, []
     h, w = img.shape[:2]
     for kps in kps_list:
-        style = random_style(rng, types, worn_low=worn_low)
+        style = random_style(rng, types, worn_low=worn_low, lighting=lighting)
         kps = np.asarray(kps, dtype=np.float64)
         if detector is not None:
             # a detector may place a point a little outside the photo: pull it onto the border
@@ -160,7 +161,7 @@ def _source_kind(src) -> tuple[str, Path | None]:
 
 
 def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str = "auto",
-                 worn_low: float = 0.0, progress: bool = True) -> MaskSummary:
+                 worn_low: float = 0.0, lighting: bool = False, progress: bool = True) -> MaskSummary:
     """Write a masked copy of ``src`` to the folder ``dst``: ``src`` is an image folder, an image
     file, a list of image files, ``"-"`` (image paths on stdin), a RecordIO folder or a ``.rec``.
     Holds ``dst``'s run lock (a second run into it fails; SIGTERM unwinds like Ctrl-C).
@@ -168,6 +169,7 @@ def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str
     ``detector``: None for aligned crops (ArcFace template points), else an insightface detector
     (``load_detector``) whose faces all get masks. ``fmt``: ``auto`` (same kind as the source),
     ``folder`` or ``rec``. ``worn_low``: share of masks worn under the nose (default none).
+    ``lighting``: contact shadows and the sheen of synthetic fabrics (``random_style``'s).
     """
     types = check_types(types)
     src = Path(src) if isinstance(src, (str, os.PathLike)) and str(src) != "-" else src
@@ -182,31 +184,37 @@ def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str
     items = _folder_items(src, dst) if kind in ("folder", "files") else None
     source = "-" if kind == "files" and not isinstance(src, Path) else str(src)
     with output_lock(dst, "bfm mask"):
-        return _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low, progress)
+        return _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt,
+                          (worn_low, bool(lighting)), progress)
 
 
-def _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low, progress):
+def _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, look, progress):
+    worn_low, lighting = look
     header = {"kind": MANIFEST_KIND, "version": 1, "source": source, "seed": int(seed),
               "types": list(types), "points": "detector" if detector is not None else "template",
-              "worn_low": float(worn_low)}
+              "worn_low": float(worn_low), "lighting": lighting}
     manifest = Manifest(dst / MANIFEST, header)
     if manifest.entries and manifest.path.is_file():
         old = read_manifest(manifest.path)[0]
-        keys = ("seed", "types", "points", "worn_low")
-        if any(old.get(k, 0.0 if k == "worn_low" else None) != header[k] for k in keys):
+        # manifests from before an option was added were made without it
+        was = {"worn_low": 0.0, "lighting": False}
+        keys = ("seed", "types", "points", "worn_low", "lighting")
+        if any(old.get(k, was.get(k)) != header[k] for k in keys):
             raise BFMError(f"{manifest.path}: made with seed {old.get('seed')}, types {old.get('types')}, "
-                           f"points {old.get('points')}, worn_low {old.get('worn_low', 0.0)}; "
+                           f"points {old.get('points')}, worn_low {old.get('worn_low', 0.0)}, "
+                           f"lighting {old.get('lighting', False)}; "
                            "use another DST or the same settings to resume")
     reader = None
     if items is None:
         items, reader = _rec_items(rec)
     summary = MaskSummary(manifest=str(manifest.path))
+    how = (seed, types, detector, worn_low, lighting)  # mask_image's arguments after the image's
     if fmt == "folder":
-        _to_folder(items, dst, manifest, summary, (seed, types, detector, worn_low), progress)
+        _to_folder(items, dst, manifest, summary, how, progress)
     elif reader is None:
         raise BFMError(f"{src}: RecordIO output needs a RecordIO source; use format 'folder'")
     else:
-        _to_rec(items, reader, rec, dst, manifest, summary, (seed, types, detector, worn_low), progress)
+        _to_rec(items, reader, rec, dst, manifest, summary, how, progress)
     return summary
 
 

@@ -252,6 +252,9 @@ def render_mask(image, kps, style=None, rng=None):
         valve = (a_valve, look.valve_shading(np, v_in, radius) * light)
 
     spec = look.specular_band(np, shape.centred(u), shape.width) if style.type == "object" else None
+    sheen = style.sheen * look.sheen_lobe(np, u, v, luma_l, luma_r) if style.sheen else None
+    if style.shadow:  # on the skin (and straps) under the mask, before the mask goes on
+        _contact_shadow(out, pts, frame, shape, style, envelope)
     # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting)
     dst = out[y0:y1, x0:x1]
     planes = []
@@ -262,6 +265,8 @@ def render_mask(image, kps, style=None, rng=None):
             layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
         if grain is not None:
             layer += grain
+        if sheen is not None:
+            layer += (250.0 * gain - layer) * sheen
         if valve is not None:
             layer += (cv_ * valve[1] - layer) * valve[0]
         if spec is not None:
@@ -274,6 +279,24 @@ def render_mask(image, kps, style=None, rng=None):
     out[y0:y1, x0:x1] = np.clip(merged, 0, 255).astype(np.uint8)
     region_u8[y0:y1, x0:x1] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
+
+
+def _contact_shadow(out, pts, frame, shape, style, envelope):
+    """Darken the skin around the outline in place (``appearance.contact_shadow``), over the mask's
+    box grown by the shadow's reach; the mask's own box (and so its grain) stays the same."""
+    grown = geo.MaskShape(envelope.top, 0, 0, envelope.bottom + 0.25, 0, 0, envelope.width + 0.25, 0)
+    box = _mask_box(frame, grown, out.shape[1], out.shape[0])
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    maps = _face_maps(pts, frame, box)
+    if style.type == "hand":
+        inside = geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
+    else:
+        inside = maps.outline_distance(frame, shape)
+    skin = look.contact_shadow(np, frame, inside, maps.v, style.shadow).astype(np.float32)
+    roi = out[y0:y1, x0:x1]
+    roi[:] = np.clip(roi.astype(np.float32) * skin[:, :, None] + 0.5, 0, 255).astype(np.uint8)
 
 
 def _skin_colour(roi, maps, tone, gain) -> tuple[float, float, float]:

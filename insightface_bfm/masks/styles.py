@@ -169,6 +169,16 @@ SKIN_TINT = 0.1
 # Share of masks whose loops or straps are drawn.
 STRAPS_VISIBLE = 0.65
 
+# Lighting (opt-in: random_style(lighting=True), MaskAugment(lighting=True), data.mask_lighting):
+# a soft contact shadow on the skin along every outline, strength drawn in SHADOW_RANGE (the
+# share of light taken at the edge), and a specular sheen on the synthetic fabrics of SHEEN_TYPES
+# (non-woven surgical masks, moulded and folded respirators), strength in SHEEN_RANGE (the share of
+# white light added at the highlight's centre). Cotton, knits, skin and held objects get no sheen
+# (an object has its own specular band).
+SHADOW_RANGE = (0.15, 0.45)
+SHEEN_RANGE = (0.08, 0.3)
+SHEEN_TYPES = ("surgical", "n95", "kn95", "photo")
+
 
 @dataclass(frozen=True)
 class MaskStyle:
@@ -202,6 +212,8 @@ class MaskStyle:
     grain: float = 4.0  # fabric grain noise, in grey levels
     texture: int = 0  # pattern "photo": index into textures.TEXTURE_NAMES
     shift: float = 0.0  # sideways offset of the outline in face half-widths (occluders)
+    shadow: float = 0.0  # contact shadow on the skin along the outline (0 = none; SHADOW_RANGE)
+    sheen: float = 0.0  # specular sheen of synthetic fabric (0 = none; SHEEN_RANGE)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -224,6 +236,10 @@ class MaskStyle:
             raise ValueError(f"MaskStyle.width: {self.width} is outside 0.3..1.5")
         if not (-0.5 <= self.shift <= 0.5):
             raise ValueError(f"MaskStyle.shift: {self.shift} is outside -0.5..0.5 (face half-widths)")
+        for name in ("shadow", "sheen"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 0.6):
+                raise ValueError(f"MaskStyle.{name}: {value} is outside 0..0.6 (a share of light)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -307,12 +323,14 @@ def _jitter_color(color, x: float, drift) -> tuple[int, int, int]:
 WORN_LOW_TOP = (1.1, 1.45)
 
 
-def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
+def random_style(rng=None, types=None, worn_low: float = 0.0, lighting: bool = False) -> MaskStyle:
     """Draw a style: type uniform over ``types`` (default every mask type; the occluders only when
     named), then colours, pattern, shape and seed.
 
     ``rng``: a ``numpy.random.Generator``, a seed or None. ``worn_low``: share of masks worn
-    under the nose (nose tip uncovered; default 0: every mask covers the nose). The draw uses
+    under the nose (nose tip uncovered; default 0: every mask covers the nose). ``lighting``: also
+    draw a contact shadow and, on synthetic fabrics, a sheen (``SHADOW_RANGE``, ``SHEEN_RANGE``;
+    two more numbers, drawn last, so a draw without it is what it always was). The draw uses
     the same layout of uniform numbers as the batched renderer's ``MaskAugment.sample_styles``.
     """
     rng = np.random.default_rng(rng)
@@ -323,6 +341,7 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     # occluders' sideways offset: one more number, drawn only where occluders may be drawn, so the
     # stream of a selection of masks stays as it always was (the batched renderer does the same)
     r_shift = float(rng.random()) if any(t in OCCLUDER_TYPES for t in types) else 0.5
+    r_light = rng.random(2).tolist() if lighting else None
     kind = _pick(types, r[0])
     palette = PALETTES[kind]
     base = _jitter_color(_pick(palette, r[1]), r[2], n[0:3])
@@ -339,6 +358,11 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
     if r[25] < worn_low:
         shape["top"] = WORN_LOW_TOP[0] + (WORN_LOW_TOP[1] - WORN_LOW_TOP[0]) * r[8]
     pleats, seam, valve, loops = (x < p for x, p in zip(r[16:20], FEATURE_ODDS[kind]))
+    light = {}
+    if r_light is not None:
+        light["shadow"] = SHADOW_RANGE[0] + (SHADOW_RANGE[1] - SHADOW_RANGE[0]) * r_light[0]
+        if kind in SHEEN_TYPES:
+            light["sheen"] = SHEEN_RANGE[0] + (SHEEN_RANGE[1] - SHEEN_RANGE[0]) * r_light[1]
     photo = _pick(range(len(PALETTES["photo"])), r[1])  # the palette pick
     a = r[22]
     angle = (a * 4.0 - 1.0) * 45.0 if a < 0.5 else (0.0 if a < 0.75 else 90.0)
@@ -358,4 +382,5 @@ def random_style(rng=None, types=None, worn_low: float = 0.0) -> MaskStyle:
         grain=1.0 + 5.0 * r[23],
         texture=photo if pattern == "photo" else 0,  # recorded only where it means something
         **shape,
+        **light,
     )

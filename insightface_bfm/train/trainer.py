@@ -220,7 +220,8 @@ class Trainer:
 
         def mask_augment(worn_low):
             return MaskAugment(types=d.mask_types, p=d.mask_prob, kps_jitter=d.mask_kps_jitter,
-                               worn_low=worn_low, colours=d.mask_colours).to(self.device)
+                               worn_low=worn_low, colours=d.mask_colours,
+                               lighting=d.mask_lighting).to(self.device)
 
         self.mask_augment = mask_augment(d.mask_worn_low)
         aug = recipe.data.classifier_photo_aug if recipe.mode == "bfm" and recipe.model.classifier else 0.0
