@@ -172,3 +172,17 @@ def test_recipe_key_and_cli_option(tmp_path):
         assert np.array_equal(out, cv2.imread(str(dst / e["image"])))  # the manifest rebuilds it
     res = CliRunner().invoke(main, ["mask", str(src.parent), str(dst), "--quiet"])
     assert res.exit_code != 0 and "lighting True" in res.output
+
+
+def test_trainer_lights_every_mask_it_draws(tmp_path):
+    from test_trainer import tiny
+
+    from insightface_bfm.train.trainer import Trainer
+
+    recipe = tiny(tmp_path, "bfm", train={"max_steps": 1, "output": str(tmp_path / "lit")},
+                  optim={"classifier_steps": 2}, data={"mask_lighting": True, "classifier_worn_low": 0.5})
+    trainer = Trainer(recipe)
+    assert trainer.mask_augment.lighting and trainer.classifier_mask_augment.lighting
+    trainer.fit()
+    assert (tmp_path / "lit" / "metrics.jsonl").is_file()
+    assert not Trainer(tiny(tmp_path, "bfm")).mask_augment.lighting  # off unless asked for

@@ -69,6 +69,8 @@ class MaskAugment(nn.Module):
     Returns ``(masked, region)``: masked images like ``images`` and region (B,1,H,W) in [0, 1]
     (mask coverage, anti-aliased). With probability ``1 - p`` a sample passes through unmasked
     (its region is 0). ``generator`` (a ``torch.Generator``) makes the draw reproducible.
+    ``lighting``: contact shadows and the sheen of synthetic fabrics (``random_style``'s), drawn
+    after every other number of the batch.
     """
 
     def __init__(self, types=None, p: float = 1.0, kps_jitter: float = 1.0, worn_low: float = 0.0,
