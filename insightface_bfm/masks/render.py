@@ -176,10 +176,7 @@ def render_mask(image, kps, style=None, rng=None):
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
 
-    if style.type == "hand":
-        inside = geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
-    else:
-        inside = maps.outline_distance(frame, shape)
+    inside = _inside(maps, frame, shape, style)
     a_mask = np.clip(inside + 0.5, 0.0, 1.0)
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
@@ -281,6 +278,13 @@ def render_mask(image, kps, style=None, rng=None):
     return out, region_u8.view(bool)
 
 
+def _inside(maps, frame, shape, style):
+    """Signed distance to the outline in pixels (positive inside), from a box's cached maps."""
+    if style.type == "hand":
+        return geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
+    return maps.outline_distance(frame, shape)
+
+
 def _contact_shadow(out, pts, frame, shape, style, envelope):
     """Darken the skin around the outline in place (``appearance.contact_shadow``), over the mask's
     box grown by the shadow's reach; the mask's own box (and so its grain) stays the same."""
@@ -290,11 +294,8 @@ def _contact_shadow(out, pts, frame, shape, style, envelope):
         return
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
-    if style.type == "hand":
-        inside = geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
-    else:
-        inside = maps.outline_distance(frame, shape)
-    skin = look.contact_shadow(np, frame, inside, maps.v, style.shadow).astype(np.float32)
+    skin = look.contact_shadow(np, frame, _inside(maps, frame, shape, style), maps.v, style.shadow)
+    skin = skin.astype(np.float32)
     roi = out[y0:y1, x0:x1]
     roi[:] = np.clip(roi.astype(np.float32) * skin[:, :, None] + 0.5, 0, 255).astype(np.uint8)
 
