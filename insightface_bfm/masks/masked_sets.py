@@ -184,12 +184,11 @@ def mask_dataset(src, dst, *, types=None, seed: int = 0, detector=None, fmt: str
     items = _folder_items(src, dst) if kind in ("folder", "files") else None
     source = "-" if kind == "files" and not isinstance(src, Path) else str(src)
     with output_lock(dst, "bfm mask"):
-        return _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt,
-                          (worn_low, bool(lighting)), progress)
+        return _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low,
+                          bool(lighting), progress)
 
 
-def _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, look, progress):
-    worn_low, lighting = look
+def _mask_into(src, dst, kind, rec, items, source, types, seed, detector, fmt, worn_low, lighting, progress):
     header = {"kind": MANIFEST_KIND, "version": 1, "source": source, "seed": int(seed),
               "types": list(types), "points": "detector" if detector is not None else "template",
               "worn_low": float(worn_low), "lighting": lighting}
