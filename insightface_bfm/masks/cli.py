@@ -24,7 +24,7 @@ from .styles import MASK_FAMILIES, MASK_TYPES, OCCLUDER_FAMILY, OCCLUDER_TYPES
 @click.option("--worn-low", default=0.0, show_default=True,
               help="Share of masks worn pulled down under the nose (nose tip left bare).")
 @click.option("--lighting", is_flag=True,
-              help="Also draw a soft contact shadow on the skin around each mask and a specular sheen "
+              help="Also draw a soft contact shadow along each mask's edge and a specular sheen "
                    "on synthetic fabrics (surgical, N95, KN95, photo).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "folder", "rec"]), default="auto",
               show_default=True, help="Output kind; auto = the same kind as SRC.")

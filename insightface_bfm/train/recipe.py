@@ -112,7 +112,7 @@ class DataSection:
     mask_colours: str = _opt("own", choices=("own", "any"))
     # Share of masks worn low (under the nose), as people do (random_style's worn_low). 0 = none.
     mask_worn_low: float = _opt(0.0, min=0.0, max=1.0)
-    # Light the masks: a soft contact shadow on the skin around each outline and a specular sheen on
+    # Light the masks: a soft contact shadow along each outline and a specular sheen on
     # synthetic fabrics (surgical, N95, KN95, photo), of random strength (random_style's lighting).
     mask_lighting: bool = False
     # Random horizontal flip of the pair (as arcface_torch does), on the batch device.
