@@ -88,7 +88,8 @@ def make_pairs(crops, points, rng, jitter: bool, worn_low: float = 0.0):
 def real_masked_crops(rmfd: Path, detector_path: Path, det_size: int):
     """Aligned crops of the most prominent face in each RMFD photo (and how many had none)."""
     from insightface.model_zoo import get_model
-    from insightface.utils.face_align import norm_crop
+
+    from insightface_bfm.imaging import norm_crop
 
     det = get_model(str(detector_path))
     det.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=0.3)

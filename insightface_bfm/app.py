@@ -24,16 +24,15 @@ from __future__ import annotations
 import numpy as np
 from insightface.app import FaceAnalysis as _InsightFaceAnalysis
 from insightface.app.common import Face
-from insightface.utils import face_align
 
 from .errors import BFMError, ImageError, PackError
-from .imaging import check_image
+from .imaging import check_image, norm_crop
 from .matching import Comparison, compare
 from .runtime import ALIGNED_SIZE, EmbedderONNX, MaskClassifierONNX, choose_providers, create_session
 from .zoo.packs import find_detector, load_pack, resolve_pack_dir
 from .zoo.registration import register
 
-__all__ = ["FaceAnalysis"]
+__all__ = ["FaceAnalysis", "SearchThresholdWarning"]
 
 EMBED_MODES = ("routed", "both")
 
@@ -185,7 +184,7 @@ class FaceAnalysis(_InsightFaceAnalysis):
             return []
         crops = np.stack(
             [
-                face_align.norm_crop(img, landmark=kpss[i], image_size=ALIGNED_SIZE)
+                norm_crop(img, kpss[i], ALIGNED_SIZE)
                 for i in range(bboxes.shape[0])
             ]
         )
@@ -289,6 +288,7 @@ class FaceAnalysis(_InsightFaceAnalysis):
         (``verification_distance``, and ``verification_distance_partial`` for E_P where the pack
         has one), else an error."""
         if threshold is not None:
+            check_distance(threshold, "threshold")
             return {"full": float(threshold), "partial": float(threshold)}
         if self.pack.thresholds.verification_distance is None:
             raise PackError(
@@ -296,6 +296,29 @@ class FaceAnalysis(_InsightFaceAnalysis):
                 "--threshold X: squared L2, 0..4) or rebuild it with `bfm pack ... --distance-threshold X`"
             )
         return {e: float(self.pack.thresholds.distance_for(e)) for e in ("full", "partial")}
+
+    def search_thresholds(self, threshold: float | None = None,
+                          fpir: float | None = None) -> dict[str, float]:
+        """The squared L2 threshold per extractor for 1:N search (``Gallery.search``/``identify``):
+        ``threshold`` for both if given; else the pack's open-set thresholds at ``fpir`` (from its
+        stored calibration curve) or at its calibrated FPIR; a pack without them falls back to its
+        1:1 verification thresholds with a ``SearchThresholdWarning`` (too loose: strangers get named)."""
+        if threshold is not None and fpir is not None:
+            raise BFMError("give a search threshold or an FPIR, not both")
+        if threshold is not None:
+            check_distance(threshold, "search threshold")
+            return {"full": float(threshold), "partial": float(threshold)}
+        th = self.pack.thresholds
+        if fpir is not None:
+            return th.search_distances_at(float(fpir))
+        if th.search_distance is not None:
+            return {e: float(th.search_distance_for(e)) for e in ("full", "partial")}
+        import warnings
+
+        warnings.warn(f"pack {self.pack.name} has no open-set thresholds; searching with its 1:1 threshold, "
+                      "which names strangers: run `bfm models calibrate` on it", SearchThresholdWarning,
+                      stacklevel=2)
+        return self.verification_thresholds()
 
     def verify(self, img_a, img_b, threshold: float | None = None) -> Comparison:
         """Same person? The main face of each image, compared by the pair rule.
@@ -313,6 +336,22 @@ class FaceAnalysis(_InsightFaceAnalysis):
                 raise ImageError(f"{label}: no face found")
             faces.append(found[0])
         return self.compare(faces[0], faces[1], threshold=threshold)
+
+
+class SearchThresholdWarning(UserWarning):
+    """A 1:N search with a pack that has no open-set thresholds (its 1:1 one is used instead)."""
+
+
+def check_distance(value, name: str = "threshold") -> float:
+    """A squared L2 threshold between normalised embeddings: a number in [0, 4], else one line."""
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        raise BFMError(f"{name} {value!r}: expected a squared L2 distance in [0, 4]") from None
+    if not 0.0 <= d <= 4.0:
+        raise BFMError(f"{name} {value}: outside [0, 4] (squared L2 distance between normalised embeddings, "
+                       "2 - 2 * cosine)")
+    return d
 
 
 def resolve_pack_dir_or_none(name, root):

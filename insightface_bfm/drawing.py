@@ -53,6 +53,7 @@ def draw_faces(img: np.ndarray, faces, names=None) -> np.ndarray:
     out = img.copy()
     h, w = out.shape[:2]
     thick = max(2, round(max(h, w) / 400))  # at least insightface's own box, which it covers
+    placed = []  # label rectangles already drawn: a label never covers another
     for i, face in enumerate(faces):
         x1, y1, x2, y2 = face_box(face, out.shape)
         colour = route_colour(face)
@@ -65,21 +66,40 @@ def draw_faces(img: np.ndarray, faces, names=None) -> np.ndarray:
         scale = float(np.clip((x2 - x1) / 180.0, 0.3, 1.5))
         if face.get("bbox") is None:  # an aligned crop: the label covers as little of it as it can
             scale = 0.3
-        _label_block(out, lines, (x1, y1, x2, y2), colour, scale, max(1, round(scale * 1.5)))
+        _label_block(out, lines, (x1, y1, x2, y2), colour, scale, max(1, round(scale * 1.5)), placed)
     return out
 
 
-def _label_block(img, lines, box, colour, scale, thick):
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_position(box, size, image_shape, placed) -> tuple[int, int]:
+    """Top-left corner of a ``size`` (w, h) label for ``box``: above it when there is room, else inside
+    its top edge, else below it; then further up or down in steps, until it overlaps no rectangle of
+    ``placed`` (x1, y1, x2, y2) and fits the image. None fits: the first choice."""
+    x1, y1, _, y2 = box
+    w, h = size
+    img_h, img_w = image_shape[:2]
+    left = int(np.clip(x1, 0, max(0, img_w - w)))
+    tops = [y1 - h, y1, y2] + [y1 - h - k * h for k in range(1, 8)] + [y2 + k * h for k in range(1, 8)]
+    fits = [t for t in tops if 0 <= t and t + h <= img_h]
+    for top in fits:
+        if not any(_overlaps((left, top, left + w, top + h), r) for r in placed):
+            return left, int(top)
+    return left, int(fits[0] if fits else max(0, min(y1, img_h - h)))
+
+
+def _label_block(img, lines, box, colour, scale, thick, placed=None):
     if not lines:
         return
-    x1, y1, _, y2 = box
+    placed = [] if placed is None else placed
     sizes = [cv2.getTextSize(t, FONT, scale, thick) for t in lines]
     line_h = max(s[0][1] + s[1] for s in sizes) + 4
     block_h = line_h * len(lines)
     block_w = max(s[0][0] for s in sizes) + 6
-    # above the box when there is room, else inside its top edge
-    top = y1 - block_h if y1 - block_h >= 0 else y1
-    left = int(np.clip(x1, 0, max(0, img.shape[1] - block_w)))
+    left, top = label_position(box, (block_w, block_h), img.shape, placed)
+    placed.append((left, top, left + block_w + 1, top + block_h + 1))  # cv2 draws both edges
     cv2.rectangle(img, (left, top), (left + block_w, top + block_h), colour, -1)
     ink = (0, 0, 0) if sum(colour) > 300 else (255, 255, 255)
     for j, (text, ((_, th), _)) in enumerate(zip(lines, sizes)):

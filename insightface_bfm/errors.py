@@ -43,11 +43,13 @@ class MissingExtraError(BFMError, ImportError):
 
 
 TRAIN_EXTRA = 'pip install "insightface-bfm[train]"'
+TRAIN_EXTRA_CLONE = 'pip install -e ".[train]"'  # the same from a clone of the repository
 TRAIN_MODULES = ("torch", "safetensors")
 
 
 def missing_training(command: str, module: str = "torch") -> MissingExtraError:
-    return MissingExtraError(f"{command} needs the training extra ({module} is not installed): {TRAIN_EXTRA}")
+    return MissingExtraError(f"{command} needs the training extra ({module} is not installed): {TRAIN_EXTRA} "
+                             f"(in a clone of the repository: {TRAIN_EXTRA_CLONE})")
 
 
 def require_training(command: str) -> None:

@@ -108,6 +108,19 @@ def list_image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def norm_crop(img: np.ndarray, kps, size: int = 112) -> np.ndarray:
+    """insightface's ``face_align.norm_crop`` (the ArcFace 5-point template): the project's one
+    alignment call. It runs scikit-image's ``SimilarityTransform.estimate``, deprecated since 0.26,
+    which warns on every face; that FutureWarning alone is silenced here (same pixels)."""
+    import warnings
+
+    from insightface.utils import face_align
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`estimate` is deprecated", category=FutureWarning)
+        return face_align.norm_crop(img, landmark=kps, image_size=size)
+
+
 def to_network_input(images) -> np.ndarray:
     """uint8 BGR image (HxWx3) or batch (NxHxWx3) -> float32 Nx3xHxW RGB in [-1, 1]."""
     arr = np.asarray(images)

@@ -37,14 +37,28 @@ GALLERY_FORMAT = 1
 EmbedMissing = Callable[[Mapping, str], np.ndarray]
 
 
-def pair_extractor(masked_a: bool, masked_b: bool) -> str:
-    """The extractor both faces of a pair are compared with: 'partial' if either is masked."""
-    return "partial" if (bool(masked_a) or bool(masked_b)) else "full"
+def _masked_flag(value, name: str) -> bool:
+    """A face's masked flag: a bool (numpy's too), or a face (mapping) carrying ``masked``. Anything
+    else is refused: a face object is truthy, and reading it as "masked" sent unmasked pairs to E_P."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, Mapping):
+        return _masked(value, name)
+    raise BFMError(f"{name}: expected a face (with a 'masked' flag) or a bool, got {type(value).__name__} "
+                   f"{value!r:.40}")
 
 
-def pair_case(masked_a: bool, masked_b: bool) -> int:
-    """1 both unmasked, 2 one masked, 3 both masked."""
-    return 1 + int(bool(masked_a)) + int(bool(masked_b))
+def pair_extractor(masked_a, masked_b) -> str:
+    """The extractor both faces of a pair are compared with: 'partial' if either is masked.
+    Each argument: a bool (the face is masked) or an analysed face."""
+    a, b = _masked_flag(masked_a, "pair_extractor: first"), _masked_flag(masked_b, "pair_extractor: second")
+    return "partial" if (a or b) else "full"
+
+
+def pair_case(masked_a, masked_b) -> int:
+    """1 both unmasked, 2 one masked, 3 both masked. Each argument: a bool or an analysed face."""
+    a, b = _masked_flag(masked_a, "pair_case: first"), _masked_flag(masked_b, "pair_case: second")
+    return 1 + int(a) + int(b)
 
 
 def l2_normalize(x) -> np.ndarray:
@@ -148,6 +162,16 @@ class Match:
     distance: float
     case: int
     extractor: str
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The answer of an open-set search: ``identity`` (None: unknown), its ``match``, and the
+    ``candidates`` (the k best entries, whatever their score)."""
+
+    identity: str | None
+    match: Match | None
+    candidates: list
 
 
 class Gallery:
@@ -309,7 +333,7 @@ class Gallery:
 
     def match(self, index: int, similarity: float, probe_masked: bool) -> Match:
         """The ``Match`` of entry ``index`` at ``similarity`` for a probe masked or not."""
-        sim = min(1.0, max(-1.0, float(similarity)))
+        sim = float(similarity) if math.isinf(similarity) else min(1.0, max(-1.0, float(similarity)))
         m = bool(self._matrices()[2][index])
         return Match(self.identities[index], int(index), sim, 2.0 - 2.0 * sim, pair_case(probe_masked, m),
                      pair_extractor(probe_masked, m))
@@ -335,13 +359,58 @@ class Gallery:
         if q is not None and self.embedding_size is not None and q.shape[0] != self.embedding_size:
             raise BFMError(f"probe embedding of size {q.shape[0]}, the gallery holds {self.embedding_size}")
 
-    def search(self, probe: Mapping, k: int = 5, *, embed_missing: EmbedMissing | None = None) -> list[Match]:
-        """The ``k`` best entries for ``probe``, best first (ties: lower index first)."""
+    def search(self, probe: Mapping, k: int = 5, *, embed_missing: EmbedMissing | None = None,
+               threshold: float | Mapping[str, float] | None = None) -> list[Match]:
+        """The ``k`` best entries for ``probe``, best first (ties: lower index first).
+
+        ``threshold`` (squared L2; or one per extractor, ``{"full": .., "partial": ..}``, for the
+        extractor each entry is met through): only entries within it are returned, so a stranger
+        gets ``[]``. For 1:N use the pack's open-set thresholds
+        (``FaceAnalysis.search_thresholds()``), not its 1:1 verification threshold.
+        """
         if k < 1:
             raise BFMError(f"search: k must be >= 1, got {k}")
         if not len(self):
             return []
         sims, probe_masked = self._sorted_scores(probe, embed_missing)
+        if threshold is not None:
+            sims = np.where(self._within(sims, probe_masked, threshold), sims, -np.inf)
+        hits = self._top(sims, probe_masked, k)
+        return [h for h in hits if math.isfinite(h.similarity)] if threshold is not None else hits
+
+    def identify(self, probe: Mapping, threshold: float | Mapping[str, float], k: int = 5, *,
+                 embed_missing: EmbedMissing | None = None) -> Identification:
+        """Who is ``probe``? The best entry within its extractor's ``threshold`` (squared L2, or one
+        per extractor), or nobody; with the ``k`` best entries regardless of the threshold, from one
+        scoring of the gallery."""
+        if k < 1:
+            raise BFMError(f"identify: k must be >= 1, got {k}")
+        if not len(self):
+            return Identification(None, None, [])
+        sims, probe_masked = self._sorted_scores(probe, embed_missing)
+        candidates = self._top(sims, probe_masked, k)
+        within = self._within(sims, probe_masked, threshold)
+        best = self._top(np.where(within, sims, -np.inf), probe_masked, 1)[0] if within.any() else None
+        return Identification(None if best is None else best.identity, best, candidates)
+
+    def _within(self, sims, probe_masked: bool, threshold) -> np.ndarray:
+        """Per stored row: is its score within the threshold of the extractor it is met through?"""
+        n_unmasked = self._matrices()[4]
+        if isinstance(threshold, Mapping):
+            limits = {e: float(threshold[e]) for e in EXTRACTORS}
+        else:
+            limits = {e: float(threshold) for e in EXTRACTORS}
+        for e, d in limits.items():
+            if not 0.0 <= d <= 4.0:
+                raise BFMError(f"search: threshold {d} for {e} must be a squared L2 distance in [0, 4]")
+        distance = 2.0 - 2.0 * sims.astype(np.float64)
+        if probe_masked:
+            return distance <= limits["partial"]
+        row_limit = np.full(sims.shape[0], limits["partial"])
+        row_limit[:n_unmasked] = limits["full"]
+        return distance <= row_limit
+
+    def _top(self, sims, probe_masked: bool, k: int) -> list[Match]:
         order = self._matrices()[3]
         k = min(k, sims.shape[0])
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
@@ -382,8 +451,10 @@ class Gallery:
                 full, partial, masked = data["full"], data["partial"], data["masked"]
         except FileNotFoundError:
             raise BFMError(f"{path}: gallery file not found") from None
-        except (OSError, KeyError, ValueError, UnicodeError, EOFError) as e:
-            raise BFMError(f"{path}: not a gallery file ({e})") from None
+        except (OSError, KeyError, ValueError, UnicodeError, EOFError, TypeError, AttributeError):
+            # not numpy's own words: for a pickle they say "load it unsafely using allow_pickle"
+            raise BFMError(f"{path}: not a gallery file (expected an .npz written by "
+                           "`bfm gallery enrol` or Gallery.save)") from None
         version = header.get("format") if isinstance(header, dict) else None
         if version != GALLERY_FORMAT:
             raise BFMError(f"{path}: unsupported gallery format {version!r}")

@@ -263,11 +263,11 @@ class _AlignedCropNet:
         return to_network_input(arr)
 
     def _crop(self, img, face) -> np.ndarray:
-        from insightface.utils import face_align
+        from .imaging import norm_crop
 
         if face.kps is None:
             raise PackError(f"{self.name}: the face has no keypoints to align on")
-        return face_align.norm_crop(img, landmark=face.kps, image_size=ALIGNED_SIZE)
+        return norm_crop(img, face.kps, ALIGNED_SIZE)
 
 
 class MaskClassifierONNX(_AlignedCropNet):

@@ -61,7 +61,8 @@ def test_training_commands_without_torch(name, places):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [f'Error: {name} needs the training extra (torch is not installed): '
-                     'pip install "insightface-bfm[train]"'], r.stderr
+                     'pip install "insightface-bfm[train]" (in a clone of the repository: '
+                     'pip install -e ".[train]")'], r.stderr
     assert "Traceback" not in r.stderr + r.stdout
 
     h = run(entry, [*args[: 2 if name == "bfm models build" else 1], "--help"])
@@ -79,3 +80,4 @@ def test_evaluating_a_checkpoint_without_torch_names_the_extra(places):
     r = run("main", ["eval", str(pairs), "--model", str(places / "run")])
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "needs the [train] extra" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert 'pip install -e ".[train]"' in r.stderr  # the hint for a clone too

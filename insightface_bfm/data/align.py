@@ -1,6 +1,7 @@
 """Detect and align raw photos into 112x112 crops, the form every model here takes.
 
-insightface's SCRFD finds faces and their 5 keypoints; ``face_align.norm_crop`` warps the
+insightface's SCRFD finds faces and their 5 keypoints; ``face_align.norm_crop`` (through
+``imaging.norm_crop``, without its scikit-image FutureWarning) warps the
 keypoints onto the ArcFace template (the paper used MTCNN for this step; the template is the
 same idea). When a photo holds several faces, ``policy`` picks one: ``largest`` (box area) or
 ``center`` (box centre nearest the image centre, as for LFW, whose subject is centred).
@@ -71,14 +72,14 @@ def choose_face(bboxes: np.ndarray, image_shape, policy: str) -> int:
 
 def align_image(img: np.ndarray, detector, policy: str = "largest", size: int = 112):
     """(crop, kps) of the face ``policy`` picks, or (None, None) when no face is found."""
-    from insightface.utils.face_align import norm_crop
+    from ..imaging import norm_crop
 
     bboxes, kpss = detector.detect(img, max_num=0)
     if bboxes is None or len(bboxes) == 0 or kpss is None:
         return None, None
     k = choose_face(bboxes, img.shape, policy)
     kps = kpss[k].astype(np.float32)
-    return norm_crop(img, landmark=kps, image_size=size), kps
+    return norm_crop(img, kps, size), kps
 
 
 @dataclass

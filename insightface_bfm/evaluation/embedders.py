@@ -148,7 +148,10 @@ class CheckpointEmbedder:
 
             from ..train.model import load_checkpoint
         except ImportError as e:
-            raise PackError(f"{path}: evaluating a checkpoint needs the [train] extra (torch): {e}") from None
+            from ..errors import TRAIN_EXTRA, TRAIN_EXTRA_CLONE
+
+            raise PackError(f"{path}: evaluating a checkpoint needs the [train] extra (torch): {e}; "
+                            f"{TRAIN_EXTRA} (in a clone: {TRAIN_EXTRA_CLONE})") from None
         self.torch = torch
         self.model, self.recipe = load_checkpoint(path)
         self.model.eval()

@@ -25,6 +25,14 @@ def _app(pack, root, det_size):
     return open_app(pack, root, det_size)
 
 
+def _check_threshold(threshold):
+    """--threshold outside [0, 4] is refused before any model is loaded."""
+    if threshold is not None:
+        from ..app import check_distance
+
+        check_distance(threshold, "--threshold")
+
+
 def _face_row(i, face):
     box = "-" if face["bbox"] is None else "[" + ",".join(f"{v:.0f}" for v in face["bbox"]) + "]"
     det = "-" if face["det_score"] is None else f"{face['det_score']:.2f}"
@@ -81,6 +89,7 @@ def compare(ctx, image_a, image_b, pack, root, det_size, aligned, threshold, as_
     """
     from .compare import compare_images
 
+    _check_threshold(threshold)
     app = _app(pack, root, det_size)
     r = compare_images(app, image_a, image_b, threshold=threshold, aligned=aligned)
     if as_json:
@@ -124,15 +133,27 @@ def enrol(gallery_path, folder, pack, root, det_size, aligned, quiet):
 @pack_options
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Matches per face.")
 @click.option("--threshold", type=float,
-              help="Squared L2 distance above which the best match is 'unknown' (default: the pack's).")
+              help="Squared L2 distance above which a match is 'unknown', for both extractors (default: the "
+                   "pack's open-set thresholds).")
+@click.option("--fpir", type=float,
+              help="Use the pack's open-set thresholds at this false-positive identification rate (share of "
+                   "strangers named), e.g. 0.001; from its calibration curve.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON lines here.")
 @click.option("--draw", "draw_dir", type=click.Path(file_okay=False),
               help="Write a picture per image with each face labelled with its identity here.")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
-def search(gallery_path, inputs, pack, root, det_size, aligned, k, threshold, json_path, draw_dir, quiet):
-    """Who is in IMAGE_OR_DIR...? Top-k gallery entries for every face."""
+def search(gallery_path, inputs, pack, root, det_size, aligned, k, threshold, fpir, json_path, draw_dir,
+           quiet):
+    """Who is in IMAGE_OR_DIR...? Top-k gallery entries for every face, and its answer: the best entry
+    within the pack's open-set threshold, else unknown."""
+    import warnings
+
+    from ..app import SearchThresholdWarning
     from .gallery import search_images
 
+    _check_threshold(threshold)
+    if threshold is not None and fpir is not None:
+        raise click.UsageError("give --threshold or --fpir, not both")
     app = _app(pack, root, det_size)
 
     def show(record):
@@ -144,8 +165,12 @@ def search(gallery_path, inputs, pack, root, det_size, aligned, k, threshold, js
             state = "masked" if face["masked"] else "unmasked"
             click.echo(f"  {i:>3}  {face['identity']:<24} ({state}; {hits})")
 
-    run = search_images(app, gallery_path, inputs, k=k, threshold=threshold, aligned=aligned,
-                        json_path=json_path, draw_dir=draw_dir, progress=not quiet, on_image=show)
+    with warnings.catch_warnings():
+        # the library's warnings (a pack without open-set thresholds) as one line, when they happen
+        warnings.simplefilter("always", SearchThresholdWarning)
+        warnings.showwarning = lambda message, *_a, **_k: click.echo(f"Warning: {message}", err=True)
+        run = search_images(app, gallery_path, inputs, k=k, threshold=threshold, fpir=fpir, aligned=aligned,
+                            json_path=json_path, draw_dir=draw_dir, progress=not quiet, on_image=show)
     click.echo(str(run), err=True)
 
 

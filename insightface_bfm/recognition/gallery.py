@@ -9,8 +9,9 @@ one ``.npz``, written atomically, no pickle). Here:
   under another name) adds nothing: enrolment is idempotent, and resumable because the
   gallery is saved every few seconds and on exit (Ctrl-C, SIGTERM) under the gallery's run lock.
 - ``search_images(app, gallery, inputs)``: every face of each image, its ``k`` best entries
-  (best first) and its answer: the best identity when its distance is within the threshold,
-  else ``unknown``.
+  (best first) and its answer: the best entry within the open-set threshold of the extractor it
+  is met through (the pack's ``search_*`` thresholds, ``FaceAnalysis.search_thresholds``), else
+  ``unknown``.
 - A gallery remembers the pack that enrolled it (name, sha256 of E_F and E_P): searching it
   with another pack, whose embeddings mean something else, is refused.
 """
@@ -158,21 +159,24 @@ def enrol_folder(app, gallery_path, folder, *, aligned: bool = False, progress: 
 
 def search_images(app, gallery_path, inputs, *, k: int = 5, threshold: float | None = None,
                   aligned: bool = False, json_path=None, draw_dir=None, progress: bool = True,
-                  on_image=None):
-    """Search every face of ``inputs`` in the gallery; records as ``bfm gallery search --json``."""
+                  on_image=None, fpir: float | None = None):
+    """Search every face of ``inputs`` in the gallery; records as ``bfm gallery search --json``.
+
+    ``threshold`` (squared L2, both extractors) or ``fpir`` (the pack's calibrated thresholds at that
+    false-positive identification rate) override the pack's open-set thresholds."""
     if k < 1:
         raise BFMError(f"k must be >= 1, got {k}")
     gallery = open_gallery(gallery_path, app)
     if not len(gallery):
         raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
-    thresholds = app.verification_thresholds(threshold)
+    thresholds = app.search_thresholds(threshold, fpir)
 
     def answer(faces):
         records, labels = [], []
         for face in faces:
-            hits = gallery.search(face, k=k, embed_missing=app.embed_missing)
-            best = hits[0]
-            known = best.distance <= thresholds[best.extractor]
+            found = gallery.identify(face, thresholds, k=k, embed_missing=app.embed_missing)
+            hits, best = found.candidates, found.match
+            known = best is not None
             record = face_record(face)
             record["identity"] = best.identity if known else UNKNOWN
             record["matches"] = [

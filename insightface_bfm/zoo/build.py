@@ -8,6 +8,9 @@
         -> held-out verification, Cases 1/2/3 (our masks, bfm eval's protocol), for the base alone
            and for the pack; the pack's threshold = the best one on the pooled held-out pairs
            (one per extractor, E_F's and E_P's, with the recipe's eval.thresholds: per_extractor)
+        -> open-set (1:N search) thresholds on the held-out identities at a target FPIR
+           (evaluation/open_set.py: half enrolled, the rest searched as strangers, then swapped;
+           probes bare and masked), stored as the manifest's thresholds.search_*
         -> the pack installed at ROOT/models/NAME, its manifest's ``bfm.build`` holding the table,
            the threshold, the base's sha256 and the recipe.
 
@@ -193,6 +196,8 @@ def build_pack_from_faces(
     holdout_share: float = 0.05,
     holdout_pairs: int = 1000,
     seed: int = 0,
+    search_fpir: float = 0.01,
+    low_memory: bool = False,
     fresh: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -201,7 +206,9 @@ def build_pack_from_faces(
     """Train, evaluate and install the BFM pack ``ROOT/models/NAME`` (module docstring).
 
     ``detector``: an SCRFD ONNX file or an installed pack holding one. ``overrides``: recipe
-    ``key=value`` strings (``--set``). Returns the build record stored in the manifest (with
+    ``key=value`` strings (``--set``). ``search_fpir``: the target FPIR of the open-set thresholds.
+    ``low_memory``: no in-memory copy of the decoded training faces (``data.cache=false``).
+    Returns the build record stored in the manifest (with
     ``path``, the installed pack's folder).
     """
     from ..train.recipe import load_recipe
@@ -211,6 +218,11 @@ def build_pack_from_faces(
         raise PackError(f"pack name {name!r}: use letters, digits, '.', '_' or '-'")
     if not 0.0 < holdout_share < 1.0:
         raise PackError(f"--holdout {holdout_share}: the held-out share of identities must be in (0, 1)")
+    if not 0.0 < search_fpir < 1.0:
+        raise PackError(f"--fpir {search_fpir}: the target false-positive identification rate must be "
+                        "in (0, 1)")
+    if low_memory:
+        overrides = (*overrides, "data.cache=false")
     root = resolve_root(root)
     target = root / "models" / name
     if target.exists() and not force:
@@ -271,6 +283,7 @@ def build_pack_from_faces(
         train_names, held, pairs_csv = _split(images, names, work, holdout_share, holdout_pairs, seed)
         echo(f"identities: {len(train_names)} for training, {len(held)} held out "
              f"({holdout_pairs} held-out pairs)")
+        echo(memory_note(images, train_names, cache=not low_memory and "data.cache=false" not in overrides))
 
         # 3. training (resumes from the run's last checkpoint)
         t = time.time()
@@ -296,6 +309,20 @@ def build_pack_from_faces(
                                                              "bfm": staging}, work / "cache", progress,
                                          thresholds=recipe_obj.eval.thresholds)
         timings["heldout"] = round(time.time() - t, 1)
+
+        # 6. open-set thresholds on the held-out identities (a pack too small for them has none)
+        t = time.time()
+        from ..errors import BFMError
+        from ..evaluation.open_set import calibrate_pack, format_search
+
+        try:
+            search = calibrate_pack(staging, images, people=held, fpir=search_fpir, seed=seed,
+                                    cache_dir=work / "cache", progress=progress, write=False)
+            echo(format_search(search))
+        except BFMError as e:
+            search = None
+            echo(f"open-set thresholds not chosen ({e}); search will use the 1:1 threshold")
+        timings["open_set"] = round(time.time() - t, 1)
         record = {
             "name": name,
             "base": {"spec": base_model.spec, "file": base_model.path.name, "sha256": base_model.sha256},
@@ -312,13 +339,32 @@ def build_pack_from_faces(
         build_pack(work / "export", target, detector=det_path, name=name,
                    verification_distance=threshold["distance"],
                    verification_distance_partial=threshold["distance_partial"], build_info=record,
-                   overwrite=True)
+                   search=search, overwrite=True)
         timings["total"] = round(time.time() - t0, 1)
         atomic_write_text(work / "result.json", json.dumps({**record, "path": str(target)}, indent=2) + "\n")
         echo(format_table(record))
         echo(f"pack {name} installed at {target} in {timings['total'] / 60:.1f} min: "
              f"FaceAnalysis(name={name!r}, root={str(root)!r})")
         return {**record, "path": str(target)}
+
+
+# peak resident memory of `bfm models build` on LFW DevTrain (4,038 identities, 9,525 aligned faces,
+# MobileFaceNet base, 2-core CPU); docs/guides/open-set.md states it
+MEASURED_PEAK_GB = 7.2
+MEASURED_FACES = 9525
+
+
+def memory_note(images: Path, train_names: list[str], cache: bool) -> str:
+    """The line printed before training: the measured peak and what the image cache adds."""
+    from ..imaging import list_image_files
+
+    n = sum(len(list_image_files(images / name)) for name in train_names)
+    cache_gb = n * 112 * 112 * 3 / 1e9
+    state = (f"the decoded-face cache holds {cache_gb:.2f} GB of it (--low-memory: no cache, slower epochs)"
+             if cache else "no decoded-face cache (--low-memory)")
+    return (f"memory: peak about {MEASURED_PEAK_GB} GB measured on {MEASURED_FACES:,} faces; "
+            f"this build trains on "
+            f"{n:,} faces; {state}")
 
 
 def prepare_faces(faces: Path, names: list[str], detector: Path, work: Path, progress: bool = True,

@@ -204,11 +204,17 @@ def verify(name, root, registry, allow_unverified):
               help="Share of the identities held out for the threshold and the held-out table.")
 @click.option("--pairs", "holdout_pairs", type=click.IntRange(min=20), default=1000, show_default=True,
               help="Held-out pairs per case (half same identity).")
+@click.option("--fpir", "search_fpir", type=float, default=0.01, show_default=True,
+              help="Target false-positive identification rate of the open-set thresholds chosen on the "
+                   "held-out identities.")
+@click.option("--low-memory", is_flag=True,
+              help="Do not keep the decoded training faces in memory (data.cache=false): less memory, "
+                   "slower epochs.")
 @click.option("--fresh", is_flag=True, help="Discard an unfinished build of NAME instead of continuing it.")
 @click.option("--force", is_flag=True, help="Replace an installed pack NAME.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(name, faces, base, detector, people, recipe, root, overrides, holdout_share, holdout_pairs,
-          fresh, force, quiet):
+          search_fpir, low_memory, fresh, force, quiet):
     """Train a BFM pack NAME from face photos and a pretrained recogniser; install it in ROOT/models.
 
     Needs the [train] extra. Prints the held-out table; rerun the same command to continue after an
@@ -219,7 +225,38 @@ def build(name, faces, base, detector, people, recipe, root, overrides, holdout_
 
     build_pack_from_faces(name, faces, base, detector, people=people, recipe=recipe, root=root,
                           overrides=overrides, holdout_share=holdout_share, holdout_pairs=holdout_pairs,
-                          fresh=fresh, force=force, progress=not quiet, echo=click.echo)
+                          search_fpir=search_fpir, low_memory=low_memory, fresh=fresh, force=force,
+                          progress=not quiet, echo=click.echo)
+
+
+@models.command("calibrate")
+@click.argument("pack")
+@click.option("--faces", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Aligned 112x112 faces of people the pack was never trained on, one sub-folder per "
+                   "identity.")
+@click.option("--people", type=click.Path(exists=True, dir_okay=False),
+              help="Use only these identities (one name per line, or LFW's people-list format).")
+@click.option("--fpir", type=float, default=0.01, show_default=True,
+              help="Target false-positive identification rate: share of never-enrolled people named.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the masks.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Keep embeddings here, so a rerun skips the network.")
+@_root_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def calibrate(pack, faces, people, fpir, seed, cache_dir, root, quiet):
+    """Choose PACK's open-set (1:N search) thresholds at --fpir on --faces and store them in its manifest.
+
+    Half of the identities are enrolled (one bare face each) and searched with their other faces,
+    the other half searched as strangers, then the halves swap; probes bare and masked. E_F's and
+    E_P's meetings get a threshold each. No retraining: the weights are untouched.
+    """
+    from ..evaluation.open_set import calibrate_pack, format_search
+    from .build import read_people
+
+    names = read_people(people) if people is not None else None
+    search = calibrate_pack(pack, faces, people=names, fpir=fpir, seed=seed, cache_dir=cache_dir,
+                            progress=not quiet, root=root)
+    click.echo(format_search(search))
 
 
 @models.command("publish")

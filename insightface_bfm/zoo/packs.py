@@ -23,7 +23,10 @@ and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm`
       "classifier": "mask_classifier.onnx", "full": "full.onnx", "partial": "partial.onnx",
       "detector": "det_10g.onnx" | null,
       "thresholds": {"mask_score": 0.5, "verification_distance": 1.24 | null,
-                     "verification_distance_partial": 1.30 | null},  # optional key
+                     "verification_distance_partial": 1.30 | null,  # optional key
+                     # optional: open-set (1:N) search thresholds, evaluation/open_set.py
+                     "search_distance": 0.9, "search_distance_partial": 1.0, "search_fpir": 0.01,
+                     "search_calibration": {..., "curve": {"full": [[fpir, distance], ...], ...}}},
       "files": {"<file>": "<sha256>", ...},  # every file of the pack except manifest.json
       "build": {...}                    # optional: how `bfm models build` made it (zoo/build.py)
     }
@@ -32,6 +35,11 @@ and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm`
 [0, 4]; equal to 2 - 2 * cosine similarity), the measure insightface's verification uses.
 It judges E_F's pairs, and E_P's too unless ``verification_distance_partial`` gives E_P its own
 (a pack built with ``eval.thresholds: per_extractor``; absent or null: one threshold for both).
+
+``search_distance`` (E_F's meetings) and ``search_distance_partial`` (E_P's) are the 1:N
+thresholds of ``Gallery.search``: chosen at the false-positive identification rate ``search_fpir``
+on identities never trained on (``bfm models build`` at its end, or ``bfm models calibrate`` on a
+built pack); ``search_calibration.curve`` keeps the thresholds at other FPIRs (``--fpir``).
 
 ``load_pack`` verifies the sha256 of every listed file before returning, and
 ``Pack.read_verified`` re-verifies the bytes it hands to ONNX Runtime, so a session is only
@@ -125,11 +133,49 @@ class PackThresholds:
             return None
         return 1.0 - self.verification_distance / 2.0
 
+    # open-set (1:N) search thresholds (squared L2), chosen at search_fpir; None: not calibrated
+    search_distance: float | None = None
+    search_distance_partial: float | None = None
+    search_fpir: float | None = None
+    # {"full": ((fpir, distance), ...), "partial": (...)}: thresholds at other FPIRs
+    search_curve: dict | None = field(default=None, compare=False)
+
     def distance_for(self, extractor: str) -> float | None:
         """The squared L2 threshold for pairs compared by ``extractor`` ('full' or 'partial')."""
         if extractor == "partial" and self.verification_distance_partial is not None:
             return self.verification_distance_partial
         return self.verification_distance
+
+    def search_distance_for(self, extractor: str) -> float | None:
+        """The pack's 1:N threshold (squared L2) for meetings through ``extractor``; None: none stored."""
+        if extractor == "partial" and self.search_distance_partial is not None:
+            return self.search_distance_partial
+        return self.search_distance
+
+    def search_distances_at(self, fpir: float) -> dict[str, float]:
+        """The 1:N thresholds at another ``fpir``, interpolated (in log FPIR) on the stored curve."""
+        import math
+
+        if not self.search_curve:
+            raise PackError("the pack has no open-set calibration to pick a threshold at an FPIR from; "
+                            "run `bfm models calibrate PACK --faces DIR`")
+        if not 0.0 < fpir < 1.0:
+            raise PackError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
+        out = {}
+        for extractor in ("full", "partial"):
+            curve = sorted((float(f), float(d)) for f, d in self.search_curve.get(extractor) or ())
+            if self.search_fpir is not None and self.search_distance_for(extractor) is not None:
+                curve = sorted(set(curve) | {(self.search_fpir, self.search_distance_for(extractor))})
+            if not curve or not curve[0][0] <= fpir <= curve[-1][0]:
+                span = f"{curve[0][0]:g}..{curve[-1][0]:g}" if curve else "none"
+                raise PackError(f"FPIR {fpir:g}: the pack's calibration measured {span} for "
+                                f"{'E_F' if extractor == 'full' else 'E_P'}; recalibrate on more faces")
+            for (f0, d0), (f1, d1) in zip(curve, curve[1:] + curve[-1:]):
+                if f0 <= fpir <= f1:
+                    w = 0.0 if f1 == f0 else (math.log(fpir) - math.log(f0)) / (math.log(f1) - math.log(f0))
+                    out[extractor] = d0 + w * (d1 - d0)
+                    break
+        return out
 
 
 @dataclass(frozen=True)
@@ -242,18 +288,25 @@ def load_pack(name_or_path, root=None) -> Pack:
             mask_score=float(thresholds_raw.get("mask_score", 0.5)),
             verification_distance=optional("verification_distance"),
             verification_distance_partial=optional("verification_distance_partial"),
+            search_distance=optional("search_distance"),
+            search_distance_partial=optional("search_distance_partial"),
+            search_fpir=optional("search_fpir"),
+            search_curve=_search_curve(thresholds_raw.get("search_calibration")),
         )
     except (TypeError, ValueError):
         raise PackError(f"{where}: bfm.thresholds must hold numbers") from None
     if not 0.0 < thresholds.mask_score < 1.0:
         raise PackError(f"{where}: bfm.thresholds.mask_score must be in (0, 1)")
-    for key in ("verification_distance", "verification_distance_partial"):
+    for key in ("verification_distance", "verification_distance_partial", "search_distance",
+                "search_distance_partial"):
         d = getattr(thresholds, key)
         if d is not None and not 0.0 <= d <= 4.0:
             raise PackError(f"{where}: bfm.thresholds.{key} must be in [0, 4] (squared L2)")
     if thresholds.verification_distance_partial is not None and thresholds.verification_distance is None:
         raise PackError(f"{where}: bfm.thresholds.verification_distance_partial needs verification_distance "
                         "(E_F's threshold) too")
+    if thresholds.search_distance_partial is not None and thresholds.search_distance is None:
+        raise PackError(f"{where}: bfm.thresholds.search_distance_partial needs search_distance too")
     # insightface's own parser: the pack must stay a valid manifest-V2 package for plain insightface.
     _check_insightface_manifest(directory)
     # Every file, before anything is loaded: missing or altered -> error naming it.
@@ -285,6 +338,39 @@ def load_pack(name_or_path, root=None) -> Pack:
         files=dict(files),
         manifest=raw,
     )
+
+
+def _search_curve(calibration) -> dict | None:
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("curve"), dict):
+        return None
+    return {e: tuple((float(f), float(d)) for f, d in calibration["curve"].get(e) or ())
+            for e in ("full", "partial")}
+
+
+def search_threshold_keys(search: dict | None) -> dict:
+    """The manifest's ``search_*`` threshold keys from a calibration (``open_set.calibrate_pack``)."""
+    if not search:
+        return {}
+    for key in ("distance", "distance_partial"):
+        d = search.get(key)
+        if d is None or not 0.0 <= float(d) <= 4.0:
+            raise PackError(f"open-set threshold {key} {d!r}: must be in [0, 4] (squared L2)")
+    return {"search_distance": float(search["distance"]),
+            "search_distance_partial": float(search["distance_partial"]),
+            "search_fpir": float(search["fpir"]), "search_calibration": search.get("calibration") or {}}
+
+
+def set_search_thresholds(pack, search: dict, root=None) -> Pack:
+    """Store open-set thresholds in an existing pack's manifest (atomically; nothing else changes:
+    the weights and their checksums stay as they are), then load it back."""
+    directory = load_pack(pack, root).path
+    raw = _read_manifest(directory)
+    thresholds = raw["bfm"].setdefault("thresholds", {})
+    for key in [k for k in thresholds if k.startswith("search_")]:
+        del thresholds[key]
+    thresholds.update(search_threshold_keys(search))
+    atomic_write_text(directory / MANIFEST, json.dumps(raw, indent=2) + "\n")
+    return load_pack(directory)
 
 
 def find_detector(det_pack, root=None) -> Path:
@@ -407,6 +493,7 @@ def build_pack(
     license_file=None,
     overwrite: bool = False,
     build_info: dict | None = None,
+    search: dict | None = None,
 ) -> Pack:
     """Build a pack in directory ``out`` from an export (mask_classifier/full/partial.onnx).
 
@@ -415,7 +502,8 @@ def build_pack(
     plain insightface can run it. The pack is assembled in a temporary folder beside ``out``
     and renamed into place, then loaded back with ``load_pack`` (checksums) and insightface's
     manifest parser. ``build_info`` (``bfm models build``: held-out table, base model, recipe) is
-    stored as the manifest's ``bfm.build``.
+    stored as the manifest's ``bfm.build``; ``search`` (``open_set.calibrate_pack``) as the open-set
+    thresholds ``bfm.thresholds.search_*``.
     """
     from .. import __version__
 
@@ -520,6 +608,7 @@ def build_pack(
                     "verification_distance": verification_distance,
                     **({} if verification_distance_partial is None
                        else {"verification_distance_partial": verification_distance_partial}),
+                    **search_threshold_keys(search),
                 },
                 "files": files,
             },
