@@ -33,7 +33,7 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
 
 
 @click.command("eval")
-@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pairs", type=click.Path(exists=True))
 @click.option("--model", "model", required=True,
               help="insightface recognition .onnx, BFM pack (folder or name under --root), or training "
                    "checkpoint.")
@@ -66,13 +66,43 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
               help="Keep embeddings here per model, so reruns skip the network.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Write results.json, results.md, roc.png (and mask_manifest.json) here.")
+@click.option("--open-set", "open_set", is_flag=True,
+              help="1:N instead: PAIRS is a folder of aligned faces (one sub-folder per identity); report "
+                   "FPIR and FNIR per probe type at the pack's open-set and 1:1 thresholds, and a DET curve "
+                   "(det.png).")
+@click.option("--people", type=click.Path(exists=True, dir_okay=False),
+              help="--open-set: use only these identities (one name per line, or LFW's people-list "
+                   "format).")
+@click.option("--enrolled", type=click.IntRange(min=1),
+              help="--open-set: enrol this many identities (those with 2+ faces first) in one gallery "
+                   "(default: two folds, each half enrolled in turn).")
+@click.option("--strangers", type=click.IntRange(min=1),
+              help="--open-set with --enrolled: search this many never-enrolled identities (default: all "
+                   "others).")
+@click.option("--probe-mask", "probe_masks", multiple=True, metavar="NAME=TYPES",
+              help="--open-set: a masked probe type, e.g. photo=photographed (mask types or families, "
+                   "comma-separated); repeatable. Default: masked=all mask types.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types, mask_manifest, cases, folds,
-             mask_threshold, threshold_rule, batch_size, cache_dir, out_dir, quiet):
+             mask_threshold, threshold_rule, batch_size, cache_dir, out_dir, open_set, people, enrolled,
+             strangers, probe_masks, quiet):
     """Verification accuracy of MODEL on PAIRS (LFW pairs.txt, MFR2 pairs, CSV or insightface .bin):
-    10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case."""
+    10-fold accuracy, ROC AUC, EER, TAR@FAR and accuracy per matching case.
+
+    With --open-set, the 1:N report of a BFM pack on a face folder: FPIR (strangers named) and FNIR
+    (enrolled people missed) per probe type, bare and masked, and the DET curve."""
+    import os
+
     from .report import markdown_table, write_report
     from .run import evaluate as run
+
+    if open_set:
+        _open_set(pairs, model, root, seed, cache_dir, out_dir, people, enrolled, strangers, probe_masks,
+                  quiet)
+        return
+    if os.path.isdir(pairs):
+        raise click.BadParameter(f"{pairs} is a folder: give a pairs file, or --open-set for a face folder",
+                                 param_hint="PAIRS")
 
     if mask_pairs and mask_manifest:
         raise click.UsageError("give --mask-pairs or --mask-manifest, not both")
@@ -86,4 +116,31 @@ def evaluate(pairs, model, root, images, fmt, flip, mask_pairs, seed, mask_types
     click.echo(markdown_table([results]), nl=False)
     if out_dir:
         paths = write_report(out_dir, results, verification, manifest)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _open_set(faces, model, root, seed, cache_dir, out_dir, people, enrolled, strangers, probe_masks, quiet):
+    """``bfm eval --open-set``: parse, then ``open_set.evaluate_open_set``."""
+    import os
+
+    from ..zoo.build import read_people
+    from .open_set import evaluate_open_set, markdown_report, write_open_set_report
+
+    if not os.path.isdir(faces):
+        raise click.BadParameter(f"{faces}: --open-set takes a folder of faces", param_hint="PAIRS")
+    if strangers is not None and enrolled is None:
+        raise click.UsageError("--strangers needs --enrolled")
+    masks = {}
+    for spec in probe_masks:
+        name, sep, types = spec.partition("=")
+        if not sep or not name or not types or name == "bare":
+            raise click.BadParameter(f"{spec!r}: expected NAME=TYPES, e.g. photo=photographed",
+                                     param_hint="--probe-mask")
+        masks[name] = tuple(t.strip() for t in types.split(","))
+    results, scores = evaluate_open_set(
+        model, faces, people=read_people(people) if people else None, enrolled=enrolled, strangers=strangers,
+        probe_masks=masks or None, seed=seed, cache_dir=cache_dir, progress=not quiet, root=root)
+    click.echo(markdown_report(results), nl=False)
+    if out_dir:
+        paths = write_open_set_report(out_dir, results, scores)
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

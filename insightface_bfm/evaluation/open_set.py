@@ -13,8 +13,9 @@ his best score is the maximum of N impostor scores. The search threshold is ther
 its own, at a target FPIR, on identities never trained on (``choose_search_thresholds``): part of
 them enrolled (one bare face each), the rest of their faces and every face of the others searched
 bare and masked. E_F's meetings (an unmasked probe and an unmasked entry) and E_P's (either one
-masked) live in two embedding spaces and get a threshold each, each at the target FPIR among the
-strangers' searches that meet the gallery through that extractor.
+masked) live in two embedding spaces and get a threshold each: E_P's at the target FPIR on the
+masked strangers' searches (all through E_P), E_F's so that the bare strangers' searches (through
+E_F, and through E_P where an entry is masked) stay at the target FPIR too.
 
 The protocol reuses the product's own code: ``matching.Gallery`` scores every probe by the pair
 rule, the embeddings are the ones ``FaceAnalysis`` produces (``BFMPackEmbedder``), masks are
@@ -250,42 +251,65 @@ def rates(scores: OpenSetScores, distance_full: float, distance_partial: float) 
 
 # -- choosing the thresholds ----------------------------------------------------------------------
 
-def _threshold_at(values: np.ndarray, fpir: float) -> float:
-    """The similarity above which at most ``floor(fpir * n)`` of ``values`` (strangers' best scores)
-    lie: halfway between the last allowed one and the first refused one."""
-    v = np.sort(values)[::-1]
-    allowed = int(math.floor(fpir * len(v) + 1e-9))
+def _threshold_allowing(values: np.ndarray, allowed: int) -> float:
+    """The similarity above which at most ``allowed`` of ``values`` (strangers' best scores) lie:
+    halfway between the last allowed one and the first refused one."""
+    v = np.sort(values[np.isfinite(values)])[::-1]
+    if not v.size:
+        return 1.0
     if allowed >= len(v):
         return float(v[-1])
-    if allowed == 0:
+    if allowed <= 0:
         return float(np.nextafter(v[0], np.inf))
-    return float((v[allowed] + v[allowed - 1]) / 2.0) if v[allowed] < v[allowed - 1] else \
-        float(np.nextafter(v[allowed], np.inf))
+    if v[allowed] < v[allowed - 1]:
+        return float((v[allowed] + v[allowed - 1]) / 2.0)
+    return float(np.nextafter(v[allowed], np.inf))
+
+
+def _pair_at(top: np.ndarray, masked: np.ndarray, fpir: float) -> tuple[float, float]:
+    """(E_F, E_P) similarity thresholds at ``fpir`` from the strangers' best scores ``top`` (n, 2).
+    A probe C calls masked meets every entry through E_P, so E_P's threshold is chosen on those
+    searches alone; an unmasked probe meets unmasked entries through E_F and masked ones through E_P,
+    so E_F's threshold is then chosen on the unmasked searches so that, together with the false
+    alarms E_P's threshold already lets through there, they stay within ``fpir`` too."""
+    p_vals = top[masked, 1]
+    if np.isfinite(p_vals).sum() * fpir < 1.0:  # few masked probes: every E_P meeting
+        p_vals = top[:, 1]
+    t_p = _threshold_allowing(p_vals, int(math.floor(fpir * np.isfinite(p_vals).sum() + 1e-9)))
+    bare = top[~masked]
+    through_p = bare[:, 1] >= t_p
+    allowed = int(math.floor(fpir * len(bare) + 1e-9)) - int(through_p.sum())
+    t_f = _threshold_allowing(bare[~through_p, 0], allowed)
+    return t_f, t_p
 
 
 def choose_search_thresholds(scores: OpenSetScores, fpir: float = SEARCH_FPIR) -> dict:
-    """Squared L2 thresholds, E_F's and E_P's, each at ``fpir`` among the stranger searches that meet
-    the gallery through that extractor; also at every FPIR of ``FPIR_GRID`` the data can measure.
+    """Squared L2 thresholds, E_F's and E_P's, that keep the share of strangers named at ``fpir``
+    for bare and for masked probes (``_pair_at``); also at every FPIR of ``FPIR_GRID`` the data can
+    measure (the calibration curve).
 
-    Raises ``BFMError`` when there are fewer than ``1 / fpir`` such searches (FPIR unmeasurable)."""
+    Raises ``BFMError`` when fewer than ``1 / fpir`` stranger searches meet the gallery through an
+    extractor (an FPIR that cannot be measured)."""
     if not 0.0 < fpir < 1.0:
         raise BFMError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
     strangers = scores.subset(~scores.mated)
     top = np.maximum(strangers.best_mate, strangers.best_nonmate)
-    out = {"fpir": float(fpir), "stranger_searches": {}, "curve": {}}
-    for col, extractor in enumerate(EXTRACTORS):
-        values = top[:, col][np.isfinite(top[:, col])]
-        n = int(values.size)
-        out["stranger_searches"][extractor] = n
-        if n * fpir < 1.0:
-            raise BFMError(f"FPIR {fpir}: {n} stranger searches meet the gallery through "
-                           f"{'E_F' if col == 0 else 'E_P'}, at least {math.ceil(1 / fpir)} are needed to "
-                           "measure it; give more faces or a higher FPIR")
-        key = "distance" if extractor == "full" else "distance_partial"
-        out[key] = 2.0 - 2.0 * _threshold_at(values, fpir)
-        out["curve"][extractor] = [[f, 2.0 - 2.0 * _threshold_at(values, f)]
-                                   for f in FPIR_GRID if n * f >= 1.0]
-    return out
+    counts = {"full": int(np.isfinite(top[~strangers.masked, 0]).sum()),
+              "partial": int(np.isfinite(top[:, 1]).sum())}
+    least = min(counts.values())
+    if least * fpir < 1.0:
+        which = "E_F" if counts["full"] <= counts["partial"] else "E_P"
+        raise BFMError(f"FPIR {fpir}: {least} stranger searches meet the gallery through {which}, at least "
+                       f"{math.ceil(1 / fpir)} are needed to measure it; give more faces or a higher FPIR")
+    t_f, t_p = _pair_at(top, strangers.masked, fpir)
+    curve = {"full": [], "partial": []}
+    for f in FPIR_GRID:
+        if least * f >= 1.0:
+            cf, cp = _pair_at(top, strangers.masked, f)
+            curve["full"].append([f, 2.0 - 2.0 * cf])
+            curve["partial"].append([f, 2.0 - 2.0 * cp])
+    return {"fpir": float(fpir), "distance": 2.0 - 2.0 * t_f, "distance_partial": 2.0 - 2.0 * t_p,
+            "stranger_searches": counts, "curve": curve}
 
 
 def det_curve(scores: OpenSetScores, points: int = 300) -> dict:
@@ -364,10 +388,11 @@ def det_image(curves: dict, points: dict | None = None, title: str = "DET (1:N)"
 
 def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, probe_masks=None,
                     max_probes: int = MAX_PROBES, seed: int = 0, cache_dir=None, progress: bool = True,
-                    root=None) -> OpenSetScores:
+                    root=None, min_strangers: int = 0) -> OpenSetScores:
     """Every search of an open-set run of ``pack`` on the aligned crops of ``faces`` (one sub-folder
     per identity), probes bare and masked (``probe_masks``: ``{probe type: mask types or None}``,
-    default ``{"masked": None}``: every mask type)."""
+    default ``{"masked": None}``: every mask type). Fewer than ``min_strangers`` stranger searches per
+    probe type is an error, raised before any network runs."""
     from .embedders import BFMPackEmbedder
 
     probe_masks = {"masked": None} if probe_masks is None else dict(probe_masks)
@@ -375,6 +400,10 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
         raise BFMError("probe type 'bare' is the unmasked one; name the masked kinds otherwise")
     files = face_files(faces, people)
     plans = plan_searches(files, enrolled=enrolled, strangers=strangers, max_probes=max_probes, seed=seed)
+    n_strangers = sum(not q[2] for p in plans for q in p.probes)
+    if n_strangers < min_strangers:
+        raise BFMError(f"{faces}: {n_strangers} stranger searches per probe type from {len(files)} "
+                       f"identities, at least {min_strangers} are needed; give more faces or a higher FPIR")
     sample = read_image(Path(faces) / next(iter(files.values()))[0])
     if sample.shape[:2] != (112, 112):
         raise DatasetError(f"{faces}: holds {sample.shape[1]}x{sample.shape[0]} photos, not aligned 112x112 "
@@ -398,15 +427,17 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
 
 
 def calibrate_pack(pack, faces, *, people=None, fpir: float = SEARCH_FPIR, seed: int = 0, cache_dir=None,
-                   progress: bool = True, root=None, write: bool = True) -> dict:
+                   progress: bool = True, root=None, write: bool = True, probe_masks=None) -> dict:
     """Choose ``pack``'s open-set thresholds on ``faces`` (identities never trained on; two folds,
     bare and masked probes, see the module doc) and store them in its manifest
     (``bfm.thresholds.search_*``); returns what was stored. ``bfm models calibrate`` runs this."""
     from ..zoo.packs import load_pack, set_search_thresholds
 
+    if not 0.0 < fpir < 1.0:
+        raise BFMError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
     pack_dir = load_pack(pack, root).path
     scores = open_set_scores(pack_dir, faces, people=people, seed=seed, cache_dir=cache_dir,
-                             progress=progress)
+                             progress=progress, probe_masks=probe_masks, min_strangers=math.ceil(1 / fpir))
     chosen = choose_search_thresholds(scores, fpir)
     achieved = rates(scores, chosen["distance"], chosen["distance_partial"])
     search = {
