@@ -259,11 +259,12 @@ def _threshold_allowing(values: np.ndarray, allowed: int) -> float:
         return 1.0
     if allowed >= len(v):
         return float(v[-1])
+    # a margin (not the next float): the threshold travels as a distance, 2 - 2 * similarity
     if allowed <= 0:
-        return float(np.nextafter(v[0], np.inf))
-    if v[allowed] < v[allowed - 1]:
+        return float(v[0] + 1e-6)
+    if v[allowed - 1] - v[allowed] > 2e-6:
         return float((v[allowed] + v[allowed - 1]) / 2.0)
-    return float(np.nextafter(v[allowed], np.inf))
+    return float(v[allowed] + 1e-6)
 
 
 def _pair_at(top: np.ndarray, masked: np.ndarray, fpir: float) -> tuple[float, float]:

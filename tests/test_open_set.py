@@ -1,0 +1,219 @@
+"""Open-set (1:N) search: thresholds chosen at a target FPIR, stored in the pack, used by
+``Gallery.identify``/``search`` and ``bfm gallery search``; ``bfm models calibrate``; ``bfm eval --open-set``.
+
+The real-face part uses the test pack of test_recognition.py (the shared MobileFaceNet as E_F, negated
+as E_P, the "darkness" stand-in classifier) on a few LFW DevTest people; the numbers of a real pack
+are measured by benchmarks/open_set_lfw.py (docs/guides/open-set.md).
+"""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from bfm_inference_helpers import make_export
+from click.testing import CliRunner
+
+from insightface_bfm.cli import main
+from insightface_bfm.errors import BFMError, PackError
+from insightface_bfm.evaluation.open_set import (
+    OpenSetScores,
+    choose_search_thresholds,
+    decide,
+    plan_searches,
+    rates,
+)
+from insightface_bfm.matching import Gallery
+from insightface_bfm.zoo.packs import PackThresholds, build_pack, load_pack
+
+
+def bfm(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# -- the threshold choice, on scores made up to show it ----------------------------------------------
+
+def _scores(n_mated=200, n_strangers=400, seed=0):
+    """Half the probes C calls masked (they meet the gallery through E_P only); strangers' best
+    scores ~ N(0.2, 0.1), mates ~ N(0.6, 0.1)."""
+    rng = np.random.default_rng(seed)
+    n = n_mated + n_strangers
+    mated = np.arange(n) < n_mated
+    masked = rng.random(n) < 0.5
+    best_non = rng.normal(0.2, 0.1, (n, 2))
+    best_mate = np.where(mated[:, None], rng.normal(0.6, 0.1, (n, 2)), -np.inf)
+    # a masked probe meets nobody through E_F; an unmasked one meets a few masked entries through E_P
+    best_non[masked, 0] = best_mate[masked, 0] = -np.inf
+    probe_type = np.where(masked, "masked", "bare")
+    return OpenSetScores(probe_type, mated, masked, best_mate, best_non)
+
+
+def test_thresholds_hold_strangers_at_the_target_fpir_per_probe_group():
+    scores = _scores()
+    chosen = choose_search_thresholds(scores, 0.01)
+    r = rates(scores, chosen["distance"], chosen["distance_partial"])
+    for ptype in ("bare", "masked"):
+        n = r[ptype]["stranger_searches"]
+        assert r[ptype]["strangers_named"] <= int(0.01 * n), (ptype, r[ptype])
+        assert r[ptype]["strangers_named"] >= int(0.01 * n) - 1  # not needlessly strict either
+    # the calibration curve: stricter thresholds (smaller distances) at smaller FPIRs
+    for extractor in ("full", "partial"):
+        curve = chosen["curve"][extractor]
+        assert [f for f, _ in curve] == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]  # >= 1/n measurable only
+        assert all(a[1] <= b[1] for a, b in zip(curve, curve[1:]))
+    # looser than a 1:1 threshold would be: a stranger's best of N scores beats most impostor pairs
+    assert 2 - 2 * chosen["distance"] / 2 < 1
+
+
+def test_too_few_strangers_for_the_fpir_is_one_clear_error():
+    with pytest.raises(BFMError, match="at least 1000 are needed"):
+        choose_search_thresholds(_scores(n_strangers=300), 0.001)
+    with pytest.raises(BFMError, match=r"must be in \(0, 1\)"):
+        choose_search_thresholds(_scores(), 1.5)
+
+
+def test_decision_is_the_best_entry_within_its_extractors_threshold():
+    # one unmasked probe: its mate at 0.5 through E_F, a non-mate at 0.6 through E_P
+    s = OpenSetScores(np.array(["bare"]), np.array([True]), np.array([False]),
+                      np.array([[0.5, -np.inf]]), np.array([[0.1, 0.6]]))
+    assert decide(s, 0.4, 0.7) == (np.array([True]), np.array([True]))  # E_P's 0.6 is below its 0.7
+    assert decide(s, 0.4, 0.55) == (np.array([True]), np.array([False]))  # now the non-mate wins
+    assert decide(s, 0.55, 0.7)[0].tolist() == [False]  # nobody within: unknown
+
+
+def test_plan_enrols_first_faces_and_keeps_strangers_out_of_the_gallery():
+    files = {f"p{i}": [f"p{i}/{j}.jpg" for j in range(1 + i % 3)] for i in range(12)}
+    folds = plan_searches(files, seed=1)
+    assert len(folds) == 2
+    enrolled_sets = [{g[0] for g in p.gallery} for p in folds]
+    assert not enrolled_sets[0] & enrolled_sets[1] and enrolled_sets[0] | enrolled_sets[1] == set(files)
+    for plan, enrolled in zip(folds, enrolled_sets):
+        gallery_keys = {g[1] for g in plan.gallery}
+        for identity, key, mated in plan.probes:
+            assert mated == (identity in enrolled) and key not in gallery_keys
+    (one,) = plan_searches(files, enrolled=5, strangers=4, max_probes=1)
+    assert len(one.gallery) == 5 and all(len(files[g[0]]) >= 2 for g in one.gallery)  # searchable first
+    searched = [q[0] for q in one.probes]
+    assert len({q[0] for q in one.probes if not q[2]}) == 4 and len(searched) == len(set(searched)) == 9
+    with pytest.raises(BFMError, match="4 strangers wanted"):
+        plan_searches(files, enrolled=10, strangers=4)
+
+
+def test_fpir_override_reads_the_stored_curve():
+    th = PackThresholds(verification_distance=1.2, search_distance=0.9, search_distance_partial=1.0,
+                        search_fpir=0.01, search_curve={"full": ((0.001, 0.7), (0.1, 1.1)),
+                                                        "partial": ((0.001, 0.8), (0.1, 1.2))})
+    assert th.search_distances_at(0.01) == {"full": 0.9, "partial": 1.0}
+    mid = th.search_distances_at(0.0031622776601683794)  # halfway in log FPIR between 1e-3 and 1e-2
+    assert mid["full"] == pytest.approx(0.8) and mid["partial"] == pytest.approx(0.9)
+    with pytest.raises(PackError, match="measured 0.001..0.1"):
+        th.search_distances_at(0.0001)
+    with pytest.raises(PackError, match="no open-set calibration"):
+        PackThresholds(verification_distance=1.2).search_distances_at(0.01)
+
+
+# -- Gallery: thresholds per extractor -------------------------------------------------------------
+
+def _unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_gallery_search_with_threshold_leaves_strangers_unknown():
+    g = Gallery(2)
+    g.enrol_embeddings(["ann", "bob"], [_unit([1, 0]), _unit([0, 1])], [_unit([1, 0]), _unit([0, 1])],
+                       [False, True])
+    probe = {"masked": False, "embedding_full": _unit([1, 0.3]), "embedding_partial": _unit([0.3, 1])}
+    # ann met through E_F (cos 0.958), bob through E_P (masked entry; cos 0.958 too)
+    assert [m.identity for m in g.search(probe, k=2)] == ["ann", "bob"]  # today's call: unchanged
+    assert g.search(probe, k=2, threshold=0.05) == []  # distance 0.083 > 0.05: nobody
+    hits = g.search(probe, k=2, threshold={"full": 0.1, "partial": 0.05})
+    assert [(m.identity, m.extractor) for m in hits] == [("ann", "full")]
+    found = g.identify(probe, {"full": 0.05, "partial": 0.1}, k=2)
+    assert found.identity == "bob" and found.match.extractor == "partial" and len(found.candidates) == 2
+    assert g.identify(probe, 0.01).identity is None and g.identify(probe, 0.01).match is None
+    with pytest.raises(BFMError, match=r"in \[0, 4\]"):
+        g.search(probe, threshold=-1)
+
+
+# -- a real-face pack: calibrate, evaluate, search ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    from conftest import shared_path
+
+    rec = shared_path("models", "mobilefacenet_128.onnx")
+    det = shared_path("models", "scrfd_2.5g_bnkps.onnx")
+    lfw = shared_path("data", "lfw112")
+    base = tmp_path_factory.mktemp("open_set")
+    export = make_export(base / "export", rec, classifier_mode="darkness")
+    build_pack(export, base / "plain", detector=det, verification_distance=1.2, verification_distance_partial=1.3)
+    shutil.copytree(base / "plain", base / "calibrated")
+    lines = [ln.split("\t") for ln in (lfw / "peopleDevTest.txt").read_text().splitlines()[1:] if ln.strip()]
+    names = [n for n, k in lines if 2 <= int(k) <= 3][:12]
+    faces = base / "faces"
+    faces.mkdir()
+    for n in names:
+        (faces / n).symlink_to(lfw / n, target_is_directory=True)
+    return base, faces, names
+
+
+def test_calibrate_then_eval_open_set_then_search(setting):
+    base, faces, names = setting
+    pack, cache = base / "calibrated", base / "cache"
+    weights = {f: d for f, d in load_pack(pack).files.items()}
+
+    r = bfm("models", "calibrate", pack, "--faces", faces, "--fpir", "0.1", "--cache", cache, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "open-set thresholds at FPIR 0.1: squared L2" in r.output and "12 identities" in r.output
+    loaded = load_pack(pack)  # every checksum still holds: only the manifest changed
+    assert loaded.files == weights
+    th = loaded.thresholds
+    assert th.search_fpir == 0.1 and 0 < th.search_distance < 4 and 0 < th.search_distance_partial < 4
+    cal = loaded.manifest["bfm"]["thresholds"]["search_calibration"]
+    assert cal["rates"]["all"]["fpir"] <= 0.1 and cal["folds"] == 2
+
+    # bfm eval --open-set: the same searches (seed 0, two folds) give the very rates stored above
+    out = base / "report"
+    r = bfm("eval", faces, "--open-set", "--model", pack, "--cache", cache, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "| search (FPIR 0.1) |" in r.output and "| 1:1 verification |" in r.output
+    results = json.loads((out / "open_set.json").read_text())
+    assert results["at"]["search (FPIR 0.1)"]["rates"] == cal["rates"]
+    assert set(results["at"]["1:1 verification"]["rates"]) == {"bare", "masked", "all"}
+    det = cv2.imread(str(out / "det.png"))
+    assert det.shape == (480, 640, 3) and (det < 128).any()
+    r = bfm("eval", faces / names[0] / "x.csv", "--open-set", "--model", pack)
+    assert r.exit_code == 2
+
+    # bfm gallery search: the calibrated pack answers with its open-set thresholds, silently;
+    # the plain one warns in one line and keeps its 1:1 threshold
+    gallery, few = base / "g.npz", base / "few_people"
+    few.mkdir()
+    for n in names[:3]:
+        (few / n).symlink_to(faces / n, target_is_directory=True)
+    r = bfm("gallery", "enrol", gallery, few, "--pack", pack, "--aligned", "--quiet")
+    assert r.exit_code == 0, r.output
+    probe = next((faces / names[0]).iterdir())
+    for flags, warned in (([], False), (["--fpir", "0.05"], False), (["--threshold", "1.0"], False)):
+        r = CliRunner().invoke(main, [str(a) for a in ["gallery", "search", gallery, probe, "--pack", pack,
+                                                       "--aligned", *flags]])
+        assert r.exit_code == 0, r.output + r.stderr
+        assert ("Warning:" in r.stderr) == warned
+    r = bfm("gallery", "search", gallery, probe, "--pack", pack, "--aligned", "--fpir", "0.0001")
+    assert r.exit_code == 2 and "recalibrate" in r.output
+    r = CliRunner().invoke(main, [str(a) for a in ["gallery", "search", gallery, probe, "--pack",
+                                                   base / "plain", "--aligned", "--quiet"]])
+    assert r.exit_code == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("Warning:")]
+    assert len(warnings) == 1 and "no open-set thresholds" in warnings[0] and "bfm models calibrate" in warnings[0]
+
+
+def test_calibrate_refuses_too_few_faces_before_embedding(setting):
+    base, faces, names = setting
+    people = base / "few.txt"
+    people.write_text("\n".join(names[:4]) + "\n")
+    r = bfm("models", "calibrate", base / "plain", "--faces", faces, "--people", people, "--fpir", "0.01")
+    assert r.exit_code == 2 and "at least 100 are needed" in r.output, r.output
+    assert "search_distance" not in (base / "plain" / "manifest.json").read_text()
