@@ -78,7 +78,8 @@ def test_labels_of_neighbouring_faces_do_not_overlap():
     for box in boxes:
         left, top = label_position(box, (120, 20), (480, 640), placed)
         rect = (left, top, left + 120, top + 20)
-        assert not any(r[0] < rect[2] and rect[0] < r[2] and r[1] < rect[3] and rect[1] < r[3] for r in placed)
+        assert not any(r[0] < rect[2] and rect[0] < r[2] and r[1] < rect[3] and rect[1] < r[3]
+                       for r in placed)
         placed.append(rect)
     assert placed[0][1] == 180  # the first one sits right above its box, as before
     # and on a picture: three labelled faces, every label's pixels kept apart (orange fills counted)
