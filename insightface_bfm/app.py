@@ -297,24 +297,36 @@ class FaceAnalysis(_InsightFaceAnalysis):
             )
         return {e: float(self.pack.thresholds.distance_for(e)) for e in ("full", "partial")}
 
-    def search_thresholds(self, threshold: float | None = None,
-                          fpir: float | None = None) -> dict[str, float]:
-        """The squared L2 threshold per extractor for 1:N search (``Gallery.search``/``identify``):
-        ``threshold`` for both if given; else the pack's open-set thresholds at ``fpir`` (from its
-        stored calibration curve) or at its calibrated FPIR; a pack without them falls back to its
-        1:1 verification thresholds with a ``SearchThresholdWarning`` (too loose: strangers get named)."""
+    def search_thresholds(self, threshold: float | None = None, fpir: float | None = None,
+                          gallery_size: int | None = None) -> dict[str, float]:
+        """The squared L2 threshold per extractor for 1:N search (``Gallery.identify``/``search``).
+
+        ``threshold``: that one for both. Else the pack's open-set thresholds: as stored (for
+        galleries of ``pack.thresholds.search_gallery_size`` at ``search_fpir``), or, given ``fpir``
+        and/or ``gallery_size`` (e.g. ``len(gallery)``), read off its calibration curve. A pack
+        without them falls back to its 1:1 verification thresholds with a ``SearchThresholdWarning``
+        (too loose: strangers get named)."""
+        import warnings
+
         if threshold is not None and fpir is not None:
             raise BFMError("give a search threshold or an FPIR, not both")
         if threshold is not None:
             check_distance(threshold, "search threshold")
             return {"full": float(threshold), "partial": float(threshold)}
         th = self.pack.thresholds
+        if th.search_curve and (fpir is not None or gallery_size is not None):
+            clamped = []
+            out = th.search_distances_at(fpir, gallery_size, clamped)
+            if clamped[0]:
+                warnings.warn(f"pack {self.pack.name}: its calibration measured no false match as rare as "
+                              f"FPIR "
+                              f"{fpir or th.search_fpir:g} in a gallery of {gallery_size} needs; using the "
+                              "strictest thresholds it measured", SearchThresholdWarning, stacklevel=2)
+            return out
         if fpir is not None:
-            return th.search_distances_at(float(fpir))
+            th.search_distances_at(fpir)  # raises: no calibration curve
         if th.search_distance is not None:
             return {e: float(th.search_distance_for(e)) for e in ("full", "partial")}
-        import warnings
-
         warnings.warn(f"pack {self.pack.name} has no open-set thresholds; searching with its 1:1 threshold, "
                       "which names strangers: run `bfm models calibrate` on it", SearchThresholdWarning,
                       stacklevel=2)

@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from insightface_bfm.cli import main
 from insightface_bfm.errors import BFMError, PackError
 from insightface_bfm.evaluation.open_set import (
+    ImpostorMeetings,
     OpenSetScores,
     choose_search_thresholds,
     decide,
+    fmr_for,
     plan_searches,
-    rates,
 )
 from insightface_bfm.matching import Gallery
 from insightface_bfm.zoo.packs import PackThresholds, build_pack, load_pack
@@ -33,7 +34,7 @@ def bfm(*args):
 
 
 # the commands of docs/guides/open-set.md, run here as they are written there (PACK, FACES, ... replaced)
-CALIBRATE = "bfm models calibrate PACK --faces FACES --fpir 0.1 --cache CACHE"
+CALIBRATE = "bfm models calibrate PACK --faces FACES --fpir 0.1 --gallery-size 10 --cache CACHE"
 EVAL = "bfm eval FACES --open-set --model PACK --cache CACHE --out REPORT"
 SEARCH = "bfm gallery search GALLERY PHOTO --pack PACK --aligned --fpir 0.05"
 
@@ -46,43 +47,44 @@ def doc_command(line, **paths):
 
 # -- the threshold choice, on scores made up to show it ----------------------------------------------
 
-def _scores(n_mated=200, n_strangers=400, seed=0):
-    """Half the probes C calls masked (they meet the gallery through E_P only); strangers' best
-    scores ~ N(0.2, 0.1), mates ~ N(0.6, 0.1)."""
+def _meetings(n=200_000, seed=0):
     rng = np.random.default_rng(seed)
-    n = n_mated + n_strangers
-    mated = np.arange(n) < n_mated
-    masked = rng.random(n) < 0.5
-    best_non = rng.normal(0.2, 0.1, (n, 2))
-    best_mate = np.where(mated[:, None], rng.normal(0.6, 0.1, (n, 2)), -np.inf)
-    # a masked probe meets nobody through E_F; an unmasked one meets a few masked entries through E_P
-    best_non[masked, 0] = best_mate[masked, 0] = -np.inf
-    probe_type = np.where(masked, "masked", "bare")
-    return OpenSetScores(probe_type, mated, masked, best_mate, best_non)
+    return ImpostorMeetings(rng.normal(0.1, 0.1, n), rng.normal(0.1, 0.1, n // 10), rng.normal(0.15, 0.1, n))
 
 
-def test_thresholds_hold_strangers_at_the_target_fpir_per_probe_group():
-    scores = _scores()
-    chosen = choose_search_thresholds(scores, 0.01)
-    r = rates(scores, chosen["distance"], chosen["distance_partial"])
-    for ptype in ("bare", "masked"):
-        n = r[ptype]["stranger_searches"]
-        assert r[ptype]["strangers_named"] <= int(0.01 * n), (ptype, r[ptype])
-        assert r[ptype]["strangers_named"] >= int(0.01 * n) - 1  # not needlessly strict either
-    # the calibration curve: stricter thresholds (smaller distances) at smaller FPIRs
-    for extractor in ("full", "partial"):
-        curve = chosen["curve"][extractor]
-        assert [f for f, _ in curve] == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]  # >= 1/n measurable only
-        assert all(a[1] <= b[1] for a, b in zip(curve, curve[1:]))
-    # looser than a 1:1 threshold would be: a stranger's best of N scores beats most impostor pairs
-    assert 2 - 2 * chosen["distance"] / 2 < 1
+def test_thresholds_let_the_target_false_match_rate_through_per_probe_group():
+    meetings = _meetings()
+    chosen = choose_search_thresholds(meetings, 0.01, 100)
+    fmr = fmr_for(0.01, 100)
+    assert chosen["fmr"] == fmr and fmr == pytest.approx(1.005e-4, rel=1e-3)
+    t_f, t_p = 1 - chosen["distance"] / 2, 1 - chosen["distance_partial"] / 2
+    masked = (meetings.masked_partial >= t_p).sum()
+    bare = (meetings.bare_full >= t_f).sum() + (meetings.bare_partial >= t_p).sum()
+    n_bare = meetings.bare_full.size + meetings.bare_partial.size
+    assert int(fmr * meetings.masked_partial.size) - 1 <= masked <= int(fmr * meetings.masked_partial.size)
+    assert int(fmr * n_bare) - 1 <= bare <= int(fmr * n_bare)
+    # the curve: looser (larger distances) at higher false match rates, the chosen pair on it
+    curve = chosen["curve"]
+    assert all(a[1] <= b[1] and a[2] <= b[2] for a, b in zip(curve, curve[1:]))
+    assert [fmr, chosen["distance"], chosen["distance_partial"]] in curve
+    assert curve[0][0] == 1e-5  # rarer rates are not measurable with 200,000 meetings
 
 
-def test_too_few_strangers_for_the_fpir_is_one_clear_error():
-    with pytest.raises(BFMError, match="at least 1000 are needed"):
-        choose_search_thresholds(_scores(n_strangers=300), 0.001)
+def test_fpir_model_matches_strangers_searching_a_gallery():
+    """For independent impostor scores, a stranger searching N entries is named with probability
+    1 - (1 - FMR)^N: strangers simulated against galleries of 100 are named at the target rate."""
+    rng = np.random.default_rng(1)
+    meetings = ImpostorMeetings(rng.normal(0, 0.1, 400_000), np.zeros(0), rng.normal(0, 0.1, 400_000))
+    chosen = choose_search_thresholds(meetings, 0.01, 100)
+    best = rng.normal(0, 0.1, (20_000, 100)).max(axis=1)  # 20,000 strangers, 100 entries each
+    assert np.mean(best >= 1 - chosen["distance"] / 2) == pytest.approx(0.01, abs=0.003)
+
+
+def test_too_few_meetings_for_the_rate_is_one_clear_error():
+    with pytest.raises(BFMError, match="measure rates down to"):
+        choose_search_thresholds(_meetings(n=50_000), 0.01, 1000)  # needs 1e-5 per meeting
     with pytest.raises(BFMError, match=r"must be in \(0, 1\)"):
-        choose_search_thresholds(_scores(), 1.5)
+        choose_search_thresholds(_meetings(), 1.5)
 
 
 def test_decision_is_the_best_entry_within_its_extractors_threshold():
@@ -112,17 +114,20 @@ def test_plan_enrols_first_faces_and_keeps_strangers_out_of_the_gallery():
         plan_searches(files, enrolled=10, strangers=4)
 
 
-def test_fpir_override_reads_the_stored_curve():
+def test_thresholds_for_other_fpirs_and_gallery_sizes_read_the_stored_curve():
+    curve = ((1e-5, 0.7, 0.8), (1e-3, 1.1, 1.2))
     th = PackThresholds(verification_distance=1.2, search_distance=0.9, search_distance_partial=1.0,
-                        search_fpir=0.01, search_curve={"full": ((0.001, 0.7), (0.1, 1.1)),
-                                                        "partial": ((0.001, 0.8), (0.1, 1.2))})
-    assert th.search_distances_at(0.01) == {"full": 0.9, "partial": 1.0}
-    mid = th.search_distances_at(0.0031622776601683794)  # halfway in log FPIR between 1e-3 and 1e-2
-    assert mid["full"] == pytest.approx(0.8) and mid["partial"] == pytest.approx(0.9)
-    with pytest.raises(PackError, match="measured 0.001..0.1"):
-        th.search_distances_at(0.0001)
+                        search_fpir=0.01, search_gallery_size=1000, search_curve=curve)
+    # FPIR 1% in a gallery of 10: 1.005e-3 per meeting -> the looser end; of 1000: 1.005e-5
+    expected = 0.7 + 0.4 * np.log10(1.005) / 2
+    assert th.search_distances_at(0.01, 1000)["full"] == pytest.approx(expected, abs=1e-3)
+    mid = th.search_distances_at(fmr_to_fpir := 1 - (1 - 1e-4) ** 100, 100)  # 1e-4: halfway in log FMR
+    assert fmr_to_fpir > 0 and mid["full"] == pytest.approx(0.9) and mid["partial"] == pytest.approx(1.0)
+    clamped = []
+    strict = th.search_distances_at(0.001, 10**6, clamped)  # 1e-9 per meeting: never measured
+    assert clamped == [True] and strict == {"full": 0.7, "partial": 0.8}
     with pytest.raises(PackError, match="no open-set calibration"):
-        PackThresholds(verification_distance=1.2).search_distances_at(0.01)
+        PackThresholds(verification_distance=1.2).search_distances_at(0.01, 10)
 
 
 # -- Gallery: thresholds per extractor -------------------------------------------------------------
@@ -179,21 +184,24 @@ def test_calibrate_then_eval_open_set_then_search(setting):
 
     r = CliRunner().invoke(main, doc_command(CALIBRATE, PACK=pack, FACES=faces, CACHE=cache))
     assert r.exit_code == 0, r.output
-    assert "open-set thresholds at FPIR 0.1: squared L2" in r.output and "12 identities" in r.output
+    assert "open-set thresholds for galleries of 10 at FPIR 0.1: squared L2" in r.output
+    assert "12 identities" in r.output
     loaded = load_pack(pack)  # every checksum still holds: only the manifest changed
     assert loaded.files == weights
     th = loaded.thresholds
-    assert th.search_fpir == 0.1 and 0 < th.search_distance < 4 and 0 < th.search_distance_partial < 4
+    assert th.search_fpir == 0.1 and th.search_gallery_size == 10
+    assert 0 < th.search_distance < 4 and 0 < th.search_distance_partial < 4
     cal = loaded.manifest["bfm"]["thresholds"]["search_calibration"]
-    assert cal["rates"]["all"]["fpir"] <= 0.1 and cal["folds"] == 2
+    assert cal["folds"] == 2 and cal["rates_gallery_size"] == 6
+    assert cal["rates"]["all"]["stranger_searches"] > 0
 
     # bfm eval --open-set: the same searches (seed 0, two folds) give the very rates stored above
     out = base / "report"
     r = CliRunner().invoke(main, doc_command(EVAL, PACK=pack, FACES=faces, CACHE=cache, REPORT=out))
     assert r.exit_code == 0, r.output
-    assert "| search (FPIR 0.1) |" in r.output and "| 1:1 verification |" in r.output
+    assert "| open-set, stored (FPIR 0.1, N=10) |" in r.output and "| 1:1 verification |" in r.output
     results = json.loads((out / "open_set.json").read_text())
-    assert results["at"]["search (FPIR 0.1)"]["rates"] == cal["rates"]
+    assert results["at"]["open-set for N=6 (FPIR 0.1)"]["rates"] == cal["rates"]
     assert set(results["at"]["1:1 verification"]["rates"]) == {"bare", "masked", "all"}
     det = cv2.imread(str(out / "det.png"))
     assert det.shape == (480, 640, 3) and (det < 128).any()
@@ -215,8 +223,9 @@ def test_calibrate_then_eval_open_set_then_search(setting):
         assert r.exit_code == 0 and "Warning:" not in r.stderr, r.output + r.stderr
     r = CliRunner().invoke(main, doc_command(SEARCH, GALLERY=gallery, PHOTO=probe, PACK=pack))
     assert r.exit_code == 0 and "Warning:" not in r.stderr and names[0] in r.stdout, r.output
-    r = bfm("gallery", "search", gallery, probe, "--pack", pack, "--aligned", "--fpir", "0.0001")
-    assert r.exit_code == 2 and "recalibrate" in r.output
+    r = CliRunner().invoke(main, [str(a) for a in ["gallery", "search", gallery, probe, "--pack", pack,
+                                                   "--aligned", "--fpir", "0.00001", "--quiet"]])
+    assert r.exit_code == 0 and r.stderr.count("Warning:") == 1 and "strictest" in r.stderr, r.stderr
     r = CliRunner().invoke(main, [str(a) for a in ["gallery", "search", gallery, probe, "--pack",
                                                    base / "plain", "--aligned", "--quiet"]])
     assert r.exit_code == 0, r.stderr
@@ -230,5 +239,5 @@ def test_calibrate_refuses_too_few_faces_before_embedding(setting):
     people = base / "few.txt"
     people.write_text("\n".join(names[:4]) + "\n")
     r = bfm("models", "calibrate", base / "plain", "--faces", faces, "--people", people, "--fpir", "0.01")
-    assert r.exit_code == 2 and "at least 100 are needed" in r.output, r.output
+    assert r.exit_code == 2 and "impostor meetings per probe type, at least" in r.output, r.output
     assert "search_distance" not in (base / "plain" / "manifest.json").read_text()

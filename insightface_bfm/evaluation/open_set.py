@@ -9,13 +9,19 @@ A 1:N search answers "who is this?" with the best gallery entry that passes its 
   is not them (unknown, or somebody else).
 
 A 1:1 verification threshold is far too loose for 1:N: a stranger meets every gallery entry, so
-his best score is the maximum of N impostor scores. The search threshold is therefore chosen on
-its own, at a target FPIR, on identities never trained on (``choose_search_thresholds``): part of
-them enrolled (one bare face each), the rest of their faces and every face of the others searched
-bare and masked. E_F's meetings (an unmasked probe and an unmasked entry) and E_P's (either one
-masked) live in two embedding spaces and get a threshold each: E_P's at the target FPIR on the
-masked strangers' searches (all through E_P), E_F's so that the bare strangers' searches (through
-E_F, and through E_P where an entry is masked) stay at the target FPIR too.
+his best score is the maximum of N impostor scores, and FPIR grows with the gallery's size N. The
+search thresholds are therefore chosen for a gallery size, at a target FPIR, on identities never
+trained on (``choose_search_thresholds``): every face, bare and masked, is compared with a bare face
+of every *other* identity, by the pair rule (the impostor meetings a search makes); a stranger
+searching N entries is named with probability FPIR(N) = 1 - (1 - FMR)^N, FMR being the share of
+impostor meetings within the threshold (independent meetings: conservative where some probes
+resemble everybody). E_F's meetings (an unmasked probe and an unmasked entry) and E_P's (either one
+masked) live in two embedding spaces and get a threshold each: E_P's on the meetings of probes C
+calls masked (all through E_P), E_F's so that the meetings of unmasked probes (through E_F, and
+through E_P where an entry is masked) stay at the same FMR. The pair (E_F, E_P) is stored at a
+grid of FMRs, so that ``FaceAnalysis.search_thresholds`` sets them for any gallery size and FPIR.
+The searches themselves (half the identities enrolled, the others strangers, then swapped) give
+the FPIR and FNIR reached (``rates``) and the DET curve.
 
 The protocol reuses the product's own code: ``matching.Gallery`` scores every probe by the pair
 rule, the embeddings are the ones ``FaceAnalysis`` produces (``BFMPackEmbedder``), masks are
@@ -31,15 +37,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import BFMError, DatasetError
 from ..imaging import ARCFACE_KPS, list_image_files, read_image
 
 SEARCH_FPIR = 0.01
-# FPIRs at which a calibration also records the thresholds (``--fpir`` picks among them)
-FPIR_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+SEARCH_GALLERY_SIZE = 1000  # the gallery size of the pack's stored thresholds
+# per-meeting false match rates at which a calibration records the threshold pair (the curve that
+# FaceAnalysis.search_thresholds reads for other gallery sizes and FPIRs)
+FMR_GRID = tuple(m * 10.0 ** e for e in range(-7, 0) for m in (1, 2, 5)) + (0.1, 0.2, 0.5)
 MAX_PROBES = 10  # faces searched per identity: LFW's George W Bush (530 photos) must not weigh 53x
 EXTRACTORS = ("full", "partial")
 DRAWN_MASKS = ("surgical", "n95", "kn95", "cloth", "dark")  # our drawn masks: every family but photo
@@ -173,6 +180,7 @@ class OpenSetScores:
     best_mate: np.ndarray
     best_nonmate: np.ndarray
     info: dict = field(default_factory=dict)
+    meetings: ImpostorMeetings | None = None  # for choosing thresholds (open_set_scores(meetings=True))
 
     def __len__(self):
         return int(self.mated.shape[0])
@@ -267,50 +275,116 @@ def _threshold_allowing(values: np.ndarray, allowed: int) -> float:
     return float(v[allowed] + 1e-6)
 
 
-def _pair_at(top: np.ndarray, masked: np.ndarray, fpir: float) -> tuple[float, float]:
-    """(E_F, E_P) similarity thresholds at ``fpir`` from the strangers' best scores ``top`` (n, 2).
-    A probe C calls masked meets every entry through E_P, so E_P's threshold is chosen on those
-    searches alone; an unmasked probe meets unmasked entries through E_F and masked ones through E_P,
-    so E_F's threshold is then chosen on the unmasked searches so that, together with the false
-    alarms E_P's threshold already lets through there, they stay within ``fpir`` too."""
-    p_vals = top[masked, 1]
-    if np.isfinite(p_vals).sum() * fpir < 1.0:  # few masked probes: every E_P meeting
-        p_vals = top[:, 1]
-    t_p = _threshold_allowing(p_vals, int(math.floor(fpir * np.isfinite(p_vals).sum() + 1e-9)))
-    bare = top[~masked]
-    through_p = bare[:, 1] >= t_p
-    allowed = int(math.floor(fpir * len(bare) + 1e-9)) - int(through_p.sum())
-    t_f = _threshold_allowing(bare[~through_p, 0], allowed)
+@dataclass
+class ImpostorMeetings:
+    """Similarities of impostor meetings (a probe and a bare face of another identity), by the probe's
+    C verdict and the route the pair rule takes: unmasked probes through E_F (``bare_full``) and
+    through E_P (``bare_partial``, masked entries), masked probes (``masked_partial``)."""
+
+    bare_full: np.ndarray
+    bare_partial: np.ndarray
+    masked_partial: np.ndarray
+
+    @property
+    def counts(self) -> dict:
+        return {"unmasked_probes": int(self.bare_full.size + self.bare_partial.size),
+                "masked_probes": int(self.masked_partial.size)}
+
+
+def impostor_meetings(embeddings: dict, faces: list[tuple[str, str]], probe_types, mask_threshold: float,
+                      block: int = 2048) -> ImpostorMeetings:
+    """Every face (each of ``probe_types``) against the bare view of every face of another identity
+    (``faces``: (identity, key)), routed by the pair rule as ``Gallery`` routes them."""
+    from ..matching import l2_normalize
+
+    ids = np.array([f[0] for f in faces])
+    bare = [embeddings[(k, "bare")] for _, k in faces]
+    entry_f = l2_normalize(np.stack([e["full"] for e in bare]))
+    entry_p = l2_normalize(np.stack([e["partial"] for e in bare]))
+    entry_masked = np.array([e["mask_score"] >= mask_threshold for e in bare])
+    out = {"bare_full": [], "bare_partial": [], "masked_partial": []}
+    for ptype in probe_types:
+        views = [embeddings[(k, ptype)] for _, k in faces]
+        pf = l2_normalize(np.stack([e["full"] for e in views]))
+        pp = l2_normalize(np.stack([e["partial"] for e in views]))
+        pm = np.array([e["mask_score"] >= mask_threshold for e in views])
+        for s0 in range(0, len(faces), block):
+            rows = slice(s0, s0 + block)
+            other = ids[rows, None] != ids[None, :]
+            sf, sp = pf[rows] @ entry_f.T, pp[rows] @ entry_p.T
+            masked_rows = pm[rows][:, None] & other
+            unmasked = ~pm[rows][:, None] & other
+            out["masked_partial"].append(sp[masked_rows])
+            out["bare_full"].append(sf[unmasked & ~entry_masked[None, :]])
+            out["bare_partial"].append(sp[unmasked & entry_masked[None, :]])
+    return ImpostorMeetings(*(np.concatenate(out[k]).astype(np.float64) if out[k] else np.zeros(0)
+                              for k in ("bare_full", "bare_partial", "masked_partial")))
+
+
+def _pair_at(meetings: ImpostorMeetings, fmr: float) -> tuple[float, float]:
+    """(E_F, E_P) similarity thresholds letting ``fmr`` of the impostor meetings through: E_P's on the
+    masked probes' meetings, then E_F's so that the unmasked probes' meetings (those E_P's threshold
+    already lets through counted) stay at ``fmr`` too."""
+    mp = meetings.masked_partial if meetings.masked_partial.size * fmr >= 1 else \
+        np.concatenate([meetings.masked_partial, meetings.bare_partial])  # few masked probes: all E_P
+    t_p = _threshold_allowing(mp, int(math.floor(fmr * mp.size + 1e-9)))
+    n_bare = meetings.bare_full.size + meetings.bare_partial.size
+    allowed = int(math.floor(fmr * n_bare + 1e-9)) - int((meetings.bare_partial >= t_p).sum())
+    t_f = _threshold_allowing(meetings.bare_full, allowed)
     return t_f, t_p
 
 
-def choose_search_thresholds(scores: OpenSetScores, fpir: float = SEARCH_FPIR) -> dict:
-    """Squared L2 thresholds, E_F's and E_P's, that keep the share of strangers named at ``fpir``
-    for bare and for masked probes (``_pair_at``); also at every FPIR of ``FPIR_GRID`` the data can
-    measure (the calibration curve).
+def fmr_for(fpir: float, gallery_size: int) -> float:
+    """The per-meeting false match rate at which a stranger searching ``gallery_size`` entries is
+    named with probability ``fpir``: 1 - (1 - fpir) ** (1 / N)."""
+    return 1.0 - (1.0 - fpir) ** (1.0 / max(1, int(gallery_size)))
 
-    Raises ``BFMError`` when fewer than ``1 / fpir`` stranger searches meet the gallery through an
-    extractor (an FPIR that cannot be measured)."""
+
+def choose_search_thresholds(meetings: ImpostorMeetings, fpir: float = SEARCH_FPIR,
+                             gallery_size: int = SEARCH_GALLERY_SIZE) -> dict:
+    """Squared L2 thresholds, E_F's and E_P's, naming a stranger in a gallery of ``gallery_size``
+    with probability ``fpir`` (module doc); with the curve of threshold pairs over ``FMR_GRID``.
+
+    Raises ``BFMError`` when the meetings are too few to measure that rate (fewer than 1 / FMR)."""
     if not 0.0 < fpir < 1.0:
         raise BFMError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
-    strangers = scores.subset(~scores.mated)
-    top = np.maximum(strangers.best_mate, strangers.best_nonmate)
-    counts = {"full": int(np.isfinite(top[~strangers.masked, 0]).sum()),
-              "partial": int(np.isfinite(top[:, 1]).sum())}
-    least = min(counts.values())
-    if least * fpir < 1.0:
-        which = "E_F" if counts["full"] <= counts["partial"] else "E_P"
-        raise BFMError(f"FPIR {fpir}: {least} stranger searches meet the gallery through {which}, at least "
-                       f"{math.ceil(1 / fpir)} are needed to measure it; give more faces or a higher FPIR")
-    t_f, t_p = _pair_at(top, strangers.masked, fpir)
-    curve = {"full": [], "partial": []}
-    for f in FPIR_GRID:
+    if gallery_size < 1:
+        raise BFMError(f"gallery size {gallery_size}: must be >= 1")
+    fmr = fmr_for(fpir, gallery_size)
+    counts = meetings.counts
+    least = min(v for v in counts.values() if v) if any(counts.values()) else 0
+    if least * fmr < 1.0:
+        raise BFMError(f"FPIR {fpir:g} in a gallery of {gallery_size}: needs a false match rate of {fmr:.1e} "
+                       f"per meeting, and {least:,} impostor meetings measure rates down to "
+                       f"{1 / max(least, 1):.1e}; "
+                       "give more faces, a smaller gallery size or a higher FPIR")
+    t_f, t_p = _pair_at(meetings, fmr)
+    curve = []
+    for f in sorted(set(FMR_GRID) | {fmr}):
         if least * f >= 1.0:
-            cf, cp = _pair_at(top, strangers.masked, f)
-            curve["full"].append([f, 2.0 - 2.0 * cf])
-            curve["partial"].append([f, 2.0 - 2.0 * cp])
-    return {"fpir": float(fpir), "distance": 2.0 - 2.0 * t_f, "distance_partial": 2.0 - 2.0 * t_p,
-            "stranger_searches": counts, "curve": curve}
+            cf, cp = _pair_at(meetings, f)
+            curve.append([f, 2.0 - 2.0 * cf, 2.0 - 2.0 * cp])
+    return {"fpir": float(fpir), "gallery_size": int(gallery_size), "fmr": fmr,
+            "distance": 2.0 - 2.0 * t_f, "distance_partial": 2.0 - 2.0 * t_p,
+            "impostor_meetings": counts, "curve": curve}
+
+
+def distances_from_curve(curve, fpir: float, gallery_size: int) -> tuple[dict, bool]:
+    """({"full": d, "partial": d}, clamped) at ``fpir`` for ``gallery_size`` from a stored curve
+    (``[[fmr, d_full, d_partial], ...]``), interpolated in log FMR; ``clamped``: the rate needed lies
+    beyond the measured ones, and the nearest measured pair is returned."""
+    rows = sorted((float(r[0]), float(r[1]), float(r[2])) for r in curve)
+    if not rows:
+        raise BFMError("empty open-set calibration curve")
+    f = fmr_for(fpir, gallery_size)
+    if f <= rows[0][0] or f >= rows[-1][0]:
+        r = rows[0] if f <= rows[0][0] else rows[-1]
+        return {"full": r[1], "partial": r[2]}, f < rows[0][0]
+    for a, b in zip(rows, rows[1:]):
+        if a[0] <= f <= b[0]:
+            w = (math.log(f) - math.log(a[0])) / (math.log(b[0]) - math.log(a[0]))
+            return {"full": a[1] + w * (b[1] - a[1]), "partial": a[2] + w * (b[2] - a[2])}, False
+    raise AssertionError("unreachable")
 
 
 def det_curve(scores: OpenSetScores, points: int = 300) -> dict:
@@ -346,6 +420,8 @@ def _xy(fpir, fnir):
 def det_image(curves: dict, points: dict | None = None, title: str = "DET (1:N)") -> np.ndarray:
     """A BGR DET plot: FNIR against FPIR, both on log axes from 1e-3 to 1, one curve per probe
     type; ``points`` ``{label: {probe type: (fpir, fnir)}}`` marks operating points."""
+    import cv2
+
     img = np.full((_H, _W, 3), 255, np.uint8)
     grey, black, font = (215, 215, 215), (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
     for e in range(-3, 1):
@@ -389,11 +465,12 @@ def det_image(curves: dict, points: dict | None = None, title: str = "DET (1:N)"
 
 def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, probe_masks=None,
                     max_probes: int = MAX_PROBES, seed: int = 0, cache_dir=None, progress: bool = True,
-                    root=None, min_strangers: int = 0) -> OpenSetScores:
+                    root=None, min_meetings: int = 0, meetings: bool = False) -> OpenSetScores:
     """Every search of an open-set run of ``pack`` on the aligned crops of ``faces`` (one sub-folder
     per identity), probes bare and masked (``probe_masks``: ``{probe type: mask types or None}``,
-    default ``{"masked": None}``: every mask type). Fewer than ``min_strangers`` stranger searches per
-    probe type is an error, raised before any network runs."""
+    default ``{"masked": None}``: every mask type). ``meetings``: also every impostor meeting
+    (``impostor_meetings``, for choosing thresholds); fewer than ``min_meetings`` of them per probe
+    type is an error, raised before any network runs."""
     from .embedders import BFMPackEmbedder
 
     probe_masks = {"masked": None} if probe_masks is None else dict(probe_masks)
@@ -401,10 +478,16 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
         raise BFMError("probe type 'bare' is the unmasked one; name the masked kinds otherwise")
     files = face_files(faces, people)
     plans = plan_searches(files, enrolled=enrolled, strangers=strangers, max_probes=max_probes, seed=seed)
-    n_strangers = sum(not q[2] for p in plans for q in p.probes)
-    if n_strangers < min_strangers:
-        raise BFMError(f"{faces}: {n_strangers} stranger searches per probe type from {len(files)} "
-                       f"identities, at least {min_strangers} are needed; give more faces or a higher FPIR")
+    used = {}
+    for p in plans:
+        for identity, key, *_ in [*p.gallery, *p.probes]:
+            used.setdefault(identity, set()).add(key)
+    n_faces = sum(len(v) for v in used.values())
+    n_meetings = sum(len(v) * (n_faces - len(v)) for v in used.values())
+    if n_meetings < min_meetings:
+        raise BFMError(f"{faces}: {n_faces} faces of {len(used)} identities make {n_meetings:,} impostor "
+                       f"meetings per probe type, at least {min_meetings:,} are needed; give more faces, a "
+                       "smaller gallery size or a higher FPIR")
     sample = read_image(Path(faces) / next(iter(files.values()))[0])
     if sample.shape[:2] != (112, 112):
         raise DatasetError(f"{faces}: holds {sample.shape[1]}x{sample.shape[0]} photos, not aligned 112x112 "
@@ -416,6 +499,10 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
     types = ["bare", *probe_masks]
     scores = OpenSetScores.concatenate([search_scores(p, embeddings, types, embedder.mask_threshold)
                                         for p in plans])
+    if meetings:
+        everyone = sorted({(q[0], q[1]) for p in plans for q in p.probes}
+                          | {g for p in plans for g in p.gallery})
+        scores.meetings = impostor_meetings(embeddings, everyone, types, embedder.mask_threshold)
     scores.info = {
         "faces": str(faces), "identities": len(files), "folds": len(plans),
         "enrolled": [len(p.gallery) for p in plans],
@@ -427,25 +514,36 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
     return scores
 
 
-def calibrate_pack(pack, faces, *, people=None, fpir: float = SEARCH_FPIR, seed: int = 0, cache_dir=None,
+def calibrate_pack(pack, faces, *, people=None, fpir: float = SEARCH_FPIR,
+                   gallery_size: int = SEARCH_GALLERY_SIZE, seed: int = 0, cache_dir=None,
                    progress: bool = True, root=None, write: bool = True, probe_masks=None) -> dict:
-    """Choose ``pack``'s open-set thresholds on ``faces`` (identities never trained on; two folds,
-    bare and masked probes, see the module doc) and store them in its manifest
-    (``bfm.thresholds.search_*``); returns what was stored. ``bfm models calibrate`` runs this."""
+    """Choose ``pack``'s open-set thresholds for galleries of ``gallery_size`` at ``fpir`` on ``faces``
+    (identities never trained on, bare and masked; see the module doc) and store them in its
+    manifest (``bfm.thresholds.search_*``); returns what was stored. ``bfm models calibrate`` runs
+    this. The FPIR and FNIR the searches reach (galleries of half the identities, thresholds set for
+    that size) are stored with them."""
     from ..zoo.packs import load_pack, set_search_thresholds
 
     if not 0.0 < fpir < 1.0:
         raise BFMError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
+    if gallery_size < 1:
+        raise BFMError(f"gallery size {gallery_size}: must be >= 1")
     pack_dir = load_pack(pack, root).path
     scores = open_set_scores(pack_dir, faces, people=people, seed=seed, cache_dir=cache_dir,
-                             progress=progress, probe_masks=probe_masks, min_strangers=math.ceil(1 / fpir))
-    chosen = choose_search_thresholds(scores, fpir)
-    achieved = rates(scores, chosen["distance"], chosen["distance_partial"])
+                             progress=progress,
+                             probe_masks=probe_masks, meetings=True,
+                             min_meetings=math.ceil(1 / fmr_for(fpir, gallery_size)))
+    chosen = choose_search_thresholds(scores.meetings, fpir, gallery_size)
+    searched = int(round(np.mean(scores.info["enrolled"])))
+    at_searched, _ = distances_from_curve(chosen["curve"], fpir, searched)
+    achieved = rates(scores, at_searched["full"], at_searched["partial"])
     search = {
         "distance": chosen["distance"], "distance_partial": chosen["distance_partial"], "fpir": fpir,
+        "gallery_size": gallery_size,
         "calibration": {**scores.info, "people": None if people is None else len(people),
-                        "stranger_searches": chosen["stranger_searches"], "curve": chosen["curve"],
-                        "rates": achieved, "made_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                        "impostor_meetings": chosen["impostor_meetings"], "curve": chosen["curve"],
+                        "rates_gallery_size": searched, "rates": achieved,
+                        "made_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     if write:
         set_search_thresholds(pack_dir, search)
@@ -467,8 +565,12 @@ def evaluate_open_set(pack, faces, *, people=None, enrolled=None, strangers=None
     th = loaded.thresholds
     operating = dict(thresholds or {})
     if th.search_distance is not None:
-        operating.setdefault(f"search (FPIR {th.search_fpir:g})",
+        operating.setdefault(f"open-set, stored (FPIR {th.search_fpir:g}, N={th.search_gallery_size})",
                              (th.search_distance, th.search_distance_for("partial")))
+    size = int(round(np.mean(scores.info["enrolled"])))
+    if th.search_curve and size != th.search_gallery_size:
+        d = th.search_distances_at(th.search_fpir, size)
+        operating.setdefault(f"open-set for N={size} (FPIR {th.search_fpir:g})", (d["full"], d["partial"]))
     if th.verification_distance is not None:
         operating.setdefault("1:1 verification", (th.distance_for("full"), th.distance_for("partial")))
     results = {"pack": str(loaded.path), **scores.info,
@@ -479,16 +581,19 @@ def evaluate_open_set(pack, faces, *, people=None, enrolled=None, strangers=None
 
 
 def format_search(search: dict) -> str:
-    """Two lines: the thresholds and what they achieve on the calibration searches."""
+    """Two lines: the thresholds and what they reach on the calibration's own searches."""
     cal = search["calibration"]
     cells = ", ".join(f"{p} FPIR {100 * r['fpir']:.2f}% FNIR {100 * r['fnir']:.2f}%"
                       for p, r in cal["rates"].items() if p != "all" and r["fpir"] is not None)
-    return (f"open-set thresholds at FPIR {search['fpir']:g}: squared L2 {search['distance']:.3f} "
-            f"for E_F (cosine "
-            f"{1 - search['distance'] / 2:.3f}), {search['distance_partial']:.3f} for E_P (cosine "
-            f"{1 - search['distance_partial'] / 2:.3f}); {cal['identities']} identities, "
-            f"{cal['stranger_searches']['full']} + {cal['stranger_searches']['partial']} stranger searches "
-            f"(E_F, E_P)\non these searches: {cells}")
+    meet = cal["impostor_meetings"]
+    return (f"open-set thresholds for galleries of {search['gallery_size']} at FPIR {search['fpir']:g}: "
+            f"squared L2 "
+            f"{search['distance']:.3f} for E_F (cosine {1 - search['distance'] / 2:.3f}), "
+            f"{search['distance_partial']:.3f} for E_P (cosine {1 - search['distance_partial'] / 2:.3f}); "
+            f"{cal['identities']} identities, {meet['unmasked_probes']:,} + {meet['masked_probes']:,} "
+            f"impostor meetings (unmasked, masked probes)\nsearches in galleries of "
+            f"{cal['rates_gallery_size']} (thresholds "
+            f"for that size): {cells}")
 
 
 def markdown_report(results: dict) -> str:
@@ -509,6 +614,8 @@ def markdown_report(results: dict) -> str:
 
 def write_open_set_report(out_dir, results: dict, scores: OpenSetScores) -> dict:
     """``open_set.json``, ``open_set.md`` and ``det.png`` in ``out_dir``."""
+    import cv2
+
     from ..atomic import atomic_write_bytes, atomic_write_text
 
     out = Path(out_dir)

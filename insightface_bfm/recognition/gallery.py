@@ -10,8 +10,8 @@ one ``.npz``, written atomically, no pickle). Here:
   gallery is saved every few seconds and on exit (Ctrl-C, SIGTERM) under the gallery's run lock.
 - ``search_images(app, gallery, inputs)``: every face of each image, its ``k`` best entries
   (best first) and its answer: the best entry within the open-set threshold of the extractor it
-  is met through (the pack's ``search_*`` thresholds, ``FaceAnalysis.search_thresholds``), else
-  ``unknown``.
+  is met through (the pack's ``search_*`` thresholds set for this gallery's size,
+  ``FaceAnalysis.search_thresholds``), else ``unknown``.
 - A gallery remembers the pack that enrolled it (name, sha256 of E_F and E_P): searching it
   with another pack, whose embeddings mean something else, is refused.
 """
@@ -169,7 +169,7 @@ def search_images(app, gallery_path, inputs, *, k: int = 5, threshold: float | N
     gallery = open_gallery(gallery_path, app)
     if not len(gallery):
         raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
-    thresholds = app.search_thresholds(threshold, fpir)
+    thresholds = app.search_thresholds(threshold, fpir, gallery_size=len(gallery))
 
     def answer(faces):
         records, labels = [], []

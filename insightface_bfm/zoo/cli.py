@@ -238,24 +238,29 @@ def build(name, faces, base, detector, people, recipe, root, overrides, holdout_
               help="Use only these identities (one name per line, or LFW's people-list format).")
 @click.option("--fpir", type=float, default=0.01, show_default=True,
               help="Target false-positive identification rate: share of never-enrolled people named.")
+@click.option("--gallery-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Gallery size the stored thresholds are for (a search sets them for its own gallery's "
+                   "size from the stored curve).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the masks.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Keep embeddings here, so a rerun skips the network.")
 @_root_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def calibrate(pack, faces, people, fpir, seed, cache_dir, root, quiet):
+def calibrate(pack, faces, people, fpir, gallery_size, seed, cache_dir, root, quiet):
     """Choose PACK's open-set (1:N search) thresholds at --fpir on --faces and store them in its manifest.
 
-    Half of the identities are enrolled (one bare face each) and searched with their other faces,
-    the other half searched as strangers, then the halves swap; probes bare and masked. E_F's and
-    E_P's meetings get a threshold each. No retraining: the weights are untouched.
+    Every face, bare and masked, meets a bare face of every other identity (the impostor meetings
+    of a search); E_F's and E_P's meetings get a threshold each, so that a stranger is named with
+    probability --fpir in a gallery of --gallery-size. Then half of the identities are enrolled and
+    searched with their other faces and by the other half, and the rates reached are printed. No
+    retraining: the weights are untouched.
     """
     from ..evaluation.open_set import calibrate_pack, format_search
     from .build import read_people
 
     names = read_people(people) if people is not None else None
-    search = calibrate_pack(pack, faces, people=names, fpir=fpir, seed=seed, cache_dir=cache_dir,
-                            progress=not quiet, root=root)
+    search = calibrate_pack(pack, faces, people=names, fpir=fpir, gallery_size=gallery_size, seed=seed,
+                            cache_dir=cache_dir, progress=not quiet, root=root)
     click.echo(format_search(search))
 
 

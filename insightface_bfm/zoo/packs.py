@@ -26,7 +26,8 @@ and ignores the rest. insightface ignores unknown top-level keys; ours is ``bfm`
                      "verification_distance_partial": 1.30 | null,  # optional key
                      # optional: open-set (1:N) search thresholds, evaluation/open_set.py
                      "search_distance": 0.9, "search_distance_partial": 1.0, "search_fpir": 0.01,
-                     "search_calibration": {..., "curve": {"full": [[fpir, distance], ...], ...}}},
+                     "search_gallery_size": 1000,
+                     "search_calibration": {..., "curve": [[fmr, distance E_F, distance E_P], ...]}},
       "files": {"<file>": "<sha256>", ...},  # every file of the pack except manifest.json
       "build": {...}                    # optional: how `bfm models build` made it (zoo/build.py)
     }
@@ -37,9 +38,11 @@ It judges E_F's pairs, and E_P's too unless ``verification_distance_partial`` gi
 (a pack built with ``eval.thresholds: per_extractor``; absent or null: one threshold for both).
 
 ``search_distance`` (E_F's meetings) and ``search_distance_partial`` (E_P's) are the 1:N
-thresholds of ``Gallery.search``: chosen at the false-positive identification rate ``search_fpir``
-on identities never trained on (``bfm models build`` at its end, or ``bfm models calibrate`` on a
-built pack); ``search_calibration.curve`` keeps the thresholds at other FPIRs (``--fpir``).
+thresholds of ``Gallery.search``/``identify``: chosen for galleries of ``search_gallery_size``
+entries at the false-positive identification rate ``search_fpir``, on identities never trained on
+(``bfm models build`` at its end, or ``bfm models calibrate`` on a built pack);
+``search_calibration.curve`` keeps the pair at other per-meeting false match rates, from which
+``FaceAnalysis.search_thresholds`` sets them for any gallery size and FPIR.
 
 ``load_pack`` verifies the sha256 of every listed file before returning, and
 ``Pack.read_verified`` re-verifies the bytes it hands to ONNX Runtime, so a session is only
@@ -133,12 +136,14 @@ class PackThresholds:
             return None
         return 1.0 - self.verification_distance / 2.0
 
-    # open-set (1:N) search thresholds (squared L2), chosen at search_fpir; None: not calibrated
+    # open-set (1:N) search thresholds (squared L2) for galleries of search_gallery_size at search_fpir;
+    # None: not calibrated
     search_distance: float | None = None
     search_distance_partial: float | None = None
     search_fpir: float | None = None
-    # {"full": ((fpir, distance), ...), "partial": (...)}: thresholds at other FPIRs
-    search_curve: dict | None = field(default=None, compare=False)
+    search_gallery_size: int | None = None
+    # ((fmr, distance E_F, distance E_P), ...): the pair at other per-meeting false match rates
+    search_curve: tuple | None = field(default=None, compare=False)
 
     def distance_for(self, extractor: str) -> float | None:
         """The squared L2 threshold for pairs compared by ``extractor`` ('full' or 'partial')."""
@@ -152,30 +157,27 @@ class PackThresholds:
             return self.search_distance_partial
         return self.search_distance
 
-    def search_distances_at(self, fpir: float) -> dict[str, float]:
-        """The 1:N thresholds at another ``fpir``, interpolated (in log FPIR) on the stored curve."""
-        import math
+    def search_distances_at(self, fpir: float | None = None, gallery_size: int | None = None,
+                            clamped: list | None = None) -> dict[str, float]:
+        """The 1:N thresholds at ``fpir`` for a gallery of ``gallery_size`` (defaults: the stored
+        ones), read off the calibration curve (``evaluation.open_set.distances_from_curve``). Where the
+        calibration did not measure so rare a false match, the strictest measured pair is returned and
+        ``clamped`` (a list) gets True appended."""
+        from ..evaluation.open_set import distances_from_curve
 
         if not self.search_curve:
-            raise PackError("the pack has no open-set calibration to pick a threshold at an FPIR from; "
-                            "run `bfm models calibrate PACK --faces DIR`")
+            raise PackError("the pack has no open-set calibration to set thresholds for another FPIR or "
+                            "gallery size from; run `bfm models calibrate PACK --faces DIR`")
+        fpir = self.search_fpir if fpir is None else float(fpir)
+        size = self.search_gallery_size if gallery_size is None else int(gallery_size)
         if not 0.0 < fpir < 1.0:
             raise PackError(f"FPIR {fpir}: must be in (0, 1), e.g. 0.01")
-        out = {}
-        for extractor in ("full", "partial"):
-            curve = sorted((float(f), float(d)) for f, d in self.search_curve.get(extractor) or ())
-            if self.search_fpir is not None and self.search_distance_for(extractor) is not None:
-                curve = sorted(set(curve) | {(self.search_fpir, self.search_distance_for(extractor))})
-            if not curve or not curve[0][0] <= fpir <= curve[-1][0]:
-                span = f"{curve[0][0]:g}..{curve[-1][0]:g}" if curve else "none"
-                raise PackError(f"FPIR {fpir:g}: the pack's calibration measured {span} for "
-                                f"{'E_F' if extractor == 'full' else 'E_P'}; recalibrate on more faces")
-            for (f0, d0), (f1, d1) in zip(curve, curve[1:] + curve[-1:]):
-                if f0 <= fpir <= f1:
-                    w = 0.0 if f1 == f0 else (math.log(fpir) - math.log(f0)) / (math.log(f1) - math.log(f0))
-                    out[extractor] = d0 + w * (d1 - d0)
-                    break
-        return out
+        if size < 1:
+            raise PackError(f"gallery size {size}: must be >= 1")
+        distances, was_clamped = distances_from_curve(self.search_curve, fpir, size)
+        if clamped is not None:
+            clamped.append(was_clamped)
+        return distances
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,8 @@ def load_pack(name_or_path, root=None) -> Pack:
             search_distance=optional("search_distance"),
             search_distance_partial=optional("search_distance_partial"),
             search_fpir=optional("search_fpir"),
+            search_gallery_size=None if thresholds_raw.get("search_gallery_size") is None
+            else int(thresholds_raw["search_gallery_size"]),
             search_curve=_search_curve(thresholds_raw.get("search_calibration")),
         )
     except (TypeError, ValueError):
@@ -340,11 +344,10 @@ def load_pack(name_or_path, root=None) -> Pack:
     )
 
 
-def _search_curve(calibration) -> dict | None:
-    if not isinstance(calibration, dict) or not isinstance(calibration.get("curve"), dict):
+def _search_curve(calibration) -> tuple | None:
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("curve"), list):
         return None
-    return {e: tuple((float(f), float(d)) for f, d in calibration["curve"].get(e) or ())
-            for e in ("full", "partial")}
+    return tuple((float(f), float(a), float(b)) for f, a, b in calibration["curve"])
 
 
 def search_threshold_keys(search: dict | None) -> dict:
@@ -357,7 +360,8 @@ def search_threshold_keys(search: dict | None) -> dict:
             raise PackError(f"open-set threshold {key} {d!r}: must be in [0, 4] (squared L2)")
     return {"search_distance": float(search["distance"]),
             "search_distance_partial": float(search["distance_partial"]),
-            "search_fpir": float(search["fpir"]), "search_calibration": search.get("calibration") or {}}
+            "search_fpir": float(search["fpir"]), "search_gallery_size": int(search["gallery_size"]),
+            "search_calibration": search.get("calibration") or {}}
 
 
 def set_search_thresholds(pack, search: dict, root=None) -> Pack:
