@@ -204,7 +204,7 @@ def test_calibrate_then_eval_open_set_then_search(setting):
     assert results["at"]["open-set for N=6 (FPIR 0.1)"]["rates"] == cal["rates"]
     assert set(results["at"]["1:1 verification"]["rates"]) == {"bare", "masked", "all"}
     det = cv2.imread(str(out / "det.png"))
-    assert det.shape == (480, 640, 3) and (det < 128).any()
+    assert det.shape == (480, 900, 3) and (det < 128).any()
     r = bfm("eval", faces / names[0] / "x.csv", "--open-set", "--model", pack)
     assert r.exit_code == 2
 

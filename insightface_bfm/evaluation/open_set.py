@@ -406,7 +406,7 @@ def det_curve(scores: OpenSetScores, points: int = 300) -> dict:
 
 # -- the DET plot (OpenCV, as the ROC plot of report.py) ---------------------------------------------
 
-_W, _H, _L, _R, _T, _B = 640, 480, 70, 20, 40, 55
+_W, _H, _L, _R, _T, _B = 900, 480, 70, 280, 40, 55  # the legend in the right margin
 _LO = 1e-3
 
 
@@ -432,7 +432,7 @@ def det_image(curves: dict, points: dict | None = None, title: str = "DET (1:N)"
         cv2.putText(img, label, (int(x) - 14, _H - _B + 18), font, 0.4, black, 1, cv2.LINE_AA)
         cv2.putText(img, label, (_L - 40, int(y) + 4), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.rectangle(img, (_L, _T), (_W - _R, _H - _B), black, 1)
-    cv2.putText(img, "FPIR (strangers named, log scale)", (_L + 130, _H - 12), font, 0.45, black, 1,
+    cv2.putText(img, "FPIR (strangers named, log scale)", (_L + 170, _H - 12), font, 0.45, black, 1,
                 cv2.LINE_AA)
     cv2.putText(img, "FNIR", (8, _T + (_H - _T - _B) // 2), font, 0.45, black, 1, cv2.LINE_AA)
     cv2.putText(img, title, (_L, _T - 14), font, 0.6, black, 1, cv2.LINE_AA)
@@ -444,20 +444,22 @@ def det_image(curves: dict, points: dict | None = None, title: str = "DET (1:N)"
         pts = np.round(_xy(fp[ok], fn[ok])).astype(np.int32)
         if len(pts):
             cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
-        ly = _T + 18 + 18 * i
-        cv2.line(img, (_W - _R - 200, ly - 4), (_W - _R - 175, ly - 4), colour, 2)
-        cv2.putText(img, str(ptype)[:24], (_W - _R - 170, ly), font, 0.4, black, 1, cv2.LINE_AA)
-    markers = [cv2.MARKER_CIRCLE if hasattr(cv2, "MARKER_CIRCLE") else cv2.MARKER_DIAMOND,
-               cv2.MARKER_TILTED_CROSS, cv2.MARKER_SQUARE]
-    for j, (label, per_type) in enumerate((points or {}).items()):
-        marker = markers[j % len(markers)]
+    markers = [cv2.MARKER_DIAMOND, cv2.MARKER_TILTED_CROSS, cv2.MARKER_SQUARE, cv2.MARKER_TRIANGLE_UP]
+    for j, per_type in enumerate((points or {}).values()):
         for ptype, (fp, fn) in per_type.items():
             if ptype in colour_of and fp is not None and fn is not None:
                 (x, y), = np.round(_xy(np.array([fp]), np.array([fn]))).astype(int)
-                cv2.drawMarker(img, (int(x), int(y)), colour_of[ptype], marker, 14, 2)
-        ly = _T + 18 + 18 * (len(curves) + j)
-        cv2.drawMarker(img, (_W - _R - 188, ly - 4), black, marker, 10, 2)
-        cv2.putText(img, label[:28], (_W - _R - 170, ly), font, 0.4, black, 1, cv2.LINE_AA)
+                cv2.drawMarker(img, (int(x), int(y)), colour_of[ptype], markers[j % len(markers)], 14, 2)
+    # the legend in the right margin
+    x0 = _W - _R + 14
+    for i, ptype in enumerate(curves):
+        ly = _T + 12 + 18 * i
+        cv2.line(img, (x0, ly - 4), (x0 + 25, ly - 4), colour_of[ptype], 2)
+        cv2.putText(img, str(ptype)[:36], (x0 + 32, ly), font, 0.4, black, 1, cv2.LINE_AA)
+    for j, label in enumerate(points or {}):
+        ly = _T + 12 + 18 * (len(curves) + j)
+        cv2.drawMarker(img, (x0 + 12, ly - 4), black, markers[j % len(markers)], 10, 2)
+        cv2.putText(img, label[:36], (x0 + 32, ly), font, 0.4, black, 1, cv2.LINE_AA)
     return img
 
 
