@@ -53,7 +53,7 @@ def t1_search(pack: str, lfw: Path, people: list[str], n: int, work: Path) -> di
     folder.mkdir()
     for name in sorted(people)[:n]:
         (folder / name).mkdir()
-        first = sorted((lfw / name).iterdir())[0]
+        first = sorted((lfw / name).iterdir())[0].resolve()
         os.symlink(first, folder / name / first.name)
     app = FaceAnalysis(name=pack, providers=["CPUExecutionProvider"])
     app.prepare(ctx_id=-1, det_size=(640, 640))
