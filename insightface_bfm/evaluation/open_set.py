@@ -506,7 +506,7 @@ def open_set_scores(pack, faces, *, people=None, enrolled=None, strangers=None, 
                           | {g for p in plans for g in p.gallery})
         scores.meetings = impostor_meetings(embeddings, everyone, types, embedder.mask_threshold)
     scores.info = {
-        "faces": str(faces), "identities": len(files), "folds": len(plans),
+        "faces": str(Path(faces).resolve()), "identities": len(files), "folds": len(plans),
         "enrolled": [len(p.gallery) for p in plans],
         "strangers": [len({q[0] for q in p.probes if not q[2]}) for p in plans],
         "probe_types": {"bare": None,
