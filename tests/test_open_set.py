@@ -33,7 +33,7 @@ def bfm(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-# the commands of docs/guides/open-set.md, run here as they are written there (PACK, FACES, ... replaced)
+# the commands as a user types them (PACK, FACES, ... replaced by the test's paths)
 CALIBRATE = "bfm models calibrate PACK --faces FACES --fpir 0.1 --gallery-size 10 --cache CACHE"
 EVAL = "bfm eval FACES --open-set --model PACK --cache CACHE --out REPORT"
 SEARCH = "bfm gallery search GALLERY PHOTO --pack PACK --aligned --fpir 0.05"
