@@ -22,9 +22,11 @@ from .gallery import (
     search_images,
     searchable_gallery,
 )
+from .video import analyze_video
 
 __all__ = [
     "analyze_images",
+    "analyze_video",
     "compare_images",
     "compare_pictures",
     "enrol_folder",
