@@ -379,6 +379,21 @@ def test_sigterm_drains_requests_in_flight(service, t1):
     assert "Shutting down" in service["log"].read_text()
 
 
+def test_workers_share_one_port_and_stop_cleanly(pack, tmp_path):
+    """--workers 2: two processes answer on one port; SIGTERM stops both, the command exits 0."""
+    proc, url = start_server(["serve", "--pack", pack, "--port", "0", "--workers", "2", "--gallery-dir",
+                              tmp_path / "g"], tmp_path / "serve.log")
+    try:
+        pids, deadline = set(), time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(httpx.get(f"{url}/healthz", timeout=10).json()["pid"])
+        assert len(pids) == 2 and proc.pid not in pids, pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        stop(proc)
+
+
 def _answered(metrics_text) -> float:
     found = re.search(r'^bfm_requests_total\{endpoint="/v1/analyze",method="POST",status="200"\} (\S+)',
                       metrics_text, re.M)

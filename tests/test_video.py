@@ -107,6 +107,7 @@ def test_the_guide_on_a_real_clip(scene, monkeypatch):
     # the identity by vote, from the gallery
     assert tracks[walker]["identity"] == WALKER and tracks[stander]["identity"] == STANDER
     assert tracks[stander]["votes"] == {STANDER: FRAMES // 2}
+    # measured 4 of 6: the unmasked frames; the stand-in E_P puts the masked face too far ("unknown")
     assert tracks[walker]["votes"][WALKER] > FRAMES // 4
     assert f"{WALKER} (" in outputs[1] and "masked 8-10" in outputs[1]
     # the labelled video: every frame, the size of the clip

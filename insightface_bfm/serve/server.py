@@ -79,6 +79,7 @@ def run_server(settings: ServeSettings, *, on_ready=None) -> None:
         if settings.workers == 1:
             server.run(sockets=[sock])
         else:
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            # the supervisor drains its workers on SIGTERM and returns: this process exits 0
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
