@@ -25,9 +25,11 @@ COMMANDS = {
     "convert": ("insightface_bfm.export.cli:convert", "Convert a legacy MXNet checkpoint to ONNX."),
     "pack": ("insightface_bfm.zoo.cli:pack", "Build a BFM pack from an export and a detector."),
     "models": ("insightface_bfm.zoo.cli:models", "Build, publish, list, download, verify and remove packs."),
-    "analyze": ("insightface_bfm.recognition.cli:analyze", "Every face in photos: masked or not, route."),
+    "analyze": ("insightface_bfm.recognition.cli:analyze",
+                "Every face in photos or a video: masked or not, route, tracks."),
     "compare": ("insightface_bfm.recognition.cli:compare", "Same person? Two photos by the pair rule."),
     "gallery": ("insightface_bfm.recognition.cli:gallery", "Enrol people, search photos, list, remove."),
+    "serve": ("insightface_bfm.serve.cli:serve", "Serve analyse, compare and galleries over HTTP."),
 }
 
 

@@ -14,6 +14,18 @@ class ImageError(BFMError, ValueError):
     """An image that is missing, unreadable, corrupt or of the wrong shape or type."""
 
 
+class NoFaceError(ImageError):
+    """An image in which no face was found where the request needs one."""
+
+
+class NotFoundError(BFMError, LookupError):
+    """A named thing that does not exist: a gallery file, an identity in a gallery."""
+
+
+class InUseError(BFMError):
+    """An output another run is writing (its run lock is held)."""
+
+
 class DatasetError(BFMError, ValueError):
     """A dataset path or file that cannot be read as a training or evaluation set."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
-from .errors import BFMError
+from .errors import BFMError, NotFoundError
 
 CASE_BOTH_UNMASKED = 1
 CASE_ONE_MASKED = 2
@@ -450,7 +450,7 @@ class Gallery:
                 header = json.loads(data["meta"].tobytes().decode("utf-8"))
                 full, partial, masked = data["full"], data["partial"], data["masked"]
         except FileNotFoundError:
-            raise BFMError(f"{path}: gallery file not found") from None
+            raise NotFoundError(f"{path}: gallery file not found") from None
         except (OSError, KeyError, ValueError, UnicodeError, EOFError, TypeError, AttributeError):
             # not numpy's own words: for a pickle they say "load it unsafely using allow_pickle"
             raise BFMError(f"{path}: not a gallery file (expected an .npz written by "

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import BFMError
+from .errors import InUseError
 
 LOCK_NAME = ".bfm.lock"
 
@@ -52,16 +52,21 @@ def _describe(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(target, command: str, *, folder: bool = True):
+def output_lock(target, command: str, *, folder: bool = True, wait: float = 0.0):
     """Hold the lock of ``target`` (a folder, created if needed, or with ``folder=False`` a file).
 
-    Raises ``BFMError`` naming the holder when another run holds it.
+    Raises ``BFMError`` naming the holder when another run holds it (after trying for ``wait``
+    seconds: a service's short writes queue behind each other instead of failing).
     """
     path = lock_path_for(target, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
     fd = _acquire(path)
+    while fd is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        fd = _acquire(path)
     if fd is None:
-        raise BFMError(f"{target}: in use by {_describe(path)}; wait for that run to end or stop it")
+        raise InUseError(f"{target}: in use by {_describe(path)}; wait for that run to end or stop it")
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
         os.ftruncate(fd, 0)

@@ -103,3 +103,34 @@ def copy_detector(src, directory):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(src, directory / Path(src).name))
+
+
+def make_clip(path, walker, stander, app, *, frames=20, mask_from=10, fps=10, size=(640, 300)):
+    """A real video, written by OpenCV: ``walker`` (a raw LFW photo) crosses the left part of the
+    picture from left to right and, from frame ``mask_from`` on, wears a dark mask (the per-image
+    renderer, type "dark", placed on SCRFD's keypoints: what the "darkness" classifier sees);
+    ``stander`` stays still on the right, unmasked. ``app`` (a FaceAnalysis) finds the keypoints."""
+    import cv2
+
+    from insightface_bfm.masks import render_mask
+
+    def face_crop(photo):
+        img = cv2.imread(str(photo))  # LFW raw, 250x250: the face in the middle
+        kps = app.get(img, max_num=1)[0].kps - np.array([30, 20], np.float32)
+        return img[20:230, 30:220], kps
+
+    plain, kps = face_crop(walker)
+    masked, _ = render_mask(plain, kps, style="dark")
+    other, _ = face_crop(stander)
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened(), path
+    for i in range(frames):
+        canvas = np.full((h, w, 3), 90, np.uint8)
+        x = 10 + round(190 * i / max(1, frames - 1))
+        face = masked if i >= mask_from else plain
+        canvas[50:50 + face.shape[0], x:x + face.shape[1]] = face
+        canvas[50:50 + other.shape[0], w - 10 - other.shape[1]:w - 10] = other
+        writer.write(canvas)
+    writer.release()
+    return Path(path)

@@ -85,7 +85,7 @@ def test_build_resumes_after_an_interruption_and_installs_an_evaluated_pack(tmp_
     assert set(build["heldout"]["bfm"]) == {"case1", "case2", "case3"}
     assert build["recipe"]["init"]["head"] == "centres"
     assert build["recipe"]["loss"]["pair_reduction"] == "mean"
-    assert build["faces"] == {"folder": str(lfw), "identities": 10, "trained": 7, "held_out": 3,
+    assert build["faces"] == {"folder": str(lfw.resolve()), "identities": 10, "trained": 7, "held_out": 3,
                               "people_file": str(people)}
     split = json.loads((root / "models" / ".build" / "tiny" / "split.json").read_text())
     assert not set(split["held_out"]) & set(split["train"])  # held-out people are never trained on

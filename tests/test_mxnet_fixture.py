@@ -1,10 +1,9 @@
 """The shared legacy insightface checkpoint (fmobilefacenet, saved by mxnet 1.9.1): conversion against
-mxnet's own outputs, insightface's router, and the README's MXNet commands (convert, eval, fine-tune,
-export)."""
+mxnet's own outputs, insightface's router, and the commands of docs/guides/mxnet.md (convert, eval,
+fine-tune, export)."""
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from insightface_bfm.imaging import read_image
 
 pytestmark = pytest.mark.shared
 ROOT = Path(__file__).resolve().parents[1]
-README_SECTION = "## MXNet models (legacy insightface checkpoints)"
+GUIDE = "docs/guides/mxnet.md"
 
 
 def normalised(a):
@@ -85,15 +84,16 @@ def test_insightface_routes_it_to_arcface_and_embeds_faces(fixture, converted):
     assert diff <= 1e-4 and cosine >= 0.99999, (diff, cosine)
 
 
-def readme_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(README_SECTION):]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+def guide_commands() -> list[list[str]]:
+    """The commands of docs/guides/mxnet.md's blocks marked as run by this file, in order."""
+    from doc_blocks import page_blocks
+
+    blocks = [b for b in page_blocks(ROOT / GUIDE) if b.marker == ("run by", "tests/test_mxnet_fixture.py")]
+    return [shlex.split(line) for b in blocks for line in b.command_lines()]
 
 
-def test_readme_commands_convert_evaluate_fine_tune_and_export(fixture, tmp_path, monkeypatch):
-    """Runs the README's MXNet block as written, from a clone with ../shared beside it."""
+def test_guide_commands_convert_evaluate_fine_tune_and_export(fixture, tmp_path, monkeypatch):
+    """Runs the MXNet guide's commands as written, from a clone with ../shared beside it."""
     shared_path("data", "lfw112", "pairsDevTest.txt")
     clone = tmp_path / "clone"
     clone.mkdir()
@@ -101,7 +101,7 @@ def test_readme_commands_convert_evaluate_fine_tune_and_export(fixture, tmp_path
     (tmp_path / "shared").symlink_to(SHARED)
     monkeypatch.chdir(clone)
     monkeypatch.setenv("INSIGHTFACE_BFM_CACHE", str(tmp_path / "cache"))
-    commands = readme_commands()
+    commands = guide_commands()
     assert [c[:2] for c in commands] == [["bfm", "convert"], ["bfm", "eval"],
                                          ["bfm-train", "recipes/finetune_mxnet.yaml"], ["bfm", "export"]]
     for command in commands:

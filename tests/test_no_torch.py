@@ -81,3 +81,18 @@ def test_evaluating_a_checkpoint_without_torch_names_the_extra(places):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "needs the [train] extra" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert 'pip install -e ".[train]"' in r.stderr  # the hint for a clone too
+
+
+def test_serve_is_torch_free_and_names_its_extra(tmp_path):
+    """`bfm serve` never imports torch (test_serve.py runs the whole service with torch unimportable);
+    without FastAPI it fails with one line naming the [serve] extra."""
+    h = run("main", ["serve", "--help"])
+    assert h.returncode == 0 and "--api-key" in h.stdout, h.stderr
+    no_fastapi = BLOCK.replace('("torch", "safetensors")', '("torch", "safetensors", "fastapi")')
+    code = no_fastapi + "from insightface_bfm.cli import main\nmain(args=['serve'], prog_name='bfm')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    expected = ('Error: bfm serve needs the serve extra (fastapi is not installed): '
+                'pip install "insightface-bfm[serve]"')
+    assert r.stderr.strip().splitlines() == [expected]

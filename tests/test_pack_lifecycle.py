@@ -210,6 +210,28 @@ def test_local_packs_are_listed_and_verified(tmp_path, shared):
     assert r.exit_code == 2 and "bfm models build absent" in r.output
 
 
+def test_list_remembers_hashes_by_size_and_mtime_and_verify_rereads(tmp_path, shared, monkeypatch):
+    from insightface_bfm.zoo import download
+
+    export = make_export(tmp_path / "export", shared("models", "mobilefacenet_128.onnx"))
+    root = tmp_path / "root"
+    build_pack(export, root / "models" / "mine", detector=shared("models", "scrfd_2.5g_bnkps.onnx"))
+    reads = []
+    real = download.sha256_file
+    monkeypatch.setattr(download, "sha256_file", lambda path: reads.append(Path(path).name) or real(path))
+    runner = CliRunner()
+    listed = lambda: runner.invoke(main, ["models", "list", "--root", str(root)]).output  # noqa: E731
+    assert "verified" in listed() and len(reads) == 5  # classifier, E_F, E_P, detector, licence
+    reads.clear()
+    assert "verified" in listed() and reads == []  # nothing changed: nothing read again
+    r = runner.invoke(main, ["models", "verify", "mine", "--root", str(root)])
+    assert r.exit_code == 0 and len(reads) == 5  # verify reads every byte
+    reads.clear()
+    partial = root / "models" / "mine" / "partial.onnx"
+    partial.write_bytes(partial.read_bytes()[:-1] + b"\0")  # same size, new mtime
+    assert "ALTERED" in listed() and reads == ["partial.onnx"]
+
+
 def test_import_alone_registers_the_mask_classifier_type():
     code = ("import sys, insightface_bfm\n"
             "assert 'insightface' not in sys.modules\n"

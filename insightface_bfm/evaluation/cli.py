@@ -61,7 +61,8 @@ def align(src, dst, detector, det_pack, root, policy, det_size, threshold, quiet
               help="Verification thresholds of a BFM model: one for every pair (the paper), or one per "
                    "extractor (E_F's pairs and E_P's pairs each their own, as a pack built with them "
                    "decides).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Faces per forward pass while embedding.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Keep embeddings here per model, so reruns skip the network.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import BFMError, ImageError
+from ..errors import BFMError, ImageError, NoFaceError
 from ..imaging import collect_images, encode_image, read_image
 from ..matching import l2_normalize
 from ..runtime import ALIGNED_SIZE
@@ -55,8 +55,9 @@ def image_faces(app, img, source, *, aligned: bool = False, embed: str = "routed
     return app.get(img, max_num=1 if main_only else 0, embed=embed)
 
 
-def face_record(face, *, embedding: bool = False) -> dict:
-    """The JSON form of one analysed face (box and detection score are null for an aligned crop)."""
+def face_record(face, *, embedding: bool = False, kps: bool = False) -> dict:
+    """The JSON form of one analysed face (box and detection score are null for an aligned crop);
+    ``kps`` adds the 5 keypoints (null for an aligned crop), ``embedding`` the normalised embedding."""
     bbox = face.get("bbox")
     det = face.get("det_score")
     record = {
@@ -66,6 +67,10 @@ def face_record(face, *, embedding: bool = False) -> dict:
         "mask_score": round(float(face["mask_score"]), 4),
         "extractor": face["extractor"],
     }
+    if kps:
+        points = face.get("kps")
+        record["kps"] = None if points is None else [[round(float(x), 1), round(float(y), 1)]
+                                                     for x, y in np.asarray(points)[:5, :2]]
     if embedding:
         record["embedding"] = [round(float(v), 6) for v in l2_normalize(face["embedding"])]
     return record
@@ -112,7 +117,7 @@ def run_photos(app, inputs, answer: Callable, *, aligned=False, json_path=None, 
             faces = image_faces(app, img, path, aligned=aligned)
             if not faces:
                 if named:
-                    raise ImageError(f"{path}: no face found")
+                    raise NoFaceError(f"{path}: no face found")
                 run.faceless.append(str(path))
             records, labels = answer(faces)
             record = {"image": str(path), "faces": records}

@@ -41,17 +41,47 @@ def _face_row(i, face):
 
 
 @click.command("analyze")
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@click.argument("inputs", nargs=-1, metavar="IMAGE_OR_DIR... | VIDEO")
 @pack_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
-              help="Write one JSON object per image (JSON lines) to this file.")
-@click.option("--draw", "draw_dir", type=click.Path(file_okay=False),
-              help="Write a picture per image with each face labelled masked/unmasked here.")
+              help="Write one JSON object per image (JSON lines) to this file; for a video, one per "
+                   "analysed frame and a last one summing up the tracks.")
+@click.option("--draw", "draw_path", type=click.Path(),
+              help="Images: a folder for a picture per image with each face labelled masked/unmasked. "
+                   "Video: the labelled video file to write (OUT.mp4).")
 @click.option("--embedding", is_flag=True, help="Add each face's normalised embedding to the JSON.")
+@click.option("--camera", type=int, metavar="N", help="Analyse camera N (0: the first) instead of files.")
+@click.option("--every", type=int, default=1, show_default=True,
+              help="Video: analyse every K-th frame (the others are read, not analysed).")
+@click.option("--gallery", "gallery_path", type=click.Path(dir_okay=False),
+              help="Video: name each track from this gallery (.npz), by vote over its frames.")
+@click.option("--threshold", type=float,
+              help="Video with --gallery: squared L2 distance above which a face is 'unknown' "
+                   "(default: the pack's).")
+@click.option("--max-frames", type=int, help="Video: stop after this many frames (a camera never ends).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
-def analyze(inputs, pack, root, det_size, aligned, json_path, draw_dir, embedding, quiet):
+def analyze(inputs, pack, root, det_size, aligned, json_path, draw_path, embedding, camera, every,
+            gallery_path, threshold, max_frames, quiet):
     """Every face in IMAGE_OR_DIR... (files, folders, - for paths on stdin): box, detection score,
-    masked, mask score and extractor."""
+    masked, mask score and extractor. Given a VIDEO file (or --camera N): faces linked into tracks
+    over the frames, each track's mask state over time and, with --gallery, its identity."""
+    from .video import is_video_file
+
+    videos = [i for i in inputs if is_video_file(i)]
+    if camera is not None or videos:
+        if (camera is not None and inputs) or len(inputs) > 1:
+            raise click.UsageError("give one video, or --camera N, and nothing else to analyse")
+        if aligned:
+            raise click.UsageError("--aligned is for 112x112 face crops, not videos")
+        _analyze_video(inputs[0] if inputs else camera, pack, root, det_size, json_path, draw_path, embedding,
+                       every, gallery_path, threshold, max_frames, quiet)
+        return
+    if not inputs:
+        raise click.UsageError("give images, folders, - (paths on stdin), a video file or --camera N")
+    for name, value, default in (("--every", every, 1), ("--gallery", gallery_path, None),
+                                 ("--threshold", threshold, None), ("--max-frames", max_frames, None)):
+        if value != default:
+            raise click.UsageError(f"{name} is for videos (for photos, use `bfm gallery search`)")
     from .analyze import analyze_images
 
     app = _app(pack, root, det_size)
@@ -66,11 +96,34 @@ def analyze(inputs, pack, root, det_size, aligned, json_path, draw_dir, embeddin
         for i, face in enumerate(faces):
             click.echo(_face_row(i, face))
 
-    run = analyze_images(app, inputs, aligned=aligned, json_path=json_path, draw_dir=draw_dir,
+    run = analyze_images(app, inputs, aligned=aligned, json_path=json_path, draw_dir=draw_path,
                          embedding=embedding, progress=not quiet, on_image=show)
     click.echo(str(run), err=True)
     for path, why in run.misses[:10]:
         click.echo(f"  skipped {path}: {why}", err=True)
+
+
+def _analyze_video(source, pack, root, det_size, json_path, draw_path, embedding, every, gallery_path,
+                   threshold, max_frames, quiet):
+    from .video import analyze_video, check_video_request
+
+    check_video_request(source, every, max_frames)
+    app = _app(pack, root, det_size)
+    run = analyze_video(app, source, every=every, gallery_path=gallery_path, threshold=threshold,
+                        json_path=json_path, draw_path=draw_path, max_frames=max_frames, embedding=embedding,
+                        progress=not quiet)
+    if not quiet:
+        for track in run.tracks:
+            summary = track.summary()
+            states = ", ".join(f"{'masked' if s['masked'] else 'unmasked'} {s['first']}-{s['last']}"
+                               for s in summary["segments"])
+            who = ""
+            if "identity" in summary:
+                votes, name = summary["votes"], summary["identity"]
+                who = f"; {name} ({votes.get(name, 0)}/{sum(votes.values())} votes)"
+            click.echo(f"track {track.id}: frames {summary['first_frame']}-{summary['last_frame']} "
+                       f"({summary['analysed_frames']} analysed): {states}{who}")
+    click.echo(str(run), err=True)
 
 
 @click.command("compare")

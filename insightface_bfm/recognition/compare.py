@@ -8,19 +8,27 @@ the pack's, for that extractor): at or below it, the same person.
 
 from __future__ import annotations
 
-from ..errors import ImageError
+from ..errors import NoFaceError
 from ..imaging import read_image
 from .analyze import face_record, image_faces
 
 
 def compare_images(app, image_a, image_b, *, threshold: float | None = None, aligned: bool = False) -> dict:
     """Compare the main faces of two image files; returns the JSON record of ``bfm compare``."""
+    return compare_pictures(app, read_image(image_a), read_image(image_b), image_a, image_b,
+                            threshold=threshold, aligned=aligned)
+
+
+def compare_pictures(app, img_a, img_b, image_a, image_b, *, threshold: float | None = None,
+                     aligned: bool = False) -> dict:
+    """``compare_images`` on two decoded BGR images named ``image_a`` and ``image_b`` (what ``bfm
+    serve`` answers for two uploads)."""
     thresholds = app.verification_thresholds(threshold)
     faces = []
-    for path in (image_a, image_b):
-        found = image_faces(app, read_image(path), path, aligned=aligned, main_only=True)
+    for img, path in ((img_a, image_a), (img_b, image_b)):
+        found = image_faces(app, img, path, aligned=aligned, main_only=True)
         if not found:
-            raise ImageError(f"{path}: no face found")
+            raise NoFaceError(f"{path}: no face found")
         faces.append(found[0])
     result = app.compare(faces[0], faces[1], threshold=thresholds)
     return {

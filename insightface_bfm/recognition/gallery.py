@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BFMError, ImageError
+from ..errors import BFMError, ImageError, NoFaceError, NotFoundError
 from ..imaging import collect_images, decode_image
 from ..matching import Gallery
 from ..runlock import output_lock
@@ -51,7 +51,8 @@ def open_gallery(path, app=None, *, create: bool = False) -> Gallery:
     path = Path(path)
     if not path.exists():
         if not create:
-            raise BFMError(f"{path}: gallery file not found (create it with `bfm gallery enrol {path} DIR`)")
+            raise NotFoundError(
+                f"{path}: gallery file not found (create it with `bfm gallery enrol {path} DIR`)")
         gallery = Gallery(None if app is None else app.pack.embedding_size)
     else:
         gallery = Gallery.load(path)
@@ -157,39 +158,91 @@ def enrol_folder(app, gallery_path, folder, *, aligned: bool = False, progress: 
     return summary
 
 
+def search_faces(app, gallery: Gallery, faces, *, k: int = 5, thresholds: dict) -> tuple[list, list]:
+    """The search record of each analysed face (its ``k`` best entries and its answer: the best entry
+    within the open-set threshold of the extractor it is met through, ``Gallery.identify``, else
+    unknown) and a picture label per face; what ``bfm gallery search`` and ``bfm serve`` answer per
+    image. ``thresholds``: ``app.search_thresholds(..., gallery_size=len(gallery))``."""
+    records, labels = [], []
+    for face in faces:
+        found = gallery.identify(face, thresholds, k=k, embed_missing=app.embed_missing)
+        hits, best = found.candidates, found.match
+        known = best is not None
+        record = face_record(face)
+        record["identity"] = best.identity if known else UNKNOWN
+        record["matches"] = [
+            {"identity": h.identity, "similarity": round(h.similarity, 6),
+             "distance": round(h.distance, 6), "extractor": h.extractor}
+            for h in hits
+        ]
+        records.append(record)
+        labels.append(f"{best.identity} {best.similarity:.2f}" if known else UNKNOWN)
+    return records, labels
+
+
+def searchable_gallery(app, gallery_path, k: int = 5) -> Gallery:
+    """The gallery at ``gallery_path`` checked for a search with ``app``'s pack (not empty)."""
+    if k < 1:
+        raise BFMError(f"k must be >= 1, got {k}")
+    gallery = open_gallery(gallery_path, app)
+    if not len(gallery):
+        raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
+    return gallery
+
+
 def search_images(app, gallery_path, inputs, *, k: int = 5, threshold: float | None = None,
                   aligned: bool = False, json_path=None, draw_dir=None, progress: bool = True,
                   on_image=None, fpir: float | None = None):
     """Search every face of ``inputs`` in the gallery; records as ``bfm gallery search --json``.
 
     ``threshold`` (squared L2, both extractors) or ``fpir`` (the pack's calibrated thresholds at that
-    false-positive identification rate) override the pack's open-set thresholds."""
-    if k < 1:
-        raise BFMError(f"k must be >= 1, got {k}")
-    gallery = open_gallery(gallery_path, app)
-    if not len(gallery):
-        raise BFMError(f"{gallery_path}: the gallery is empty; enrol people first")
+    false-positive identification rate) override the pack's open-set thresholds, which are set for
+    this gallery's size."""
+    gallery = searchable_gallery(app, gallery_path, k)
     thresholds = app.search_thresholds(threshold, fpir, gallery_size=len(gallery))
 
     def answer(faces):
-        records, labels = [], []
-        for face in faces:
-            found = gallery.identify(face, thresholds, k=k, embed_missing=app.embed_missing)
-            hits, best = found.candidates, found.match
-            known = best is not None
-            record = face_record(face)
-            record["identity"] = best.identity if known else UNKNOWN
-            record["matches"] = [
-                {"identity": h.identity, "similarity": round(h.similarity, 6),
-                 "distance": round(h.distance, 6), "extractor": h.extractor}
-                for h in hits
-            ]
-            records.append(record)
-            labels.append(f"{best.identity} {best.similarity:.2f}" if known else UNKNOWN)
-        return records, labels
+        return search_faces(app, gallery, faces, k=k, thresholds=thresholds)
 
     return run_photos(app, inputs, answer, aligned=aligned, json_path=json_path, draw_dir=draw_dir,
                       progress=progress, on_image=on_image)
+
+
+def enrol_pictures(app, gallery_path, identity: str, images, *, aligned: bool = False,
+                   wait: float = 0.0) -> dict:
+    """Enrol the main face of each of ``images`` (``(name, encoded bytes)`` pairs) as ``identity``.
+
+    All or nothing: every image is decoded and analysed first (a corrupt image or one without a
+    face raises, naming it, and nothing is enrolled); then, under the gallery's run lock (waiting
+    up to ``wait`` seconds for another writer), the gallery is read, the new entries added (an image
+    already in it, by sha256, is skipped) and saved atomically. What ``bfm serve`` runs per request.
+    """
+    if not isinstance(identity, str) or not identity.strip():
+        raise BFMError(f"enrol: identity must be a non-empty name, got {identity!r}")
+    if not images:
+        raise BFMError(f"enrol {identity!r}: no images given")
+    analysed = []  # (face, sha256)
+    for name, data in images:
+        img = decode_image(data, name)
+        faces = app.get_aligned(check_aligned(img, name), embed="both") if aligned else \
+            app.get(img, max_num=1, embed="both")
+        if not faces:
+            raise NoFaceError(f"{name}: no face found")
+        analysed.append((faces[0], hashlib.sha256(data).hexdigest()))
+    gallery_path = Path(gallery_path)
+    enrolled = skipped = 0
+    with output_lock(gallery_path, "bfm serve (enrol)", folder=False, wait=wait):
+        gallery = open_gallery(gallery_path, app, create=True)
+        for face, sha in analysed:
+            if gallery.has_source(sha):
+                skipped += 1
+                continue
+            gallery.enrol(face, identity, source=sha)
+            enrolled += 1
+        if enrolled or not gallery_path.exists():
+            gallery.save(gallery_path)
+    return {"identity": identity, "enrolled": enrolled, "skipped": skipped, "entries": len(gallery),
+            "identities": len(set(gallery.identities))}
 
 
 def list_gallery(gallery_path) -> dict:
@@ -209,15 +262,15 @@ def list_gallery(gallery_path) -> dict:
     }
 
 
-def remove_identities(gallery_path, names) -> dict:
+def remove_identities(gallery_path, names, *, wait: float = 0.0) -> dict:
     """Remove every entry of each of ``names``; an identity not in the gallery is an error."""
     gallery_path = Path(gallery_path)
-    with output_lock(gallery_path, "bfm gallery remove", folder=False):
+    with output_lock(gallery_path, "bfm gallery remove", folder=False, wait=wait):
         gallery = open_gallery(gallery_path)
         present = set(gallery.identities)
         missing = [n for n in names if n not in present]
         if missing:
-            raise BFMError(f"{gallery_path}: no identity {', '.join(map(repr, missing))} in the gallery")
+            raise NotFoundError(f"{gallery_path}: no identity {', '.join(map(repr, missing))} in the gallery")
         removed = {n: gallery.remove(n) for n in names}
         gallery.save(gallery_path)
     return removed

@@ -68,18 +68,24 @@ def portable_paths(value):
 
 @dataclass
 class ModelSection:
+    # Extractor network (E_F, E_P, the baselines' model): IResNet-18/34/50/100 or MobileFaceNet.
     backbone: str = _opt("r50", choices=BACKBONES)
+    # Length of the face embedding each extractor outputs.
     embedding_size: int = _opt(512, min=2)
+    # Dropout before the embedding layer (arcface_torch uses 0 for CASIA-sized sets).
     dropout: float = _opt(0.0, min=0.0, max=1.0)
     # Extra keyword arguments for get_backbone (e.g. a reduced width for the quickstart).
     backbone_options: dict = _opt({})
+    # Margin head of each extractor: ArcFace (the paper, eq. 3) or CosFace.
     head: str = _opt("arcface", choices=("arcface", "cosface"))
+    # Scale of the margin head's logits (the paper: 64).
     s: float = _opt(64.0, min=0.0)
     # Margin; None takes the head's default (0.5 for ArcFace, 0.35 for CosFace).
     m: float | None = _opt(None, min=0.0)
     # Partial FC (insightface_bfm.nets.PartialFC): class centres sharded over the torchrun
     # processes, and with sample_rate < 1 only that fraction of them scored per step.
     partial_fc: bool = False
+    # Partial FC: share of the class centres scored per step (1 = all).
     sample_rate: float = _opt(1.0, min=0.001, max=1.0)
     # The mask classifier C (Table I); bfm mode only.
     classifier: bool = True
@@ -93,6 +99,7 @@ class ModelSection:
 class DataSection:
     # Image folder, insightface RecordIO dir or .rec, or "synthetic:N_IDS:IMGS_PER_ID[:SEED]".
     path: str | None = None
+    # DataLoader worker processes that decode images (0 = in the training process).
     num_workers: int = _opt(4, min=0)
     # Mask types drawn on the fly: names of insightface_bfm.masks.MASK_TYPES or MASK_FAMILIES
     # (None = every mask type), and the opt-in lower-face occluders (OCCLUDER_TYPES: hand, scarf,
@@ -130,14 +137,19 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    # SGD learning rate at the start (after warm-up; the paper: 0.1).
     lr: float = _opt(0.1, min=0.0)
+    # SGD momentum (the paper: 0.9).
     momentum: float = _opt(0.9, min=0.0, max=1.0)
+    # SGD weight decay (the paper: 5e-4).
     weight_decay: float = _opt(5e-4, min=0.0)
     # Global batch of pairs per step, over all processes (split evenly under torchrun).
     batch_size: int = _opt(128, min=1)
+    # Passes over the training set (the paper: 100).
     epochs: int = _opt(100, min=1)
     # Epochs at which the learning rate is multiplied by gamma.
     milestones: list[int] = _opt([30, 60, 90])
+    # Factor applied to the learning rate at each milestone (the paper: 0.1).
     gamma: float = _opt(0.1, min=0.0)
     # Linear warm-up from 0 over this many epochs (may be fractional).
     warmup_epochs: float = _opt(0.0, min=0.0)
@@ -153,6 +165,8 @@ class OptimSection:
     # an exponential moving average of its weights over its steps (0 = the last weights). Modes
     # without C ignore both (as data.classifier_photo_aug), so one override serves a comparison.
     classifier_steps: int = _opt(1, min=1, max=16)
+    # Decay of the moving average of C's weights that is saved, evaluated and exported (see
+    # classifier_steps); 0 = C's last weights (the paper).
     classifier_ema: float = _opt(0.0, min=0.0, max=0.9999)
 
 
@@ -176,9 +190,13 @@ class InitSection:
     backbone ``.pth``, ``onnx:PATH`` (imported with insightface_bfm.export.from_onnx), or
     ``mxnet:PREFIX,EPOCH`` (a legacy MXNet checkpoint, converted to ONNX, then imported the same way)."""
 
+    # Initial weights of C (null = random, as the paper).
     classifier: str | None = None
+    # Initial weights of E_F (and of the baselines' single model); null = random.
     full: str | None = None
+    # Initial weights of E_P; null = random.
     partial: str | None = None
+    # Keep E_F fixed (a pretrained recogniser used as it is while E_P and C train).
     freeze_full: bool = False
     # Regular expressions over extractor parameter names (without the 'full.' / 'partial.' prefix):
     # only matching ones train, the rest stay frozen (fine-tune the last layers only). None = all.
@@ -196,24 +214,32 @@ class InitSection:
 @dataclass
 class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    # Mixed precision on the GPU: bf16, or fp16 with loss scaling; none = float32.
     amp: str = _opt("none", choices=("none", "bf16", "fp16"))
+    # channels_last memory format on CUDA (faster convolutions with AMP).
     channels_last: bool = False
     # channels_last on the CPU too (off by default: torch 2.13's oneDNN backward crashed on some
     # narrow convolutions in that layout; MobileFaceNet's depthwise ones run ~4x faster in it)
     channels_last_cpu: bool = False
+    # torch.compile the networks (GPU; the first steps are slower while it compiles).
     compile: bool = False
     # SyncBatchNorm under torchrun (GPU only: torch has no CPU implementation).
     sync_bn: bool = False
+    # Seed of weights, data order, flips and masks: the same seed trains the same model on one machine.
     seed: int = 0
     # Run directory; None = runs/<recipe file name>.
     output: str | None = None
     # Stop after this many optimizer steps (None = all epochs); for smoke runs.
     max_steps: int | None = _opt(None, min=1)
+    # Write a metrics.jsonl line (losses, lr, images/s) every N steps.
     log_every: int = _opt(50, min=1)
     # Checkpoint every N steps (0 = only at the end of each epoch and of the run).
     save_every: int = _opt(0, min=0)
+    # How many of the newest checkpoints to keep (older ones are deleted).
     keep_checkpoints: int = _opt(3, min=1)
+    # Also log to TensorBoard under the run directory (needs the tensorboard package).
     tensorboard: bool = False
+    # Show a progress bar per epoch.
     progress: bool = True
 
 
@@ -223,10 +249,13 @@ class EvalSection:
     holdout: str | None = None
     # Pairs per case (half genuine, half impostor).
     pairs: int = _opt(600, min=20)
+    # Folds of the verification protocol (threshold chosen on the others, accuracy on each).
     folds: int = _opt(10, min=2)
     # Evaluate every N epochs (0 = only at the end of the run).
     every_epochs: int = _opt(0, min=0)
+    # Faces per forward pass while embedding the held-out set.
     batch_size: int = _opt(128, min=1)
+    # Seed of the held-out pairs and of their masks (the same pairs for every model compared).
     seed: int = 1234
     # Verification thresholds of a routed model: "one" for every pair (the paper compares by one
     # L2 threshold), or "per_extractor": E_F's pairs and E_P's pairs each get their own, since their
@@ -238,7 +267,11 @@ class EvalSection:
 
 @dataclass
 class Recipe:
+    # What to train: C + E_F + E_P ("bfm"), one ArcFace model on unmasked faces ("baseline1"), or one
+    # ArcFace model on unmasked faces and their masked copies ("baseline2").
     mode: str = _opt("bfm", choices=MODES)
+    # Train several modes in turn on this recipe and print the Table-II comparison on eval.holdout
+    # (e.g. [baseline1, baseline2, bfm]: the quickstart); null = train `mode` only.
     compare: list[str] | None = None
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)

@@ -146,7 +146,8 @@ def _parse_sha(values):
 )
 @click.option("--allow-unverified", is_flag=True, help="Accept files without a published sha256.")
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
-@click.option("--retries", type=int, default=4, show_default=True)
+@click.option("--retries", type=int, default=4, show_default=True,
+              help="Retries after a failed or cut transfer (each resumes where the last one stopped).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def download(name, root, registry, sha256, allow_unverified, force, retries, quiet):
     """Download NAME into ROOT/models/NAME (resumable; re-run after an interruption)."""

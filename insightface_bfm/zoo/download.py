@@ -17,6 +17,7 @@ checks later.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,6 +28,7 @@ import stat
 import tempfile
 import time
 import zipfile
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_write_text
@@ -47,6 +49,46 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# path -> [size, mtime_ns, sha256] while ``remembered_hashes`` is active (``bfm models list``)
+_REMEMBERED: ContextVar[dict | None] = ContextVar("bfm_remembered_hashes", default=None)
+
+
+def checked_sha256(path) -> str:
+    """``sha256_file``; inside ``remembered_hashes``, the hash remembered for a file of the same size
+    and modification time instead of reading it again."""
+    cache = _REMEMBERED.get()
+    if cache is None:
+        return sha256_file(path)
+    st = os.stat(path)
+    key, stamp = str(Path(path).resolve()), [st.st_size, st.st_mtime_ns]
+    hit = cache.get(key)
+    if isinstance(hit, list) and hit[:2] == stamp:
+        return hit[2]
+    digest = sha256_file(path)
+    cache[key] = [*stamp, digest]
+    return digest
+
+
+@contextlib.contextmanager
+def remembered_hashes(cache_file):
+    """Reuse and update the file hashes kept in ``cache_file`` (keyed on size and mtime) for the
+    checks inside: listing many packs then reads only what changed. ``bfm models verify`` and
+    loading a pack always hash every byte; this is for the overview."""
+    cache_file = Path(cache_file)
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    token = _REMEMBERED.set(cache if isinstance(cache, dict) else {})
+    try:
+        yield
+    finally:
+        kept = _REMEMBERED.get()
+        _REMEMBERED.reset(token)
+        with contextlib.suppress(OSError):
+            atomic_write_text(cache_file, json.dumps({k: v for k, v in kept.items() if Path(k).is_file()}))
 
 
 def _by_hand(url: str, dest: Path, sha256: str | None) -> str:

@@ -61,7 +61,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text, make_temp_dir
 from ..errors import ChecksumError, PackError
-from .download import sha256_file
+from .download import checked_sha256, sha256_file
 
 MANIFEST = "manifest.json"
 LICENSE_FILE = "MODEL.LICENSE"
@@ -320,7 +320,7 @@ def load_pack(name_or_path, root=None) -> Pack:
             raise PackError(
                 f"{path}: missing from the pack (listed in {MANIFEST} with sha256 {expected[:12]}...)"
             )
-        actual = sha256_file(path)
+        actual = checked_sha256(path)
         if actual != expected:
             raise ChecksumError(
                 f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} (file altered)"

@@ -37,12 +37,14 @@ from pathlib import Path
 import yaml
 
 from ..errors import ChecksumError, PackError
-from .download import RECEIPT, sha256_file
+from .download import RECEIPT, checked_sha256, remembered_hashes
 from .packs import MANIFEST, load_pack
 
 KINDS = ("insightface", "bfm")
 REGISTRY_ENV = "INSIGHTFACE_BFM_REGISTRY"
 INDEX = "index.yaml"
+# file hashes remembered by size and mtime for `bfm models list` (download.remembered_hashes)
+HASHES = ".bfm-hashes.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -266,7 +268,7 @@ def _verify_receipt(target: Path, name: str, kind: str, root, allow_unverified: 
         path = target / rel
         if not path.is_file():
             raise PackError(f"{path}: missing (listed in {RECEIPT})")
-        actual = sha256_file(path)
+        actual = checked_sha256(path)
         if actual != expected:
             raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} recorded at download")
     unverified = [n for n, s in receipt.get("sources", {}).items() if not s.get("verified")]
@@ -322,7 +324,7 @@ def verify_folder(name: str, root, registry: dict | None = None, *, allow_unveri
         path = target / fname
         if not path.is_file():
             raise PackError(f"{path}: missing (listed in {MANIFEST})")
-        actual = sha256_file(path)
+        actual = checked_sha256(path)
         if actual != expected:
             raise ChecksumError(f"{path}: sha256 {actual} differs from {expected} in {MANIFEST} "
                                 "(file altered)")
@@ -331,33 +333,39 @@ def verify_folder(name: str, root, registry: dict | None = None, *, allow_unveri
 
 def installed_packs(root, registry: dict) -> list[dict]:
     """Every pack folder under ``ROOT/models``: name, kind, version, source (registry: downloaded with
-    a receipt; local: built or copied here) and whether its files check out (``verify_folder``)."""
+    a receipt; local: built or copied here) and whether its files check out (``verify_folder``).
+    Hashes are remembered in ``ROOT/models/.bfm-hashes.json`` by size and mtime, so a second listing
+    reads only changed files (``bfm models verify`` re-reads every byte)."""
     models = Path(root) / "models"
-    out = []
-    for target in sorted(p for p in models.glob("*") if p.is_dir() and not p.name.startswith(".")):
-        raw = _manifest(target) or {}
-        bfm = raw.get("bfm") if isinstance(raw.get("bfm"), dict) else None
-        receipt = (target / RECEIPT).is_file()
-        try:
-            verify_folder(target.name, root, registry)
-            state = "verified"
-        except UnverifiedSourceError:
-            state = "UNVERIFIED source"
-        except ChecksumError:
-            state = "ALTERED"
-        except NoChecksumsError:
-            state = "no checksums"
-        except PackError:  # a listed file missing, an unreadable manifest or receipt
-            state = "BROKEN"
-        out.append({
-            "name": target.name,
-            "kind": "bfm" if bfm else "insightface",
-            "version": str(bfm.get("version", "")) if bfm else "",
-            "source": "registry" if receipt else "local",
-            "state": state,
-            "path": str(target),
-        })
-    return out
+    if not models.is_dir():
+        return []
+    with remembered_hashes(models / HASHES):
+        folders = sorted(p for p in models.glob("*") if p.is_dir() and not p.name.startswith("."))
+        return [_installed_pack(target, root, registry) for target in folders]
+
+
+def _installed_pack(target: Path, root, registry: dict) -> dict:
+    raw = _manifest(target) or {}
+    bfm = raw.get("bfm") if isinstance(raw.get("bfm"), dict) else None
+    try:
+        verify_folder(target.name, root, registry)
+        state = "verified"
+    except UnverifiedSourceError:
+        state = "UNVERIFIED source"
+    except ChecksumError:
+        state = "ALTERED"
+    except NoChecksumsError:
+        state = "no checksums"
+    except PackError:  # a listed file missing, an unreadable manifest or receipt
+        state = "BROKEN"
+    return {
+        "name": target.name,
+        "kind": "bfm" if bfm else "insightface",
+        "version": str(bfm.get("version", "")) if bfm else "",
+        "source": "registry" if (target / RECEIPT).is_file() else "local",
+        "state": state,
+        "path": str(target),
+    }
 
 
 def ensure_pack(name, root=None, *, registry=None, download: bool = True, progress: bool = True) -> Path:
