@@ -130,6 +130,23 @@ def test_thresholds_for_other_fpirs_and_gallery_sizes_read_the_stored_curve():
         PackThresholds(verification_distance=1.2).search_distances_at(0.01, 10)
 
 
+def test_a_smaller_gallery_searches_with_the_stored_thresholds_a_larger_one_with_stricter():
+    from types import SimpleNamespace
+
+    from insightface_bfm.app import FaceAnalysis
+
+    curve = ((1e-6, 0.6, 0.7), (1e-5, 0.7, 0.8), (1e-3, 1.1, 1.2))
+    th = PackThresholds(verification_distance=1.2, search_distance=0.9, search_distance_partial=1.0,
+                        search_fpir=0.01, search_gallery_size=1000, search_curve=curve)
+    app = SimpleNamespace(pack=SimpleNamespace(name="p", thresholds=th))
+    stored = th.search_distances_at()
+    # the independence model is not conservative: a smaller gallery is never searched more loosely
+    assert FaceAnalysis.search_thresholds(app, gallery_size=30) == stored
+    assert th.search_distances_at(gallery_size=30)["full"] > stored["full"]  # what the curve alone says
+    larger = FaceAnalysis.search_thresholds(app, gallery_size=100_000)
+    assert larger["full"] < stored["full"] and larger["partial"] < stored["partial"]
+
+
 # -- Gallery: thresholds per extractor -------------------------------------------------------------
 
 def _unit(v):
