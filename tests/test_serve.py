@@ -126,7 +126,7 @@ def masked_t1(service, t1, tmp_path_factory):
     faces = service["client"].post("/v1/analyze", files=files(image=t1)).json()["faces"]
     img = cv2.imread(str(t1))
     for face in faces:
-        img, _ = render_mask(img, np.array(face["kps"], np.float32), style="dark")
+        img, _ = render_mask(img, np.array(face["kps"], np.float32), style="dark", rng=0)
     path = tmp_path_factory.mktemp("masked") / "t1_masked.jpg"
     cv2.imwrite(str(path), img)
     return path
@@ -206,7 +206,7 @@ def test_compare_by_the_pair_rule(service, shared, tmp_path):
     from insightface_bfm.imaging import ARCFACE_KPS
     from insightface_bfm.masks import render_mask
 
-    masked, _ = render_mask(cv2.imread(str(a2)), ARCFACE_KPS, style="dark")
+    masked, _ = render_mask(cv2.imread(str(a2)), ARCFACE_KPS, style="dark", rng=0)
     cv2.imwrite(str(tmp_path / "a2_masked.jpg"), masked)
     r = client.post("/v1/compare", params={"aligned": 1},
                     files=files(image_a=a1, image_b=tmp_path / "a2_masked.jpg"))
