@@ -401,15 +401,18 @@ class MaskAugment(nn.Module):
         straps = strap_rgb * light
 
         keep = _bcast(apply)
-        a_mask = a_mask * keep
-        a_strap = a_strap * keep
+        every = bool((apply > 0).all())  # p = 1 (the default): multiplying by keep changes nothing
+        if not every:
+            a_mask = a_mask * keep
+            a_strap = a_strap * keep
         f = pix + (straps - pix) * a_strap
         if "shadow" in style:
             f = f * look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
         f = f + (layer - f) * a_mask
         # add the change rather than re-normalise: untouched pixels stay bit-identical
         masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)
-        masked = torch.where(keep > 0, masked, images)
+        if not every:
+            masked = torch.where(keep > 0, masked, images)
         region = torch.maximum(a_mask, a_strap)
         return masked, region.to(images.dtype)
 
