@@ -276,7 +276,7 @@ class MaskAugment(nn.Module):
         loops = _bcast(style["loops"])
         visible = style["straps_visible"]
         a_strap = torch.zeros_like(a_mask)
-        if bool((visible > 0).any()):
+        if visible.device.type != "cpu" or bool((visible > 0).any()):
             rows = _rows_of(visible)
             frame_s, shape_s, loops_s = _take_frame(frame, rows), _take_shape(shape, rows), _take(loops, rows)
             strap = geo.strap_distance(torch, frame_s, shape_s, loops_s, xs, ys)
@@ -425,7 +425,10 @@ class MaskAugment(nn.Module):
 
 
 def _rows_of(flags):
-    """Indices of the samples whose (B,) flag is on; None when every sample's is (no subset needed)."""
+    """Indices of the samples whose (B,) flag is on; None when every sample's is, or off the CPU
+    (a GPU computes the whole batch faster than it finds the subset: no device sync)."""
+    if flags.device.type != "cpu":
+        return None
     on = flags > 0
     if bool(on.all()):
         return None
