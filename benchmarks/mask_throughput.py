@@ -6,13 +6,26 @@ the image (the floor of any renderer that returns a new image) and a naive mask 
 ``cv2.fillPoly`` of a fixed anti-aliased polygon, no shading or texture). The batched torch
 renderer (``MaskAugment``) runs on CPU (``--threads``) and on CUDA when there is one.
 
-    python benchmarks/mask_throughput.py [--n 3000] [--batch 256] [--threads 1] [--json out.json]
+``--against REF`` (default ``REFERENCE``, the renderers before their speed-up) also measures the
+package as it was at that git commit, extracted into a temporary folder and run in a subprocess
+alternately with the working tree's (two rounds each, best kept), and prints the ratio new/old:
+the machine is shared, so only a ratio measured in one run means anything. ``--against none``
+measures the working tree alone. Rates are images per second of the process's CPU time (one
+thread), best of 3.
+
+    python benchmarks/mask_throughput.py [--n 3000] [--batch 256] [--threads 1] [--against REF]
+                                         [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +37,10 @@ from insightface_bfm.imaging import ARCFACE_KPS, to_network_input
 from insightface_bfm.masks import random_style, render_mask
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
+REPO = Path(__file__).resolve().parents[1]
+# the last commit before render_mask and MaskAugment were sped up (same pixels since then:
+# tests/test_mask_pixels.py)
+REFERENCE = "b3a6c39"
 
 
 def load_crops(n: int, root=LFW) -> np.ndarray:
@@ -39,12 +56,13 @@ def load_crops(n: int, root=LFW) -> np.ndarray:
 
 
 def _rate(fn, n: int, repeat: int = 3) -> float:
-    """Best of ``repeat`` runs, images per second (best: the box is shared, noise only slows)."""
+    """Best of ``repeat`` runs, images per second of this process's CPU time (one thread; best: the
+    box is shared, and noise only slows)."""
     best = 0.0
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        best = max(best, n / (time.perf_counter() - t))
+        best = max(best, n / max(time.process_time() - t, 1e-9))
     return best
 
 
@@ -107,11 +125,66 @@ def run(n: int = 3000, batch: int = 256, threads: int = 1, cuda_batch: int = 409
         return res
     res["batched_cpu"] = {"batch": batch, "threads": threads,
                           "images_per_s": batched(crops, batch, "cpu", threads)}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and cuda_batch > 0:
         big = load_crops(cuda_batch)
         res["batched_cuda"] = {"batch": cuda_batch, "device": torch.cuda.get_device_name(0),
                                "images_per_s": batched(big, cuda_batch, "cuda", threads)}
     return res
+
+
+def reference_tree(ref: str, into: Path) -> Path:
+    """The package ``insightface_bfm`` as it was at git commit ``ref``, extracted under ``into``."""
+    archive = into / "ref.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "-C", str(REPO), "archive", ref, "insightface_bfm"], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def measure_in_subprocess(pythonpath: Path, n: int, batch: int, threads: int) -> dict:
+    """``run`` in a fresh interpreter that imports ``insightface_bfm`` from ``pythonpath``."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--batch", str(batch),
+           "--threads", str(threads), "--against", "none"]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _best(a: dict, b: dict) -> dict:
+    """Key by key, the larger rate (every float is one) of two measurements of the same things."""
+    out = {}
+    for k, v in a.items():
+        out[k] = _best(v, b[k]) if isinstance(v, dict) else max(v, b[k]) if isinstance(v, float) else v
+    return out
+
+
+def compare(n: int, batch: int, threads: int, ref: str, rounds: int = 2) -> dict:
+    """The working tree against ``ref``, alternately in subprocesses; best of ``rounds`` each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old_path = reference_tree(ref, Path(tmp))
+        old = new = None
+        for _ in range(rounds):
+            o = measure_in_subprocess(old_path, n, batch, threads)
+            w = measure_in_subprocess(REPO, n, batch, threads)
+            old, new = (o, w) if old is None else (_best(old, o), _best(new, w))
+    return {"reference": ref, "old": old, "new": new}
+
+
+def compare_report(res: dict) -> str:
+    old, new = res["old"], res["new"]
+    lines = [f"against {res['reference']} (old) in the same run, images/s of CPU time, one thread:",
+             f"  {'':28s}{'old':>10s}{'new':>10s}{'new/old':>9s}"]
+    rows = [(k, old["per_image"][k], new["per_image"][k])
+            for k in ("render_mask", "random_style+render_mask")]
+    if "batched_cpu" in new and "batched_cpu" in old:
+        rows.append((f"MaskAugment cpu (batch {new['batched_cpu']['batch']})",
+                     old["batched_cpu"]["images_per_s"], new["batched_cpu"]["images_per_s"]))
+    for name, o, w in rows:
+        lines.append(f"  {name:28s}{o:10.0f}{w:10.0f}{w / o:8.2f}x")
+    copies = old["per_image"]["copy"], new["per_image"]["copy"]
+    lines.append(f"  (copy of a crop: old {copies[0]:.0f}/s, new {copies[1]:.0f}/s: the pace of each)")
+    return "\n".join(lines)
 
 
 def report(res: dict) -> str:
@@ -137,10 +210,20 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cuda-batch", type=int, default=4096)
+    ap.add_argument("--against", default=REFERENCE,
+                    help=f"git commit to compare with (default {REFERENCE}); 'none': this tree alone")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
+    if args.worker:  # one measurement for compare(): numbers only, as JSON
+        res = run(args.n, args.batch, args.threads, cuda_batch=0)
+        print(json.dumps(res))
+        return
     res = run(args.n, args.batch, args.threads, args.cuda_batch)
     print(report(res))
+    if args.against != "none":
+        res["compare"] = compare(args.n, args.batch, args.threads, args.against)
+        print(compare_report(res["compare"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2))
 

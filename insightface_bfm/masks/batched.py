@@ -270,10 +270,22 @@ class MaskAugment(nn.Module):
             hand_d = geo.hand_distance(torch, frame, shape, _bcast(style["valve_side"]), u, v, wmap)
             inside = torch.where(hand > 0, hand_d, inside)
         a_mask = geo.coverage(torch, inside)
+        # Each optional part below (straps, prints, photos, pleats, seams, valves) is computed for
+        # the samples that have it only: for the others its term is an exact 0 (or factor 1), so
+        # leaving them out changes no pixel and saves most of the work on a CPU.
         loops = _bcast(style["loops"])
-        strap = geo.strap_distance(torch, frame, shape, loops, xs, ys)
-        a_strap = torch.clamp(geo.strap_thickness(frame, loops) * 0.5 - strap + 0.5, 0.0, 1.0)
-        a_strap = a_strap * (1.0 - a_mask) * _bcast(style["straps_visible"])
+        visible = style["straps_visible"]
+        a_strap = torch.zeros_like(a_mask)
+        if visible.device.type != "cpu" or bool((visible > 0).any()):
+            rows = _rows_of(visible)
+            frame_s, shape_s, loops_s = _take_frame(frame, rows), _take_shape(shape, rows), _take(loops, rows)
+            strap = geo.strap_distance(torch, frame_s, shape_s, loops_s, xs, ys)
+            a_s = torch.clamp(geo.strap_thickness(frame_s, loops_s) * 0.5 - strap + 0.5, 0.0, 1.0)
+            a_s = a_s * (1.0 - _take(a_mask, rows)) * _bcast(_take(visible, rows))
+            if rows is None:
+                a_strap = a_s
+            else:
+                a_strap[rows] = a_s
 
         # the face's exposure and side light, measured on the cheeks the mask will cover
         pix = images.float() * 127.5 + 127.5
@@ -306,34 +318,50 @@ class MaskAugment(nn.Module):
         used = set(torch.unique(pattern).tolist())
         prints_used = used - {0, PHOTO}
         pat = None
-        if prints_used:
-            onehot = F.one_hot(pattern, len(PATTERNS)).float()[:, :, None, None]
+        if prints_used:  # each print on the samples that wear it (0 elsewhere, as a one-hot sum)
             angle = torch.deg2rad(style["pattern_angle"])
             scale = _bcast(style["pattern_scale"])
             cos_a, sin_a = _bcast(torch.cos(angle)), _bcast(torch.sin(angle))
-            r1, r2 = look.fabric_coords(u, v, wmap, frame.depth, cos_a, sin_a, scale)
-            prints = {
-                1: lambda: look.print_checks(torch, r1, r2),
-                2: lambda: look.print_stripes(torch, r1, r2),
-                3: lambda: look.print_dots(torch, r1, r2, scale * frame.depth),
-                4: lambda: look.print_noise(torch, self._noise(noise, u, v)),
-            }
-            pat = sum(onehot[:, k:k + 1] * prints[k]() for k in sorted(prints_used))
+            pat = torch.zeros_like(u)
+            for k in sorted(prints_used):
+                rows = torch.nonzero(pattern == k).squeeze(1)
+                u_k, v_k, depth_k, scale_k = u[rows], v[rows], frame.depth[rows], scale[rows]
+                r1, r2 = look.fabric_coords(u_k, v_k, wmap[rows], depth_k, cos_a[rows], sin_a[rows], scale_k)
+                if k == 1:
+                    pat[rows] = look.print_checks(torch, r1, r2)
+                elif k == 2:
+                    pat[rows] = look.print_stripes(torch, r1, r2)
+                elif k == 3:
+                    pat[rows] = look.print_dots(torch, r1, r2, scale_k * depth_k)
+                else:
+                    pat[rows] = look.print_noise(torch, self._noise([n[rows] for n in noise], u_k, v_k))
         color = base if pat is None else base + (accent - base) * pat
         if PHOTO in used:  # photographed masks: the photo over the outline, sampled for their rows only
             rows = torch.nonzero(pattern == PHOTO).squeeze(1)
-            tx, ty = textures.texture_coords(torch, frame, shape, u, v)
-            grid = torch.stack([tx * 2.0 - 1.0, ty * 2.0 - 1.0], -1)[rows, 0]
+            tx, ty = textures.texture_coords(torch, _take_frame(frame, rows), _take_shape(shape, rows),
+                                             u[rows], v[rows])
+            grid = torch.stack([tx * 2.0 - 1.0, ty * 2.0 - 1.0], -1)[:, 0]
             photo = F.grid_sample(self.photos[style["texture"][rows]], grid, mode="bilinear",
                                   padding_mode="border", align_corners=True)
             color = color.expand(-1, -1, *photo.shape[2:]).clone()
             color[rows] = photo
 
         shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
-        if bool(style["pleats"].any()):
-            shade = shade * (1.0 + _bcast(style["pleats"]) * (look.pleat_folds(torch, frame, shape, v) - 1.0))
-        if bool(style["seam"].any()):
-            shade = shade * (1.0 + _bcast(style["seam"]) * (look.centre_seam(torch, frame, u, wmap) - 1.0))
+        for key in ("pleats", "seam"):
+            flags = style[key]
+            if not bool(flags.any()):
+                continue
+            rows = _rows_of(flags)
+            frame_s = _take_frame(frame, rows)
+            if key == "pleats":
+                fold = look.pleat_folds(torch, frame_s, _take_shape(shape, rows), _take(v, rows))
+            else:
+                fold = look.centre_seam(torch, frame_s, _take(u, rows), _take(wmap, rows))
+            factor = 1.0 + _bcast(_take(flags, rows)) * (fold - 1.0)
+            if rows is None:
+                shade = shade * factor
+            else:
+                shade[rows] = shade[rows] * factor
         grain_scale = _bcast(style["grain"])
         if hand is not None:
             shade = shade * (1.0 + hand * (look.finger_folds(torch, frame, shape, v) - 1.0))
@@ -350,13 +378,20 @@ class MaskAugment(nn.Module):
             layer = layer + (250.0 * gain - layer) * sheen
 
         if bool(style["valve"].any()):
-            side = _bcast(style["valve_side"])
-            cx, cy = geo.valve_center(frame, shape, side)
-            radius = geo.valve_radius(frame)
+            rows = _rows_of(style["valve"])
+            frame_s = _take_frame(frame, rows)
+            side = _bcast(_take(style["valve_side"], rows))
+            cx, cy = geo.valve_center(frame_s, _take_shape(shape, rows), side)
+            radius = geo.valve_radius(frame_s)
             v_in = radius - torch.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
-            a_valve = geo.coverage(torch, v_in) * a_mask * _bcast(style["valve"])
-            valve = style["valve_rgb"][:, :, None, None] * (look.valve_shading(torch, v_in, radius) * light)
-            layer = layer + (valve - layer) * a_valve
+            a_valve = geo.coverage(torch, v_in) * _take(a_mask, rows) * _bcast(_take(style["valve"], rows))
+            rgb = _take(style["valve_rgb"], rows)[:, :, None, None]
+            valve = rgb * (look.valve_shading(torch, v_in, radius) * _take(light, rows))
+            if rows is None:
+                layer = layer + (valve - layer) * a_valve
+            else:
+                part = layer[rows]
+                layer[rows] = part + (valve - part) * a_valve
         if thing is not None:
             spec = thing * look.specular_band(torch, shape.centred(u), shape.width)
             layer = layer + (250.0 * gain - layer) * spec
@@ -366,15 +401,18 @@ class MaskAugment(nn.Module):
         straps = strap_rgb * light
 
         keep = _bcast(apply)
-        a_mask = a_mask * keep
-        a_strap = a_strap * keep
+        every = bool((apply > 0).all())  # p = 1 (the default): multiplying by keep changes nothing
+        if not every:
+            a_mask = a_mask * keep
+            a_strap = a_strap * keep
         f = pix + (straps - pix) * a_strap
         if "shadow" in style:
             f = f * look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
         f = f + (layer - f) * a_mask
         # add the change rather than re-normalise: untouched pixels stay bit-identical
         masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)
-        masked = torch.where(keep > 0, masked, images)
+        if not every:
+            masked = torch.where(keep > 0, masked, images)
         region = torch.maximum(a_mask, a_strap)
         return masked, region.to(images.dtype)
 
@@ -384,6 +422,34 @@ class MaskAugment(nn.Module):
         grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
         return sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
                    for n in noise)
+
+
+def _rows_of(flags):
+    """Indices of the samples whose (B,) flag is on; None when every sample's is, or off the CPU
+    (a GPU computes the whole batch faster than it finds the subset: no device sync)."""
+    if flags.device.type != "cpu":
+        return None
+    on = flags > 0
+    if bool(on.all()):
+        return None
+    return torch.nonzero(on).squeeze(1)
+
+
+def _take(t, rows):
+    """Samples ``rows`` of a per-sample tensor (a plain number, or anything with no batch, as is)."""
+    if rows is None or not torch.is_tensor(t) or t.ndim == 0 or t.shape[0] == 1:
+        return t
+    return t[rows]
+
+
+def _take_frame(frame, rows):
+    return geo.FaceFrame(*(_take(getattr(frame, k), rows) for k in (
+        "cx", "cy", "ax", "ay", "nose_u", "depth", "w_left", "w_right", "nose_v")))
+
+
+def _take_shape(shape, rows):
+    return geo.MaskShape(*(_take(getattr(shape, k), rows) for k in (
+        "top", "top_curve", "top_point", "bottom", "bottom_curve", "bottom_point", "width", "jaw", "shift")))
 
 
 def _flag(types, kind):

@@ -8,6 +8,7 @@ of points are cached, which makes aligned crops (all on the ArcFace template) ch
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -24,6 +25,10 @@ from .styles import ALL_TYPES, SKIN_GRAIN, MaskStyle, random_style
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
 _COORD_LOCK = threading.Lock()
+# validated points, their frame and mask boxes, per (points, image size): aligned crops all share
+# the template's, so a render skips the scalar set-up (a third of a 112x112 render's time)
+_FRAME_CACHE: OrderedDict = OrderedDict()
+_FRAME_CACHE_SIZE = 64
 
 
 def check_kps(kps, image_shape, name: str = "kps") -> np.ndarray:
@@ -63,6 +68,35 @@ def _frame(pts: np.ndarray, name: str) -> geo.FaceFrame:
     return frame
 
 
+class _Face:
+    """Validated points of one face in one image size, its frame and its mask boxes (cached)."""
+
+    def __init__(self, pts, frame):
+        self.pts, self.frame = pts, frame
+        self.boxes = {}  # envelope (top, bottom, width) -> pixel box or None
+
+
+def _face(kps, image_shape) -> _Face:
+    """``check_kps`` and ``_frame``, once per (points, image size)."""
+    key = None
+    if isinstance(kps, np.ndarray) and kps.dtype.kind == "f" and kps.size == 10:
+        key = (kps.dtype.str, kps.tobytes(), image_shape[0], image_shape[1])
+        with _COORD_LOCK:
+            hit = _FRAME_CACHE.get(key)
+            if hit is not None:
+                _FRAME_CACHE.move_to_end(key)
+                return hit
+    pts = check_kps(kps, image_shape).copy()  # a copy: the caller's array stays writeable
+    face = _Face(pts, _frame(pts, "kps"))
+    pts.flags.writeable = False
+    if key is not None:
+        with _COORD_LOCK:
+            _FRAME_CACHE[key] = face
+            if len(_FRAME_CACHE) > _FRAME_CACHE_SIZE:
+                _FRAME_CACHE.popitem(last=False)
+    return face
+
+
 class _FaceMaps:
     """Everything per-pixel that depends on the face and the box but not on the style.
 
@@ -88,21 +122,41 @@ class _FaceMaps:
         self.right = (window & (self.u >= 0)).astype(np.float32)
         self.n_left, self.n_right = float(self.left.sum()), float(self.right.sum())
 
+    def window(self, sy: slice, sx: slice) -> _Window:
+        """The maps of a box inside this one (views, no copies)."""
+        return _Window(self, sy, sx)
+
     def outline_distance(self, frame, shape):
-        """``geometry.outline_distance`` from the cached maps (same formula, fewer operations)."""
-        uu, au = self.uu, self.au
-        if shape.shift:  # an off-centre occluder: its own u, not the cached one
-            u = self.u - np.float32(shape.shift)
-            uu, au = u * u, np.abs(u)
-        top = shape.top_centre(np, frame) + shape.top_curve * uu
-        if shape.top_point:
-            top = top + shape.top_point * au
-        bottom = shape.bottom - shape.bottom_curve * uu
-        if shape.bottom_point:
-            bottom = bottom - shape.bottom_point * au
-        side = shape.width - (shape.width * shape.jaw) * self.below2
-        d = np.minimum((self.v - top) * frame.depth, (bottom - self.v) * frame.depth)
-        return np.minimum(d, (side - au) * self.w)
+        return _outline_distance(self, frame, shape)
+
+
+class _Window:
+    """A sub-box of a ``_FaceMaps``: the same per-pixel maps, sliced."""
+
+    def __init__(self, maps, sy, sx):
+        self.xs, self.ys = maps.xs[:, sx], maps.ys[sy]
+        for name in ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip"):
+            setattr(self, name, getattr(maps, name)[sy, sx])
+
+    def outline_distance(self, frame, shape):
+        return _outline_distance(self, frame, shape)
+
+
+def _outline_distance(maps, frame, shape):
+    """``geometry.outline_distance`` from cached maps (same formula, fewer operations)."""
+    uu, au = maps.uu, maps.au
+    if shape.shift:  # an off-centre occluder: its own u, not the cached one
+        u = maps.u - np.float32(shape.shift)
+        uu, au = u * u, np.abs(u)
+    top = shape.top_centre(np, frame) + shape.top_curve * uu
+    if shape.top_point:
+        top = top + shape.top_point * au
+    bottom = shape.bottom - shape.bottom_curve * uu
+    if shape.bottom_point:
+        bottom = bottom - shape.bottom_point * au
+    side = shape.width - (shape.width * shape.jaw) * maps.below2
+    d = np.minimum((maps.v - top) * frame.depth, (bottom - maps.v) * frame.depth)
+    return np.minimum(d, (side - au) * maps.w)
 
 
 def _face_maps(pts, frame, box) -> _FaceMaps:
@@ -159,9 +213,9 @@ def render_mask(image, kps, style=None, rng=None):
     (and its loops). The same image, points and style always give the same output.
     """
     img = check_image(image, "image")
-    pts = check_kps(kps, img.shape)
+    face = _face(kps, img.shape)
+    pts, frame = face.pts, face.frame
     style = _as_style(style, rng)
-    frame = _frame(pts, "kps")
     shape = _shape(style)
 
     h, w = img.shape[:2]
@@ -170,49 +224,62 @@ def render_mask(image, kps, style=None, rng=None):
     # one box for every style (the envelope of all random styles) keeps the face cache warm
     reach = style.width + abs(style.shift) + (0.6 if style.type == "hand" else 0.0)  # a palm runs on
     envelope = geo.MaskShape(min(style.top, 0.2), 0, 0, max(style.bottom, 2.0), 0, 0, max(reach, 1.25), 0)
-    box = _mask_box(frame, envelope, w, h)
+    box_key = (envelope.top, envelope.bottom, envelope.width)
+    box = face.boxes.get(box_key, False)
+    if box is False:
+        box = face.boxes[box_key] = _mask_box(frame, envelope, w, h)
     if box is None:
         return out, region_u8.view(bool)
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
-
-    inside = _inside(maps, frame, shape, style)
+    # Only the pixels the mask covers change (elsewhere the blend below leaves every pixel as it
+    # was), so the mask is drawn in the box of its own outline, inside the envelope's box.
+    win, (sy, sx) = _own_window(maps, frame, style, box, w, h)
+    inside = _inside(win, frame, shape, style)
     a_mask = np.clip(inside + 0.5, 0.0, 1.0)
+    if _touches_edge(a_mask, sy, sx, box):  # never seen; the whole envelope box, to be safe
+        sy, sx = slice(0, y1 - y0), slice(0, x1 - x0)
+        win = maps.window(sy, sx)
+        inside = _inside(win, frame, shape, style)
+        a_mask = np.clip(inside + 0.5, 0.0, 1.0)
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
     roi = img[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
     rh, rw = gray.shape
     nl, nr = maps.n_left, maps.n_right
-    mean = float(gray.mean())
-    luma_l = float((gray * maps.left).sum()) / nl if nl else mean
-    luma_r = float((gray * maps.right).sum()) / nr if nr else mean
-    cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else mean
-    gain = float(look.brightness_gain(np, cheek))
-    slope = 1.4 * (luma_r - luma_l) / (luma_r + luma_l + 1.0)  # as look.side_light
-    light = np.clip(1.0 + slope * maps.u_clip, 0.5, 1.5) * gain
+    luma_l = float((gray * maps.left).sum()) / nl if nl else float(gray.mean())
+    luma_r = float((gray * maps.right).sum()) / nr if nr else float(gray.mean())
+    cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else float(gray.mean())
+    # look.brightness_gain and look.side_light on plain floats (the same arithmetic, no numpy calls)
+    gain = min(max((cheek / look.REFERENCE_LUMA) ** 0.85, 0.25), 1.2)
+    slope = 1.4 * (luma_r - luma_l) / (luma_r + luma_l + 1.0)
 
     # straps first (under the mask), drawn anti-aliased by cv2 on the whole image
-    loops = 1.0 if style.loops else 0.0
-    base = style.colors[0]
-    strap_color = np.array((225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base])
-    thickness = max(1, int(geo.strap_thickness(frame, loops)))
-    segments = geo.strap_segments(frame, shape, loops) if style.straps_visible else []
-    for i, (ax, ay, bx, by) in enumerate(segments):
-        side = -1.0 if i < 2 else 1.0
-        col = np.clip(strap_color * gain * float(look.side_light(np, side, luma_l, luma_r)), 0, 255)
-        p0 = (int(round(ax * 16)), int(round(ay * 16)))
-        p1 = (int(round(bx * 16)), int(round(by * 16)))
-        cv2.line(out, p0, p1, col.tolist(), thickness, cv2.LINE_AA, 4)
-        cv2.line(region_u8, p0, p1, 1, thickness, cv2.LINE_8, 4)
+    if style.straps_visible:
+        loops = 1.0 if style.loops else 0.0
+        base = style.colors[0]
+        strap_color = (225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base]
+        thickness = max(1, int(geo.strap_thickness(frame, loops)))
+        for i, (ax, ay, bx, by) in enumerate(geo.strap_segments(frame, shape, loops)):
+            lit = min(max(1.0 + slope * (-1.0 if i < 2 else 1.0), 0.5), 1.5)
+            col = [min(max(c * gain * lit, 0.0), 255.0) for c in strap_color]
+            p0 = (int(round(ax * 16)), int(round(ay * 16)))
+            p1 = (int(round(bx * 16)), int(round(by * 16)))
+            cv2.line(out, p0, p1, col, thickness, cv2.LINE_AA, 4)
+            cv2.line(region_u8, p0, p1, 1, thickness, cv2.LINE_8, 4)
+
+    if style.shadow:  # on the skin (and straps) under the mask, before the mask goes on
+        _contact_shadow(out, pts, frame, shape, style, envelope)
+    u, v, wmap = win.u, win.v, win.w
+    light = np.clip(1.0 + slope * win.u_clip, 0.5, 1.5) * gain
 
     # the mask surface: base colour (or a two-colour print) x shading, plus fabric grain
-    shade = maps.surface * look.edge_band(np, frame, inside)
+    shade = win.surface * look.edge_band(np, frame, inside)
     if style.pleats:
-        shade *= look.pleat_folds(np, frame, shape, maps.v)
+        shade *= look.pleat_folds(np, frame, shape, v)
     if style.seam:
-        shade *= maps.seam
-    u, v, wmap = maps.u, maps.v, maps.w
+        shade *= win.seam
     colors = style.colors
     if style.type == "hand":  # the face's own skin, folded into fingers
         shade *= look.finger_folds(np, frame, shape, v)
@@ -239,22 +306,20 @@ def render_mask(image, kps, style=None, rng=None):
         else:
             pat = look.print_noise(np, _noise_print(np.random.default_rng(style.seed), u, v))
     grain_scale = style.grain * (SKIN_GRAIN if style.type == "hand" else 1.0)
-    grain = _grain(style.seed, rh, rw) * grain_scale if grain_scale > 0 else None
+    grain = _grain(style.seed, rh, rw)[sy, sx] * grain_scale if grain_scale > 0 else None
     valve = None
     if style.valve:
         cx, cy = geo.valve_center(frame, shape, style.valve_side)
         radius = geo.valve_radius(frame)
-        v_in = radius - np.sqrt((maps.xs - cx) ** 2 + (maps.ys - cy) ** 2)
+        v_in = radius - np.sqrt((win.xs - cx) ** 2 + (win.ys - cy) ** 2)
         a_valve = geo.coverage(np, v_in) * a_mask
         valve = (a_valve, look.valve_shading(np, v_in, radius) * light)
 
     spec = look.specular_band(np, shape.centred(u), shape.width) if style.type == "object" else None
     sheen = style.sheen * look.sheen_lobe(np, u, v, luma_l, luma_r) if style.sheen else None
-    if style.shadow:  # on the skin (and straps) under the mask, before the mask goes on
-        _contact_shadow(out, pts, frame, shape, style, envelope)
-    # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting)
-    dst = out[y0:y1, x0:x1]
-    planes = []
+    # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting),
+    # in place: f += (layer - f) * a_mask, then clip(f + 0.5, 0, 255) as uint8
+    dst = out[y0:y1, x0:x1][sy, sx]
     for c, (cb, ca, cv_) in enumerate(zip(*colors)):
         if tex is not None:
             layer = tex[:, :, c] * shade
@@ -269,13 +334,40 @@ def render_mask(image, kps, style=None, rng=None):
         if spec is not None:
             layer += (250.0 * gain - layer) * spec
         f = dst[:, :, c].astype(np.float32)
-        f += (layer - f) * a_mask
-        planes.append(f)
-    merged = cv2.merge(planes)
-    merged += 0.5
-    out[y0:y1, x0:x1] = np.clip(merged, 0, 255).astype(np.uint8)
-    region_u8[y0:y1, x0:x1] |= (a_mask > 0.5).view(np.uint8)
+        np.subtract(layer, f, out=layer)
+        layer *= a_mask
+        f += layer
+        f += 0.5
+        np.maximum(f, 0, out=f)  # np.clip(f, 0, 255), without its Python-level overhead
+        np.minimum(f, 255, out=f)
+        dst[:, :, c] = f  # truncation, as astype(np.uint8)
+    region_u8[y0:y1, x0:x1][sy, sx] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
+
+
+def _own_window(maps, frame, style, box, w, h):
+    """The window of ``maps`` (over the envelope ``box``) that holds this style's outline: the box
+    of its own top, bottom and reach (a hand's top edge may rise at its sides: the whole box)."""
+    x0, y0, x1, y1 = box
+    full = (slice(0, y1 - y0), slice(0, x1 - x0))
+    if style.type == "hand":
+        return maps.window(*full), full
+    reach = style.width + abs(style.shift)
+    own = _mask_box(frame, geo.MaskShape(style.top, 0, 0, style.bottom, 0, 0, reach, 0), w, h)
+    if own is None:
+        return maps.window(*full), full
+    sy = slice(max(own[1], y0) - y0, min(own[3], y1) - y0)
+    sx = slice(max(own[0], x0) - x0, min(own[2], x1) - x0)
+    if sy.stop <= sy.start or sx.stop <= sx.start:
+        return maps.window(*full), full
+    return maps.window(sy, sx), (sy, sx)
+
+
+def _touches_edge(a_mask, sy, sx, box) -> bool:
+    """Whether the coverage reaches an edge of its window that lies inside the envelope's box."""
+    x0, y0, x1, y1 = box
+    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < y1 - y0 and a_mask[-1].any())
+                or (sx.start > 0 and a_mask[:, 0].any()) or (sx.stop < x1 - x0 and a_mask[:, -1].any()))
 
 
 def _inside(maps, frame, shape, style):
@@ -313,16 +405,19 @@ def _skin_colour(roi, maps, tone, gain) -> tuple[float, float, float]:
 
 def _mask_box(frame, shape, w, h):
     """Pixel box (x0, y0, x1, y1) holding the mask outline, clipped to the image; None if empty."""
-    pts = []
+    xs, ys = [], []
     for side in (-1.0, 1.0):
         for v in (shape.top * frame.nose_v - 0.02, 1.0, shape.bottom + 0.02):
-            pts.append(frame.side_point(side, shape.width + 0.03, v))
-        pts.append(frame.side_point(side, 0.0, shape.bottom + 0.02))
-    pts = np.asarray(pts)
-    x0 = int(np.clip(np.floor(pts[:, 0].min()) - 1, 0, w))
-    x1 = int(np.clip(np.ceil(pts[:, 0].max()) + 2, 0, w))
-    y0 = int(np.clip(np.floor(pts[:, 1].min()) - 1, 0, h))
-    y1 = int(np.clip(np.ceil(pts[:, 1].max()) + 2, 0, h))
+            x, y = frame.side_point(side, shape.width + 0.03, v)
+            xs.append(x)
+            ys.append(y)
+        x, y = frame.side_point(side, 0.0, shape.bottom + 0.02)
+        xs.append(x)
+        ys.append(y)
+    x0 = min(max(math.floor(min(xs)) - 1, 0), w)
+    x1 = min(max(math.ceil(max(xs)) + 2, 0), w)
+    y0 = min(max(math.floor(min(ys)) - 1, 0), h)
+    y1 = min(max(math.ceil(max(ys)) + 2, 0), h)
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
