@@ -279,8 +279,11 @@ class FaceAnalysis(_InsightFaceAnalysis):
         cosine similarity, squared L2 distance of normalised embeddings (2 - 2 * similarity),
         case 1 both unmasked / 2 one masked / 3 both masked. A missing embedding is computed
         from the face's stored aligned crop. ``threshold``: a squared L2 distance, or one per
-        extractor (``verification_thresholds()``), to fill ``same``.
+        extractor (``verification_thresholds()``), to fill ``same``; by default the pack's own
+        (as ``verify``), and ``same`` stays None only for a pack without one.
         """
+        if threshold is None and self.pack.thresholds.verification_distance is not None:
+            threshold = self.verification_thresholds()
         return compare(face_a, face_b, embed_missing=self.embed_missing, threshold=threshold)
 
     def verification_thresholds(self, threshold: float | None = None) -> dict[str, float]:

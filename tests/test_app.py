@@ -115,6 +115,9 @@ def test_compare_pair_rule_and_lazy_embedding(apps, t1):
     both = app.get_aligned(np.stack([crops[0], masked_crop, crops[1]]), embed="both")
     r = app.compare(routed[0], routed[2])
     assert (r.case, r.extractor) == (1, "full")
+    # the pack's own threshold decides by default, as verify does
+    assert r.threshold == 1.0 and r.same == (r.distance <= 1.0)
+    assert app.compare(routed[0], routed[2], threshold=4.0).same is True
     r2 = app.compare(routed[0], routed[1])  # unmasked face meets a masked one: both through E_P
     assert (r2.case, r2.extractor) == (2, "partial")
     assert routed[0].embedding_partial is not None  # computed from the stored crop, kept

@@ -344,5 +344,7 @@ def _train_last_share(model: BFMModel, share: float) -> str:
             param.requires_grad_(count < share * size)
             count += param.numel() if param.requires_grad else 0
         kept, total = kept + count, total + size
-    return f"trainable extractor parameters: {kept:,} of {total:,} (the last {share:.0%} of each extractor)"
+    # the last tensor may overshoot the share (a small network has few, large tensors): say both
+    return (f"trainable extractor parameters: {kept:,} of {total:,} ({kept / max(total, 1):.0%}: the last "
+            f"tensors of each extractor up to init.trainable_share {share:g})")
 

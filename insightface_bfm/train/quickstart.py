@@ -33,7 +33,8 @@ def run_comparison(recipe: Recipe, out: str | Path | None = None, resume: bool =
     dataset = open_dataset(recipe.data.path)
     holdout = open_dataset(recipe.eval.holdout)
     if recipe.data.cache:
-        dataset, holdout = InMemoryFaces(dataset), InMemoryFaces(holdout)
+        progress = recipe.train.progress
+        dataset, holdout = InMemoryFaces(dataset, progress), InMemoryFaces(holdout, progress)
     results = {}
     for mode in recipe.compare:
         sub = recipe.with_mode(mode)

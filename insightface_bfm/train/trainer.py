@@ -75,11 +75,12 @@ class InMemoryFaces:
     """A dataset decoded once into one uint8 array (``data.cache``): for small sets such as the
     quickstart's generated faces, whose drawing would otherwise be repeated every epoch."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, progress: bool = True):
         from tqdm.auto import tqdm
 
         keep, images = [], []
-        for i in tqdm(range(len(dataset)), desc="caching images", unit="img", leave=False):
+        bar = tqdm(range(len(dataset)), desc="caching images", unit="img", leave=False, disable=not progress)
+        for i in bar:
             sample = dataset[i]
             if sample is not None:
                 keep.append(i)
@@ -178,7 +179,7 @@ class Trainer:
 
         self.dataset = dataset if dataset is not None else open_dataset(recipe.data.path)
         if recipe.data.cache and not isinstance(self.dataset, InMemoryFaces):
-            self.dataset = InMemoryFaces(self.dataset)
+            self.dataset = InMemoryFaces(self.dataset, progress=recipe.train.progress)
         self.holdout = holdout if holdout is not None else recipe.eval.holdout
         self.global_batch = recipe.optim.batch_size
         self.sampler = GlobalBatchSampler(len(self.dataset), self.global_batch, self.world, recipe.train.seed)
