@@ -85,6 +85,17 @@ def make_export(directory, recogniser, classifier_mode="darkness"):
     return directory
 
 
+def make_standin_pack(out, recogniser, detector, **thresholds):
+    """The tests' stand-in BFM pack at ``out``: ``make_export`` beside it ("darkness" classifier,
+    ``recogniser`` as E_F and, negated, as E_P) packed with ``detector``; ``thresholds`` go to
+    ``build_pack`` (e.g. ``verification_distance=1.2``). Returns the ``Pack``."""
+    from insightface_bfm.zoo.packs import build_pack
+
+    out = Path(out)
+    export = make_export(out.parent / f".{out.name}_export", recogniser, classifier_mode="darkness")
+    return build_pack(export, out, detector=detector, **thresholds)
+
+
 def make_face_folder(root, n, identities=2, name="img{i}.png"):
     """``n`` noise 112x112 "crops" in ``identities`` sub-folders (id0, id1, ...): plumbing input."""
     import cv2

@@ -115,15 +115,12 @@ def ran_by_file(block: Block) -> str | None:
 def make_pack_root(root: Path, shared: Path) -> Path:
     """``root/models/bfm``: the stand-in pack of the tests, from the shared detector and recogniser."""
     sys.path.insert(0, str(REPO / "tests"))
-    from bfm_inference_helpers import make_export
+    from bfm_inference_helpers import make_standin_pack
 
-    from insightface_bfm.zoo.packs import build_pack
-
-    recogniser = shared / "models" / "mobilefacenet_128.onnx"
-    export = make_export(root / "export", recogniser, classifier_mode="darkness")
-    build_pack(export, root / "models" / "bfm", detector=shared / "models" / "scrfd_2.5g_bnkps.onnx",
-               verification_distance=1.2, verification_distance_partial=1.3)
-    shutil.rmtree(export)
+    make_standin_pack(root / "models" / "bfm", shared / "models" / "mobilefacenet_128.onnx",
+                      shared / "models" / "scrfd_2.5g_bnkps.onnx", verification_distance=1.2,
+                      verification_distance_partial=1.3)
+    shutil.rmtree(root / "models" / ".bfm_export")
     return root
 
 

@@ -12,7 +12,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from bfm_inference_helpers import make_export
+from bfm_inference_helpers import make_standin_pack
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
@@ -26,7 +26,7 @@ from insightface_bfm.evaluation.open_set import (
     plan_searches,
 )
 from insightface_bfm.matching import Gallery
-from insightface_bfm.zoo.packs import PackThresholds, build_pack, load_pack
+from insightface_bfm.zoo.packs import PackThresholds, load_pack
 
 
 def bfm(*args):
@@ -181,9 +181,8 @@ def setting(tmp_path_factory):
     det = shared_path("models", "scrfd_2.5g_bnkps.onnx")
     lfw = shared_path("data", "lfw112")
     base = tmp_path_factory.mktemp("open_set")
-    export = make_export(base / "export", rec, classifier_mode="darkness")
-    build_pack(export, base / "plain", detector=det, verification_distance=1.2,
-               verification_distance_partial=1.3)
+    make_standin_pack(base / "plain", rec, det, verification_distance=1.2,
+                      verification_distance_partial=1.3)
     shutil.copytree(base / "plain", base / "calibrated")
     lines = [ln.split("\t") for ln in (lfw / "peopleDevTest.txt").read_text().splitlines()[1:] if ln.strip()]
     names = [n for n, k in lines if 2 <= int(k) <= 3][:12]

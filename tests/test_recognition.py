@@ -11,13 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from bfm_inference_helpers import make_export
+from bfm_inference_helpers import make_standin_pack
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
 from insightface_bfm.drawing import ROUTE_COLOURS
 from insightface_bfm.matching import Gallery
-from insightface_bfm.zoo.packs import build_pack
 
 THRESHOLD = 1.2  # squared L2; MobileFaceNet's LFW threshold is about 1.2-1.4
 THRESHOLD_PARTIAL = 1.3  # E_P's own (the pack's verification_distance_partial)
@@ -42,9 +41,8 @@ def pack(tmp_path_factory):
     rec = shared_path("models", "mobilefacenet_128.onnx")
     det = shared_path("models", "scrfd_2.5g_bnkps.onnx")
     base = tmp_path_factory.mktemp("recognition")
-    export = make_export(base / "export", rec, classifier_mode="darkness")
-    build_pack(export, base / "pack", detector=det, verification_distance=THRESHOLD,
-               verification_distance_partial=THRESHOLD_PARTIAL)
+    make_standin_pack(base / "pack", rec, det, verification_distance=THRESHOLD,
+                      verification_distance_partial=THRESHOLD_PARTIAL)
     return base / "pack"
 
 

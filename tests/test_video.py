@@ -15,12 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from bfm_inference_helpers import make_clip, make_export
+from bfm_inference_helpers import make_clip, make_standin_pack
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
 from insightface_bfm.recognition.tracking import Tracker, box_iou
-from insightface_bfm.zoo.packs import build_pack
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "guides" / "video.md"
 WALKER, STANDER = "Amanda_Bynes", "Bill_Sizemore"
@@ -50,9 +49,8 @@ def scene(tmp_path_factory):
     det = shared_path("models", "scrfd_2.5g_bnkps.onnx")
     raw = shared_path("data", "lfw_raw")
     base = tmp_path_factory.mktemp("video")
-    export = make_export(base / "export", rec, classifier_mode="darkness")
-    pack = build_pack(export, base / "root" / "models" / "bfm", detector=det, verification_distance=1.2,
-                      verification_distance_partial=1.3).path
+    pack = make_standin_pack(base / "root" / "models" / "bfm", rec, det, verification_distance=1.2,
+                             verification_distance_partial=1.3).path
     work = base / "work"
     (work / "people").mkdir(parents=True)
     for person in (WALKER, STANDER):  # the second photo of each is enrolled; the first is in the clip
