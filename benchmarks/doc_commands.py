@@ -41,6 +41,9 @@ def fresh_clone_sandbox(base: Path):
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = dict(env, PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv))
+    # installed up front as the README says, so that any selection of blocks (--match) finds it
+    subprocess.run(["bash", "-c", 'pip install -q torch==2.13.0 && pip install -q -e ".[train,dev]"'],
+                   cwd=clone, env=env, check=True)
     env.pop("PYTHONPATH", None)  # the clone's own install, not this repository's
     (clone / "t1.jpg").write_bytes((cwd / "t1.jpg").read_bytes())  # ../shared is the sandbox's too
     return clone, env
