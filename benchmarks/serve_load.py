@@ -112,32 +112,46 @@ def in_process(app, images, requests: int) -> dict:
             "p99_ms": 1000 * percentile(latencies, 99)}
 
 
-def over_http(url, images, requests: int, clients: int) -> dict:
+def run_clients(url, requests: int, clients: int, send) -> float:
+    """``clients`` threads, each with its own HTTP client, share the request numbers 0..requests-1 and
+    call ``send(http, i)`` for each (it returns the client to go on with: a new one after a dropped
+    connection). Returns the wall seconds."""
     import httpx
 
-    latencies, statuses = [], []
     lock = threading.Lock()
     counter = iter(range(requests))
 
     def client():
-        with httpx.Client(base_url=url, timeout=120) as http:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                name, data = images[i % len(images)]
-                t = time.perf_counter()
-                r = http.post("/v1/analyze", files={"image": (name, data, "image/jpeg")})
-                with lock:
-                    latencies.append(time.perf_counter() - t)
-                    statuses.append(r.status_code)
+        http = httpx.Client(base_url=url, timeout=120)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                http.close()
+                return
+            http = send(http, i)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
-    wall = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def over_http(url, images, requests: int, clients: int) -> dict:
+    latencies, statuses = [], []
+    lock = threading.Lock()
+
+    def send(http, i):
+        name, data = images[i % len(images)]
+        t = time.perf_counter()
+        r = http.post("/v1/analyze", files={"image": (name, data, "image/jpeg")})
+        with lock:
+            latencies.append(time.perf_counter() - t)
+            statuses.append(r.status_code)
+        return http
+
+    wall = run_clients(url, requests, clients, send)
     return {"req_s": requests / wall, "p50_ms": 1000 * percentile(latencies, 50),
             "p99_ms": 1000 * percentile(latencies, 99), "non_200": sum(s != 200 for s in statuses)}
 
@@ -158,7 +172,6 @@ def mixed(url, pid, images, total: int, clients: int, bad_share: float, seed: in
         else:
             plan.append((rng.choices(["analyze", "search", "enrol"], weights=[60, 20, 20])[0], None))
     lock = threading.Lock()
-    counter = iter(range(total))
     statuses: dict[int, int] = {}
     state = {"enrolled": 0, "enrol_ok": 0, "rss": [], "done": 0, "crop": 0}
     # one entry to search from the start
@@ -193,34 +206,25 @@ def mixed(url, pid, images, total: int, clients: int, bad_share: float, seed: in
             return http.post("/v1/compare", files={"image_a": ("blank.png", blank, "image/png")})
         return http.post("/v1/analyze", files={"image": ("big.jpg", big, "image/jpeg")})
 
-    def client():
-        with httpx.Client(base_url=url, timeout=120) as http:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                kind, detail = plan[i]
-                try:
-                    r = one(http, kind, detail)
-                    status = r.status_code
-                except httpx.TransportError:
-                    status = -1  # a dropped connection (after a 413 the server closes it): counted
-                    http = httpx.Client(base_url=url, timeout=120)
-                with lock:
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if kind == "enrol" and status == 200:
-                        state["enrol_ok"] += 1
-                        state["enrolled"] += r.json()["enrolled"]
-                    state["done"] += 1
-                    if state["done"] % 100 == 0:
-                        state["rss"].append(rss_mb(pid))
+    def send(http, i):
+        kind, detail = plan[i]
+        try:
+            r = one(http, kind, detail)
+            status = r.status_code
+        except httpx.TransportError:
+            status = -1  # a dropped connection (after a 413 the server closes it): counted
+            http = httpx.Client(base_url=url, timeout=120)
+        with lock:
+            statuses[status] = statuses.get(status, 0) + 1
+            if kind == "enrol" and status == 200:
+                state["enrol_ok"] += 1
+                state["enrolled"] += r.json()["enrolled"]
+            state["done"] += 1
+            if state["done"] % 100 == 0:
+                state["rss"].append(rss_mb(pid))
+        return http
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(client) for _ in range(clients)]:
-            f.result()
-    wall = time.perf_counter() - started
+    wall = run_clients(url, total, clients, send)
     with httpx.Client(base_url=url, timeout=60) as http:
         entries = http.get("/v1/galleries/load").json()["entries"]
     rss = state["rss"]

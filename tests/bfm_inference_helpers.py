@@ -85,6 +85,16 @@ def make_export(directory, recogniser, classifier_mode="darkness"):
     return directory
 
 
+def one_line_error(res, *words):
+    """A click result that failed as the CLI fails on bad input: exit 2, one line "Error: ...", holding
+    each of ``words``."""
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
 def make_standin_pack(out, recogniser, detector, **thresholds):
     """The tests' stand-in BFM pack at ``out``: ``make_export`` beside it ("darkness" classifier,
     ``recogniser`` as E_F and, negated, as E_P) packed with ``detector``; ``thresholds`` go to

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from bfm_inference_helpers import make_standin_pack
+from bfm_inference_helpers import make_standin_pack, one_line_error
 from click.testing import CliRunner
 
 from insightface_bfm.cli import main
@@ -24,14 +24,6 @@ THRESHOLD_PARTIAL = 1.3  # E_P's own (the pack's verification_distance_partial)
 
 def bfm(*args, input=None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture(scope="module")
