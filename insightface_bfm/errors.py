@@ -64,15 +64,23 @@ def missing_training(command: str, module: str = "torch") -> MissingExtraError:
                              f"(in a clone of the repository: {TRAIN_EXTRA_CLONE})")
 
 
-def require_training(command: str) -> None:
-    """Fail with one line naming ``pip install "insightface-bfm[train]"`` when torch is absent,
-    before any work (a training command's ``--help`` never gets here)."""
+def first_missing_module(modules) -> str | None:
+    """The first of ``modules`` that cannot be imported (looked up, not imported), or None."""
     import importlib.util
 
-    for module in TRAIN_MODULES:
+    for module in modules:
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
-            raise missing_training(command, module)
+            return module
+    return None
+
+
+def require_training(command: str) -> None:
+    """Fail with one line naming ``pip install "insightface-bfm[train]"`` when torch is absent,
+    before any work (a training command's ``--help`` never gets here)."""
+    module = first_missing_module(TRAIN_MODULES)
+    if module is not None:
+        raise missing_training(command, module)

@@ -6,12 +6,11 @@ Plain Python (no FastAPI import), so that ``bfm serve --help`` and the checks ru
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass
 
-from ..errors import BFMError, MissingExtraError
+from ..errors import BFMError, MissingExtraError, first_missing_module
 
 SERVE_EXTRA = 'pip install "insightface-bfm[serve]"'
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
@@ -70,12 +69,7 @@ class ServeSettings:
 
 def require_serving(command: str = "bfm serve") -> None:
     """Fail with one line naming the ``[serve]`` extra when one of its packages is absent."""
-    for module in SERVE_MODULES:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            name = "python-multipart" if module == "multipart" else module.replace("_", "-")
-            raise MissingExtraError(
-                f"{command} needs the serve extra ({name} is not installed): {SERVE_EXTRA}")
+    module = first_missing_module(SERVE_MODULES)
+    if module is not None:
+        name = "python-multipart" if module == "multipart" else module.replace("_", "-")
+        raise MissingExtraError(f"{command} needs the serve extra ({name} is not installed): {SERVE_EXTRA}")
