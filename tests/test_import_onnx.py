@@ -292,6 +292,46 @@ def test_interpreter_matches_onnx_runtime_operator_by_operator():
     assert not learnable & {"mean", "var", "flat", "lo", "hi", "offset"}
 
 
+def test_in_place_activations_leave_aliases_inputs_and_gradients_alone():
+    """Without gradients, an activation whose input nobody reads later runs in place (speed and
+    memory of frozen layers); an input another live tensor shares (Identity), the graph's input
+    and tensors that need a gradient are never overwritten."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "hi")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["rx"]),  # the graph's input: never in place
+        helper.make_node("Conv", ["rx", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c"], ["alias"]),  # shares c's memory, read at the end
+        helper.make_node("Relu", ["c"], ["r"]),  # c's last reader, but aliased: out of place
+        helper.make_node("Add", ["alias", "r"], ["a"]),
+        helper.make_node("Clip", ["a", "lo", "hi"], ["cl"]),  # a's last reader: in place
+        helper.make_node("Add", ["cl", "alias"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "inplace", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxGraphModule(model).eval()
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    expected = helpers.session(model.SerializeToString()).run(None, {"x": x})[0]
+    inp = torch.from_numpy(x.copy())
+    with torch.no_grad():
+        got = module(inp)
+    assert np.abs(got.numpy() - expected).max() < 1e-5
+    assert torch.equal(inp, torch.from_numpy(x))
+    # with gradients: the same values, and the weight's gradient that of the plain ops
+    out = module(torch.from_numpy(x))
+    out.sum().backward()
+    w = torch.from_numpy(numpy_helper.to_array(inits[0])).requires_grad_()
+    c = torch.nn.functional.conv2d(torch.from_numpy(x).relu(), w, padding=1)
+    ref = (c + c.relu()).clamp(0.0, 0.5) + c
+    ref.sum().backward()
+    assert torch.allclose(out.detach(), ref.detach(), atol=1e-6)
+    assert torch.allclose(module.w.grad, w.grad, atol=1e-5)
+
+
 def test_a_graph_that_normalises_inside_is_fed_pixels():
     """mxnet conversions open with Sub/Mul nodes (insightface feeds them raw RGB pixels)."""
     consts = [numpy_helper.from_array(np.array(127.5, np.float32), "mean"),

@@ -226,6 +226,7 @@ class OnnxGraphModule(nn.Module):
                 self.register_buffer(key, tensor)
             self._tensor_keys[name] = key
         self._nodes = nodes
+        self._release = _last_uses(nodes, self.output_name)
         # the graph travels in the state dict, so a checkpoint alone rebuilds the module
         skeleton = bytearray(_skeleton(model))
         self.register_buffer(SKELETON_KEY, torch.frombuffer(skeleton, dtype=torch.uint8).clone())
@@ -264,14 +265,44 @@ class OnnxGraphModule(nn.Module):
         env: dict[str, torch.Tensor | None] = {"": None, self.input_name: x}
         for name, key in self._tensor_keys.items():
             env[name] = getattr(self, key)
-        for node in self._nodes:
-            result = _OPS[node.op](self, node, [env[i] for i in node.inputs])
+        for node, release in zip(self._nodes, self._release):
+            args = [env[i] for i in node.inputs]
+            # an activation whose input is used by no later node and needs no gradient (a frozen
+            # layer, or inference) runs in place: the same values without a new full-size tensor
+            inplace = (node.op in _INPLACE and node.inputs[0] in release and node.inputs[0] not in
+                       self._tensor_keys and node.inputs[0] != self.input_name and not args[0].requires_grad
+                       and not _aliased(env, node.inputs[0]))
+            result = _INPLACE[node.op](self, node, args) if inplace else _OPS[node.op](self, node, args)
             if isinstance(result, tuple):
                 for name, value in zip(node.outputs, result):
                     env[name] = value
             else:
                 env[node.outputs[0]] = result
+            for name in release:  # its last reader: freed now, so the allocator reuses the memory
+                if name not in self._tensor_keys:
+                    env[name] = None
         return env[self.output_name]
+
+
+def _aliased(env: dict, name: str) -> bool:
+    """Whether another live tensor shares ``env[name]``'s memory (a view, Identity, Reshape...)."""
+    ptr = env[name].untyped_storage().data_ptr()
+    return any(v is not None and k != name and isinstance(v, torch.Tensor)
+               and v.untyped_storage().data_ptr() == ptr for k, v in env.items())
+
+
+def _last_uses(nodes, output_name: str) -> list[frozenset]:
+    """Per node, the tensor names no later node reads (the graph's output excepted)."""
+    last: dict[str, int] = {}
+    for k, node in enumerate(nodes):
+        for name in node.inputs:
+            if name:
+                last[name] = k
+    out = [set() for _ in nodes]
+    for name, k in last.items():
+        if name != output_name:
+            out[k].add(name)
+    return [frozenset(s) for s in out]
 
 
 # --------------------------------------------------------------------------- operators
@@ -348,7 +379,7 @@ def _prelu(m, node, args):
     return torch.where(x >= 0, x, x * slope)  # general numpy broadcasting
 
 
-def _clip(m, node, args):
+def _clip(m, node, args, inplace: bool = False):
     x = args[0]
     if m.opset < 11:
         low, high = node.attrs.get("min"), node.attrs.get("max")
@@ -359,6 +390,11 @@ def _clip(m, node, args):
         high = None if high is None else float(high)
     if low is None and high is None:
         return x
+    if inplace:
+        return x.clamp_(min=low, max=high)
+    if low is not None and high is not None:
+        # the same values; its backward is one kernel where clamp's is several (ReLU6 in MobileFaceNets)
+        return F.hardtanh(x, low, high)
     return torch.clamp(x, min=low, max=high)
 
 
@@ -543,6 +579,12 @@ def _split(m, node, args):
 def _lp_normalization(m, node, args):
     return F.normalize(args[0], p=float(node.attrs.get("p", 2)), dim=int(node.attrs.get("axis", -1)))
 
+
+# in-place forms for ``OnnxGraphModule.forward`` (same values, no new tensor)
+_INPLACE = {
+    "Relu": lambda m, n, a: a[0].relu_(),
+    "Clip": lambda m, n, a: _clip(m, n, a, inplace=True),
+}
 
 _OPS = {
     "Conv": _conv,
