@@ -111,3 +111,20 @@ def test_onnx_init_centres_through_onnx_runtime_equal_the_torch_graphs(shared, f
     fast = class_centres(onnx_embedder(path), faces, faces.num_classes, progress=False)
     slow = class_centres(torch_embedder(import_onnx(path)), faces, faces.num_classes, progress=False)
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)
+
+
+def test_upper_face_centres_through_onnx_runtime_equal_the_torch_partial_extractor(shared, faces):
+    """E_P with ``model.partial_rows`` starts its head at the centres of its cut view: ONNX Runtime
+    on the file with the rows below set to mid-grey gives those of torch's partial extractor (the
+    build's fast path), and they differ from the whole crop's."""
+    from insightface_bfm.export import import_onnx
+    from insightface_bfm.nets.upper_face import UpperFace
+    from insightface_bfm.train.head_init import class_centres, onnx_embedder, torch_embedder
+
+    path = str(shared("models", "mobilefacenet_128.onnx"))
+    fast = class_centres(onnx_embedder(path, rows=62), faces, faces.num_classes, progress=False)
+    view = torch.nn.Sequential(UpperFace(62), import_onnx(path))
+    slow = class_centres(torch_embedder(view), faces, faces.num_classes, progress=False)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)
+    whole = class_centres(onnx_embedder(path), faces, faces.num_classes, progress=False)
+    assert (fast - whole).abs().max() > 1e-2

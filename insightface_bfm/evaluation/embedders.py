@@ -60,10 +60,14 @@ class _Session:
         self.size = tuple(shape)
         self.mean, self.std = float(mean), float(std)
 
-    def run(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def run(self, crops: np.ndarray, batch_size: int = 64, rows: int | None = None) -> np.ndarray:
+        """Embeddings of uint8 BGR crops; ``rows``: only the top rows are seen, the rest set to 0
+        (mid-grey) in the network's normalisation, as ``nets.upper_face.UpperFace`` does."""
         if crops.shape[1:3] != self.size:
             raise PackError(f"{self.path}: expects {self.size} crops, got {crops.shape[1:3]}")
         blob = to_network_input(crops)
+        if rows is not None:
+            blob[:, :, rows:, :] = 0.0
         if (self.mean, self.std) != (127.5, 127.5):  # insightface's mxnet-era models normalise inside
             blob = (blob * 127.5 + 127.5 - self.mean) / self.std
         return run_in_batches(self.session, blob, batch_size)
