@@ -89,6 +89,21 @@ def test_build_resumes_after_an_interruption_and_installs_an_evaluated_pack(tmp_
                               "people_file": str(people)}
     split = json.loads((root / "models" / ".build" / "tiny" / "split.json").read_text())
     assert not set(split["held_out"]) & set(split["train"])  # held-out people are never trained on
+    # the base row, read from the pack's cached embeddings, is E_F's file evaluated on its own
+    from insightface_bfm.evaluation import evaluate
+    from insightface_bfm.evaluation.embedders import BFMPackEmbedder, PackFullExtractor
+
+    pairs = root / "models" / ".build" / "tiny" / "heldout_pairs.csv"
+    for case, mask in ((1, None), (2, "one"), (3, "both")):
+        res, _, _ = evaluate(pairs, pack.full, images=lfw, mask_pairs=mask, seed=0, progress=False)
+        assert res["accuracy"] == build["heldout"]["base"][f"case{case}"]["accuracy"]
+    cache = tmp_path / "cache"
+    evaluate(pairs, pack.path, images=lfw, mask_pairs="one", cache_dir=cache, progress=False)
+    full_only = PackFullExtractor(BFMPackEmbedder(pack.path))
+    full_only.embed = None  # every face is in the pack's cache: nothing to run
+    res, _, _ = evaluate(pairs, pack.path, images=lfw, mask_pairs="one", cache_dir=cache, progress=False,
+                         embedder=full_only)
+    assert res["accuracy"] == build["heldout"]["base"]["case2"]["accuracy"]
 
     # 3. installed: another build of that name needs --force; with it the finished training is reused
     r = CliRunner().invoke(main, args)

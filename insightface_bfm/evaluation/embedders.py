@@ -139,6 +139,23 @@ class BFMPackEmbedder:
         }
 
 
+class PackFullExtractor:
+    """A BFM pack's E_F alone, unrouted (``bfm models build``'s "base alone" row: E_F is the base,
+    frozen). It shares the pack's embedding cache, whose entries hold every output of a face, and
+    keeps ``full`` only (``fields``), so a pack evaluated first leaves nothing to compute here."""
+
+    routed = False
+    fields = ("full",)
+
+    def __init__(self, pack: BFMPackEmbedder):
+        self.pack = pack
+        self.model_id = pack.model_id
+        self.description = f"E_F of {pack.description}"
+
+    def embed(self, crops: np.ndarray) -> dict:
+        return self.pack.embed(crops)  # all outputs: the cache entries stay whole for the pack
+
+
 class CheckpointEmbedder:
     """A training checkpoint (run dir, ``last`` pointer or ``step_*`` dir), run through torch.
 

@@ -145,7 +145,7 @@ def _embed_views(embedder, views: list[tuple[str, str, Callable]], cache, batch:
     if cache is not None:
         cache.save()
     keys = [v[0] for v in views]
-    fields = list(results[keys[0]])
+    fields = getattr(embedder, "fields", None) or list(results[keys[0]])  # a view of fewer outputs
     return {f: np.stack([results[k][f] for k in keys]) for f in fields}
 
 

@@ -305,8 +305,7 @@ def build_pack_from_faces(
 
         # 5. held-out verification, Cases 1/2/3, base alone and the pack; the pack's threshold
         t = time.time()
-        table, threshold = heldout_table(pairs_csv, images, {"base": work / "export" / "full.onnx",
-                                                             "bfm": staging}, work / "cache", progress,
+        table, threshold = heldout_table(pairs_csv, images, staging, work / "cache", progress,
                                          thresholds=recipe_obj.eval.thresholds)
         timings["heldout"] = round(time.time() - t, 1)
 
@@ -431,25 +430,32 @@ def _train(recipe, run_dir: Path, echo) -> dict:
     return Trainer(recipe, resume=resume).fit()
 
 
-def heldout_table(pairs_csv, images, models: dict, cache_dir, progress: bool = True, thresholds: str = "one"):
-    """Accuracy per case (10 folds, ``bfm eval``'s protocol) of each model on the held-out pairs:
-    Case 1 as they are, Case 2 the second face masked, Case 3 both (our renderer, seed 0, the same
-    masks for every model); the verification threshold of the last model = the best one on its
-    pooled Case 1-3 pairs, with its accuracy per case. ``thresholds="per_extractor"`` (recipe key
-    ``eval.thresholds``): the pack's model is measured, and its thresholds chosen, one per
-    extractor (E_F's on the pooled pairs routed to E_F, E_P's on those routed to E_P)."""
+def heldout_table(pairs_csv, images, pack, cache_dir, progress: bool = True, thresholds: str = "one"):
+    """Accuracy per case (10 folds, ``bfm eval``'s protocol) on the held-out pairs of the pack and
+    of its E_F alone (the "base" row: E_F is the base, frozen, with the shipped recipe): Case 1 as
+    they are, Case 2 the second face masked, Case 3 both (our renderer, seed 0, the same masks for
+    both rows). The pack's verification threshold = the best one on its pooled Case 1-3 pairs, with
+    its accuracy per case. ``thresholds="per_extractor"`` (recipe key ``eval.thresholds``): the
+    pack is measured, and its thresholds chosen, one per extractor (E_F's on the pooled pairs
+    routed to E_F, E_P's on those routed to E_P).
+
+    The pack runs first; its E_F row then reads the pack's embeddings from the cache
+    (``PackFullExtractor``) instead of running E_F a second time."""
     from ..evaluation import evaluate
+    from ..evaluation.embedders import BFMPackEmbedder, PackFullExtractor
     from ..evaluation.verification import RoutedDistances, best_threshold
 
-    table: dict = {}
-    pooled = {}
-    for model_name, model in models.items():
+    pack_embedder = BFMPackEmbedder(pack)
+    table: dict = {"base": {}, "bfm": {}}
+    last = []
+    for model_name, embedder in (("bfm", pack_embedder), ("base", PackFullExtractor(pack_embedder))):
         for case, mask in CASES:
-            res, ver, _ = evaluate(pairs_csv, model, images=images, mask_pairs=mask, seed=MASK_SEED,
-                                   cache_dir=cache_dir, progress=progress, thresholds=thresholds)
-            table.setdefault(model_name, {})[f"case{case}"] = {"accuracy": res["accuracy"], "std": res["std"]}
-            pooled.setdefault(model_name, []).append(ver)
-    last = pooled[list(models)[-1]]
+            res, ver, _ = evaluate(pairs_csv, pack, images=images, mask_pairs=mask, seed=MASK_SEED,
+                                   cache_dir=cache_dir, progress=progress, embedder=embedder,
+                                   thresholds=thresholds)
+            table[model_name][f"case{case}"] = {"accuracy": res["accuracy"], "std": res["std"]}
+            if model_name == "bfm":
+                last.append(ver)
     same = np.concatenate([v.pairs[1] for v in last])
     if all(v.routes is not None for v in last):
         routes = RoutedDistances(*(np.concatenate([getattr(v.routes, k) for v in last])
