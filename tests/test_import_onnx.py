@@ -301,7 +301,8 @@ def test_in_place_activations_leave_aliases_inputs_and_gradients_alone():
              numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
              numpy_helper.from_array(np.array(0.5, np.float32), "hi")]
     nodes = [
-        helper.make_node("Relu", ["x"], ["rx"]),  # the graph's input: never in place
+        helper.make_node("Identity", ["x"], ["xv"]),  # the caller's input under another name
+        helper.make_node("Relu", ["xv"], ["rx"]),  # its last reader: still never in place
         helper.make_node("Conv", ["rx", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Identity", ["c"], ["alias"]),  # shares c's memory, read at the end
         helper.make_node("Relu", ["c"], ["r"]),  # c's last reader, but aliased: out of place

@@ -262,33 +262,34 @@ class OnnxGraphModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.expects_pixels:
             x = x * 127.5 + 127.5  # our convention is normalised input; this graph wants pixels
-        env: dict[str, torch.Tensor | None] = {"": None, self.input_name: x}
-        for name, key in self._tensor_keys.items():
-            env[name] = getattr(self, key)
+        weights = {name: getattr(self, key) for name, key in self._tensor_keys.items()}
+        live: dict[str, torch.Tensor | None] = {self.input_name: x}  # the activations still to be read
+        # memory never written in place: the caller's input and the weights (a view of one may flow on)
+        kept = {t.untyped_storage().data_ptr() for t in (x, *weights.values())}
         for node, release in zip(self._nodes, self._release):
-            args = [env[i] for i in node.inputs]
+            args = [live[i] if i in live else weights.get(i) for i in node.inputs]  # "" (absent) -> None
             # an activation whose input is used by no later node and needs no gradient (a frozen
             # layer, or inference) runs in place: the same values without a new full-size tensor
-            inplace = (node.op in _INPLACE and node.inputs[0] in release and node.inputs[0] not in
-                       self._tensor_keys and node.inputs[0] != self.input_name and not args[0].requires_grad
-                       and not _aliased(env, node.inputs[0]))
+            first = node.inputs[0] if node.inputs else ""
+            inplace = (node.op in _INPLACE and first in release and first in live
+                       and not args[0].requires_grad and args[0].untyped_storage().data_ptr() not in kept
+                       and not _aliased(live, first))
             result = _INPLACE[node.op](self, node, args) if inplace else _OPS[node.op](self, node, args)
             if isinstance(result, tuple):
                 for name, value in zip(node.outputs, result):
-                    env[name] = value
+                    live[name] = value
             else:
-                env[node.outputs[0]] = result
+                live[node.outputs[0]] = result
             for name in release:  # its last reader: freed now, so the allocator reuses the memory
-                if name not in self._tensor_keys:
-                    env[name] = None
-        return env[self.output_name]
+                live.pop(name, None)
+        return live[self.output_name]
 
 
-def _aliased(env: dict, name: str) -> bool:
-    """Whether another live tensor shares ``env[name]``'s memory (a view, Identity, Reshape...)."""
-    ptr = env[name].untyped_storage().data_ptr()
-    return any(v is not None and k != name and isinstance(v, torch.Tensor)
-               and v.untyped_storage().data_ptr() == ptr for k, v in env.items())
+def _aliased(live: dict, name: str) -> bool:
+    """Whether another live activation shares ``live[name]``'s memory (a view, Identity, Reshape...)."""
+    ptr = live[name].untyped_storage().data_ptr()
+    return any(k != name and isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr
+               for k, v in live.items())
 
 
 def _last_uses(nodes, output_name: str) -> list[frozenset]:
