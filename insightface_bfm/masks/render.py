@@ -101,7 +101,9 @@ class _FaceMaps:
     """Everything per-pixel that depends on the face and the box but not on the style.
 
     Cached per (points, box): aligned crops all share the template points and, thanks to the
-    envelope box, one entry, so a render only computes the style's own terms.
+    envelope box, one entry, so a render only computes the style's own terms. A render works on
+    whole rows of these maps (row slices of C-contiguous arrays are contiguous: numpy runs about
+    twice as fast on them as on sub-box views, and pixels the mask does not reach keep theirs).
     """
 
     def __init__(self, frame, box):
@@ -117,46 +119,64 @@ class _FaceMaps:
         self.surface = look.surface(np, frame, self.u, self.v).astype(np.float32)
         self.seam = look.centre_seam(np, frame, self.u, self.w).astype(np.float32)
         self.u_clip = np.clip(self.u, -1.0, 1.0)
+        # float64 twins of the maps that meet float64 terms (exact copies: mixed-type numpy
+        # operations convert on the fly, at twice the cost)
+        self.v64, self.surface64 = self.v.astype(np.float64), self.surface.astype(np.float64)
+        # each row's range of v: the rows an outline can reach (``_own_rows``)
+        self.v_lo, self.v_hi = self.v.min(1), self.v.max(1)
         window = geo.cheek_window(np, self.u, self.v)
         self.left = (window & (self.u < 0)).astype(np.float32)
         self.right = (window & (self.u >= 0)).astype(np.float32)
         self.n_left, self.n_right = float(self.left.sum()), float(self.right.sum())
 
-    def window(self, sy: slice, sx: slice) -> _Window:
-        """The maps of a box inside this one (views, no copies)."""
-        return _Window(self, sy, sx)
+    def rows(self, sy: slice) -> _Rows:
+        """The maps of a band of rows of this box (views, no copies)."""
+        return _Rows(self, sy)
 
     def outline_distance(self, frame, shape):
         return _outline_distance(self, frame, shape)
 
 
-class _Window:
-    """A sub-box of a ``_FaceMaps``: the same per-pixel maps, sliced."""
+class _Rows:
+    """A band of rows of a ``_FaceMaps``: the same per-pixel maps, sliced."""
 
-    def __init__(self, maps, sy, sx):
-        self.xs, self.ys = maps.xs[:, sx], maps.ys[sy]
-        for name in ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip"):
-            setattr(self, name, getattr(maps, name)[sy, sx])
+    def __init__(self, maps, sy):
+        self.xs, self.ys = maps.xs, maps.ys[sy]
+        for name in ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip", "v64", "surface64"):
+            setattr(self, name, getattr(maps, name)[sy])
 
     def outline_distance(self, frame, shape):
         return _outline_distance(self, frame, shape)
 
 
 def _outline_distance(maps, frame, shape):
-    """``geometry.outline_distance`` from cached maps (same formula, fewer operations)."""
+    """``geometry.outline_distance`` from cached maps: the same operations in the same float
+    types (the top edge is float64: ``top_centre`` is a float64 scalar), in place.
+    tests/test_masks.py checks it equals the general formula bit for bit."""
+    f32 = np.float32
     uu, au = maps.uu, maps.au
     if shape.shift:  # an off-centre occluder: its own u, not the cached one
-        u = maps.u - np.float32(shape.shift)
+        u = maps.u - f32(shape.shift)
         uu, au = u * u, np.abs(u)
-    top = shape.top_centre(np, frame) + shape.top_curve * uu
+    top = np.multiply(uu, f32(shape.top_curve)).astype(np.float64)
+    top += shape.top_centre(np, frame)
     if shape.top_point:
-        top = top + shape.top_point * au
-    bottom = shape.bottom - shape.bottom_curve * uu
+        top += np.multiply(au, f32(shape.top_point))
+    d = np.subtract(maps.v64, top, out=top)
+    d *= frame.depth
+    bottom = np.multiply(uu, f32(shape.bottom_curve))
+    np.subtract(f32(shape.bottom), bottom, out=bottom)
     if shape.bottom_point:
-        bottom = bottom - shape.bottom_point * au
-    side = shape.width - (shape.width * shape.jaw) * maps.below2
-    d = np.minimum((maps.v - top) * frame.depth, (bottom - maps.v) * frame.depth)
-    return np.minimum(d, (side - au) * maps.w)
+        bottom -= np.multiply(au, f32(shape.bottom_point))
+    d_bottom = np.subtract(bottom, maps.v, out=bottom)
+    d_bottom *= f32(frame.depth)
+    side = np.multiply(maps.below2, f32(shape.width * shape.jaw))
+    np.subtract(f32(shape.width), side, out=side)
+    side -= au
+    side *= maps.w
+    # min(top, bottom, side): the two float32 ones first (exact either way)
+    np.minimum(d_bottom, side, out=side)
+    return np.minimum(d, side, out=d)
 
 
 def _face_maps(pts, frame, box) -> _FaceMaps:
@@ -233,15 +253,16 @@ def render_mask(image, kps, style=None, rng=None):
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
     # Only the pixels the mask covers change (elsewhere the blend below leaves every pixel as it
-    # was), so the mask is drawn in the box of its own outline, inside the envelope's box.
-    win, (sy, sx) = _own_window(maps, frame, style, box, w, h)
+    # was), so the mask is drawn in the rows its outline can reach, inside the envelope's box.
+    sy = _own_rows(maps, frame, style)
+    win = maps.rows(sy)
     inside = _inside(win, frame, shape, style)
-    a_mask = np.clip(inside + 0.5, 0.0, 1.0)
-    if _touches_edge(a_mask, sy, sx, box):  # never seen; the whole envelope box, to be safe
-        sy, sx = slice(0, y1 - y0), slice(0, x1 - x0)
-        win = maps.window(sy, sx)
+    a_mask = _coverage(inside)
+    if _touches_edge(a_mask, sy, len(maps.v_lo)):  # never seen; the whole envelope box, to be safe
+        sy = slice(0, y1 - y0)
+        win = maps.rows(sy)
         inside = _inside(win, frame, shape, style)
-        a_mask = np.clip(inside + 0.5, 0.0, 1.0)
+        a_mask = _coverage(inside)
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
     roi = img[y0:y1, x0:x1]
@@ -272,10 +293,11 @@ def render_mask(image, kps, style=None, rng=None):
     if style.shadow:  # on the skin (and straps) under the mask, before the mask goes on
         _contact_shadow(out, pts, frame, shape, style, envelope)
     u, v, wmap = win.u, win.v, win.w
-    light = np.clip(1.0 + slope * win.u_clip, 0.5, 1.5) * gain
+    light = _side_light(win.u_clip, slope, gain)
 
     # the mask surface: base colour (or a two-colour print) x shading, plus fabric grain
-    shade = win.surface * look.edge_band(np, frame, inside)
+    shade = _edge_band(frame, inside)
+    shade *= win.surface64
     if style.pleats:
         shade *= look.pleat_folds(np, frame, shape, v)
     if style.seam:
@@ -306,7 +328,7 @@ def render_mask(image, kps, style=None, rng=None):
         else:
             pat = look.print_noise(np, _noise_print(np.random.default_rng(style.seed), u, v))
     grain_scale = style.grain * (SKIN_GRAIN if style.type == "hand" else 1.0)
-    grain = _grain(style.seed, rh, rw)[sy, sx] * grain_scale if grain_scale > 0 else None
+    grain = _grain(style.seed, rh, rw)[sy] * grain_scale if grain_scale > 0 else None
     valve = None
     if style.valve:
         cx, cy = geo.valve_center(frame, shape, style.valve_side)
@@ -317,57 +339,97 @@ def render_mask(image, kps, style=None, rng=None):
 
     spec = look.specular_band(np, shape.centred(u), shape.width) if style.type == "object" else None
     sheen = style.sheen * look.sheen_lobe(np, u, v, luma_l, luma_r) if style.sheen else None
-    # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting),
-    # in place: f += (layer - f) * a_mask, then clip(f + 0.5, 0, 255) as uint8
-    dst = out[y0:y1, x0:x1][sy, sx]
-    for c, (cb, ca, cv_) in enumerate(zip(*colors)):
-        if tex is not None:
-            layer = tex[:, :, c] * shade
-        else:
-            layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
-        if grain is not None:
-            layer += grain
-        if sheen is not None:
-            layer += (250.0 * gain - layer) * sheen
-        if valve is not None:
-            layer += (cv_ * valve[1] - layer) * valve[0]
-        if spec is not None:
-            layer += (250.0 * gain - layer) * spec
-        f = dst[:, :, c].astype(np.float32)
-        np.subtract(layer, f, out=layer)
-        layer *= a_mask
-        f += layer
-        f += 0.5
-        np.maximum(f, 0, out=f)  # np.clip(f, 0, 255), without its Python-level overhead
-        np.minimum(f, 255, out=f)
-        dst[:, :, c] = f  # truncation, as astype(np.uint8)
-    region_u8[y0:y1, x0:x1][sy, sx] |= (a_mask > 0.5).view(np.uint8)
+    # composite all three channels at once on planar (3, rows, columns) float64 maps, with the
+    # per-channel arithmetic of one channel at a time (the same floats): layer = colour x shade
+    # (+ grain, sheen, valve, highlight); f += (layer - f) * a_mask; clip(f + 0.5, 0, 255) as uint8
+    if tex is not None:
+        layer = np.multiply(tex.transpose(2, 0, 1), shade)
+    elif pat is None:
+        layer = np.multiply(_channels(colors[0], np.float64), shade)
+    else:  # cb + (ca - cb) * pat in the print's float type, as with Python numbers
+        layer = np.multiply(_channels([ca - cb for cb, ca in zip(*colors[:2])], pat.dtype), pat)
+        layer += _channels(colors[0], pat.dtype)
+        layer = np.multiply(layer, shade)
+    if grain is not None:
+        layer += grain.astype(np.float64)
+    if sheen is not None:
+        _blend_towards(layer, 250.0 * gain, sheen)
+    if valve is not None:
+        _blend_towards(layer, np.multiply(_channels(colors[2], valve[1].dtype), valve[1]), valve[0])
+    if spec is not None:
+        _blend_towards(layer, 250.0 * gain, spec)
+    dst = out[y0:y1, x0:x1][sy]
+    f = dst.transpose(2, 0, 1).astype(np.float64)
+    np.subtract(layer, f, out=layer)
+    layer *= a_mask
+    layer += f  # f + (layer - f) * a_mask in float64, then rounded to float32 as ``f +=`` does
+    f = layer.astype(np.float32)
+    f += 0.5
+    np.clip(f, 0, 255, out=f)
+    # truncation as astype(np.uint8); cv2.merge interleaves the planes (numpy's strided copy
+    # back into the BGR image is four times slower)
+    dst[...] = cv2.merge(tuple(f.astype(np.uint8)))
+    region_u8[y0:y1, x0:x1][sy] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
 
 
-def _own_window(maps, frame, style, box, w, h):
-    """The window of ``maps`` (over the envelope ``box``) that holds this style's outline: the box
-    of its own top, bottom and reach (a hand's top edge may rise at its sides: the whole box)."""
-    x0, y0, x1, y1 = box
-    full = (slice(0, y1 - y0), slice(0, x1 - x0))
-    if style.type == "hand":
-        return maps.window(*full), full
-    reach = style.width + abs(style.shift)
-    own = _mask_box(frame, geo.MaskShape(style.top, 0, 0, style.bottom, 0, 0, reach, 0), w, h)
-    if own is None:
-        return maps.window(*full), full
-    sy = slice(max(own[1], y0) - y0, min(own[3], y1) - y0)
-    sx = slice(max(own[0], x0) - x0, min(own[2], x1) - x0)
-    if sy.stop <= sy.start or sx.stop <= sx.start:
-        return maps.window(*full), full
-    return maps.window(sy, sx), (sy, sx)
+def _channels(values, dtype) -> np.ndarray:
+    """Three per-channel numbers as a (3, 1, 1) array of ``dtype`` (a Python number meets a numpy
+    array in the array's float type)."""
+    return np.asarray(values, dtype=dtype).reshape(3, 1, 1)
 
 
-def _touches_edge(a_mask, sy, sx, box) -> bool:
-    """Whether the coverage reaches an edge of its window that lies inside the envelope's box."""
-    x0, y0, x1, y1 = box
-    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < y1 - y0 and a_mask[-1].any())
-                or (sx.start > 0 and a_mask[:, 0].any()) or (sx.stop < x1 - x0 and a_mask[:, -1].any()))
+def _blend_towards(layer, target, alpha):
+    """``layer += (target - layer) * alpha`` in place."""
+    step = np.subtract(target, layer)
+    step *= alpha
+    layer += step
+
+
+def _coverage(inside):
+    """``geometry.coverage`` in place of a fresh array: clip(inside + 0.5, 0, 1)."""
+    a = np.add(inside, 0.5)
+    return np.clip(a, 0.0, 1.0, out=a)
+
+
+def _side_light(u_clip, slope, gain):
+    """``appearance.side_light(np, u, ...) * gain`` from the cached clip(u, -1, 1), on plain floats
+    (Python numbers meet the float32 maps as float32)."""
+    f32 = np.float32
+    light = np.multiply(u_clip, f32(slope))
+    light += f32(1.0)
+    np.clip(light, f32(0.5), f32(1.5), out=light)
+    light *= f32(gain)
+    return light
+
+
+def _edge_band(frame, inside):
+    """``appearance.edge_band`` in place of fresh arrays (the same float64 operations)."""
+    band = np.divide(inside, 0.06 * frame.depth + 1.0)
+    np.subtract(1.0, band, out=band)
+    np.clip(band, 0.0, 1.0, out=band)
+    band *= 0.1
+    return np.subtract(1.0, band, out=band)
+
+
+def _own_rows(maps, frame, style) -> slice:
+    """The rows of ``maps`` (over the envelope box) that an outline can reach: those whose v range
+    meets [top, bottom] of the style, one pixel more each way. The top and bottom edges only curve
+    away from the face's middle (a hand's may rise at its sides: all rows)."""
+    full = slice(0, len(maps.v_lo))
+    curves = (style.top_curve, style.top_point, style.bottom_curve, style.bottom_point)
+    if style.type == "hand" or min(curves) < 0:
+        return full
+    pad = 0.02 + 1.0 / frame.depth
+    rows = np.flatnonzero((maps.v_hi >= style.top * frame.nose_v - pad) & (maps.v_lo <= style.bottom + pad))
+    if not len(rows):
+        return full
+    return slice(int(rows[0]), int(rows[-1]) + 1)
+
+
+def _touches_edge(a_mask, sy, n_rows) -> bool:
+    """Whether the coverage reaches a cut edge of its band of rows (of ``n_rows``)."""
+    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < n_rows and a_mask[-1].any()))
 
 
 def _inside(maps, frame, shape, style):
