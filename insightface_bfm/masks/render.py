@@ -128,6 +128,14 @@ class _FaceMaps:
         self.left = (window & (self.u < 0)).astype(np.float32)
         self.right = (window & (self.u >= 0)).astype(np.float32)
         self.n_left, self.n_right = float(self.left.sum()), float(self.right.sum())
+        # the cheeks' box and (left, right) weights: both sums of grey levels in one matrix product,
+        # exact (so equal to numpy's sums) while they stay below 2**24; else None (the sums)
+        self.cheeks = self.cheek_weights = None
+        if 0 < min(self.n_left, self.n_right) and 255 * max(self.n_left, self.n_right) < 2**24:
+            rows, cols = np.nonzero(window)
+            self.cheeks = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            weights = [side[self.cheeks].ravel() for side in (self.left, self.right)]
+            self.cheek_weights = np.stack(weights, 1)
 
     def rows(self, sy: slice) -> _Rows:
         """The maps of a band of rows of this box (views, no copies)."""
@@ -266,12 +274,18 @@ def render_mask(image, kps, style=None, rng=None):
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
     roi = img[y0:y1, x0:x1]
-    gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    rh, rw = gray.shape
+    rh, rw = roi.shape[:2]
     nl, nr = maps.n_left, maps.n_right
-    luma_l = float((gray * maps.left).sum()) / nl if nl else float(gray.mean())
-    luma_r = float((gray * maps.right).sum()) / nr if nr else float(gray.mean())
-    cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else float(gray.mean())
+    if maps.cheeks is not None:
+        gray = cv2.cvtColor(roi[maps.cheeks], cv2.COLOR_BGR2GRAY).astype(np.float32)
+        sum_l, sum_r = gray.reshape(-1) @ maps.cheek_weights
+        luma_l, luma_r = float(sum_l) / nl, float(sum_r) / nr
+        cheek = (luma_l * nl + luma_r * nr) / (nl + nr)
+    else:
+        gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        luma_l = float((gray * maps.left).sum()) / nl if nl else float(gray.mean())
+        luma_r = float((gray * maps.right).sum()) / nr if nr else float(gray.mean())
+        cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else float(gray.mean())
     # look.brightness_gain and look.side_light on plain floats (the same arithmetic, no numpy calls)
     gain = min(max((cheek / look.REFERENCE_LUMA) ** 0.85, 0.25), 1.2)
     slope = 1.4 * (luma_r - luma_l) / (luma_r + luma_l + 1.0)
@@ -282,9 +296,12 @@ def render_mask(image, kps, style=None, rng=None):
         base = style.colors[0]
         strap_color = (225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base]
         thickness = max(1, int(geo.strap_thickness(frame, loops)))
+        lit_cols = []  # the left segments' colour (0, 1), then the right ones' (2, 3)
+        for side in (-1.0, 1.0):
+            lit = min(max(1.0 + slope * side, 0.5), 1.5)
+            lit_cols.append([min(max(c * gain * lit, 0.0), 255.0) for c in strap_color])
         for i, (ax, ay, bx, by) in enumerate(geo.strap_segments(frame, shape, loops)):
-            lit = min(max(1.0 + slope * (-1.0 if i < 2 else 1.0), 0.5), 1.5)
-            col = [min(max(c * gain * lit, 0.0), 255.0) for c in strap_color]
+            col = lit_cols[i >= 2]
             p0 = (int(round(ax * 16)), int(round(ay * 16)))
             p1 = (int(round(bx * 16)), int(round(by * 16)))
             cv2.line(out, p0, p1, col, thickness, cv2.LINE_AA, 4)
