@@ -288,7 +288,8 @@ class MaskAugment(nn.Module):
                 a_strap[rows] = a_s
 
         # the face's exposure and side light, measured on the cheeks the mask will cover
-        pix = images.float() * 127.5 + 127.5
+        pix = images.float() * 127.5
+        pix += 127.5
         gray = 0.299 * pix[:, 0:1] + 0.587 * pix[:, 1:2] + 0.114 * pix[:, 2:3]
         window = geo.cheek_window(torch, u, v).float()
         left = window * (u < 0).float()
@@ -370,9 +371,12 @@ class MaskAugment(nn.Module):
             shade = shade * (1.0 + scarf * (look.knit_ribs(torch, frame, u, wmap) - 1.0))
         layer = color * (shade * light)
         # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
-        hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
-        grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
-        layer = layer + grain * grain_scale
+        # (in place from here on: every B x H x W temporary costs a fresh allocation, and on a CPU
+        # its page faults cost as much as the arithmetic)
+        grain = (xs * 12.9898 + ys * 78.233) + _bcast(seeds)
+        grain.sin_().mul_(43758.5453)
+        grain.sub_(torch.floor(grain)).sub_(0.5).mul_(3.46).mul_(grain_scale)
+        layer += grain
         if "sheen" in style:  # styles drawn with lighting
             sheen = _bcast(style["sheen"]) * look.sheen_lobe(torch, u, v, luma_l, luma_r)
             layer = layer + (250.0 * gain - layer) * sheen
@@ -405,12 +409,13 @@ class MaskAugment(nn.Module):
         if not every:
             a_mask = a_mask * keep
             a_strap = a_strap * keep
-        f = pix + (straps - pix) * a_strap
+        f = (straps - pix).mul_(a_strap).add_(pix)  # pix + (straps - pix) * a_strap
         if "shadow" in style:
-            f = f * look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
-        f = f + (layer - f) * a_mask
+            f *= look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
+        f += layer.sub_(f).mul_(a_mask)  # f + (layer - f) * a_mask
         # add the change rather than re-normalise: untouched pixels stay bit-identical
-        masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)
+        change = f.clamp_(0, 255).sub_(pix).div_(127.5)
+        masked = change.add_(images.float()).clamp_(-1, 1).to(images.dtype)
         if not every:
             masked = torch.where(keep > 0, masked, images)
         region = torch.maximum(a_mask, a_strap)
