@@ -265,7 +265,7 @@ class MaskAugment(nn.Module):
         if "shift" in style:
             hand, scarf, thing = (_flag(style["type"], kind) for kind in OCCLUDER_TYPES)
 
-        inside = geo.outline_distance(torch, frame, shape, u, v, wmap)
+        inside = _outline_distance(frame, shape, u, v, wmap)
         if hand is not None:
             hand_d = geo.hand_distance(torch, frame, shape, _bcast(style["valve_side"]), u, v, wmap)
             inside = torch.where(hand > 0, hand_d, inside)
@@ -279,9 +279,10 @@ class MaskAugment(nn.Module):
         if visible.device.type != "cpu" or bool((visible > 0).any()):
             rows = _rows_of(visible)
             frame_s, shape_s, loops_s = _take_frame(frame, rows), _take_shape(shape, rows), _take(loops, rows)
-            strap = geo.strap_distance(torch, frame_s, shape_s, loops_s, xs, ys)
-            a_s = torch.clamp(geo.strap_thickness(frame_s, loops_s) * 0.5 - strap + 0.5, 0.0, 1.0)
-            a_s = a_s * (1.0 - _take(a_mask, rows)) * _bcast(_take(visible, rows))
+            a_s = _strap_distance(frame_s, shape_s, loops_s, xs, ys)
+            # clamp(thickness / 2 - distance + 0.5, 0, 1) * (1 - a_mask) * visible
+            a_s.neg_().add_(geo.strap_thickness(frame_s, loops_s) * 0.5).add_(0.5).clamp_(0.0, 1.0)
+            a_s.mul_(1.0 - _take(a_mask, rows)).mul_(_bcast(_take(visible, rows)))
             if rows is None:
                 a_strap = a_s
             else:
@@ -290,10 +291,13 @@ class MaskAugment(nn.Module):
         # the face's exposure and side light, measured on the cheeks the mask will cover
         pix = images.float() * 127.5
         pix += 127.5
-        gray = 0.299 * pix[:, 0:1] + 0.587 * pix[:, 1:2] + 0.114 * pix[:, 2:3]
-        window = geo.cheek_window(torch, u, v).float()
-        left = window * (u < 0).float()
-        right = window - left
+        gray = 0.299 * pix[:, 0:1]
+        gray += 0.587 * pix[:, 1:2]
+        gray += 0.114 * pix[:, 2:3]
+        window = geo.cheek_window(torch, u, v)
+        left = (window & (u < 0)).float()  # window * (u < 0) and window - left, as 0/1 floats
+        right = (window & (u >= 0)).float()
+        window = window.float()
         mean = gray.mean((2, 3), keepdim=True)
 
         def window_mean(m):
@@ -347,7 +351,7 @@ class MaskAugment(nn.Module):
             color = color.expand(-1, -1, *photo.shape[2:]).clone()
             color[rows] = photo
 
-        shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
+        shade = _surface(frame, u, v).mul_(_edge_band(frame, inside))
         for key in ("pleats", "seam"):
             flags = style[key]
             if not bool(flags.any()):
@@ -427,6 +431,53 @@ class MaskAugment(nn.Module):
         grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
         return sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
                    for n in noise)
+
+
+# In-place twins of geometry's and appearance's formulas for the batch-sized maps: the same
+# operations in the same order (so the same floats: tests/test_mask_batched.py checks them bit for
+# bit), without a fresh B x H x W tensor per operation; on a CPU, the page faults of those fresh
+# tensors cost about as much as the arithmetic.
+
+def _outline_distance(frame, shape, u, v, w):
+    """``geometry.outline_distance``."""
+    u = shape.centred(u)
+    au = u.abs()
+    top = (shape.top_curve * u).mul_(u).add_(shape.top_centre(torch, frame)).add_(shape.top_point * au)
+    d = top.neg_().add_(v).mul_(frame.depth)  # (v - top) * depth
+    bottom = (shape.bottom_curve * u).mul_(u).neg_().add_(shape.bottom).sub_(shape.bottom_point * au)
+    torch.minimum(d, bottom.sub_(v).mul_(frame.depth), out=d)
+    # side edge: width * (1 - jaw * below * below), below = max(v - 1, 0)
+    below = (v - 1.0).clamp_min_(0.0)
+    side = (shape.jaw * below).mul_(below).neg_().add_(1.0).mul_(shape.width)
+    return torch.minimum(d, side.sub_(au).mul_(w), out=d)
+
+
+def _surface(frame, u, v):
+    """``appearance.surface``."""
+    s = (0.28 * u).mul_(u).neg_().add_(1.0).sub_((v - 1.25).clamp_min_(0.0).mul_(0.35))
+    ridge = (u.abs().mul_(3.0)).neg_().add_(1.0).clamp_(0.0, 1.0)
+    ridge.mul_((v - frame.nose_v * 0.9).abs_().mul_(4.0).neg_().add_(1.0).clamp_(0.0, 1.0))
+    return s.mul_(ridge.mul_(0.06).add_(1.0))
+
+
+def _edge_band(frame, inside):
+    """``appearance.edge_band``."""
+    band = (inside / (0.06 * frame.depth + 1.0)).neg_().add_(1.0).clamp_(0.0, 1.0)
+    return band.mul_(0.1).neg_().add_(1.0)
+
+
+def _strap_distance(frame, shape, loops, x, y):
+    """``geometry.strap_distance`` (``segment_distance2`` per segment)."""
+    dist2 = None
+    for ax, ay, bx, by in geo.strap_segments(frame, shape, loops):
+        dx, dy = bx - ax, by - ay
+        px, py = x - ax, y - ay
+        t = (px * dx + py * dy).mul_(1.0 / (dx * dx + dy * dy + 1e-6)).clamp_(0.0, 1.0)
+        ex = (t * dx).neg_().add_(px)
+        ey = t.mul_(dy).neg_().add_(py)
+        dd = ex.mul_(ex).add_(ey.mul_(ey))
+        dist2 = dd if dist2 is None else torch.minimum(dist2, dd, out=dist2)
+    return dist2.sqrt_()
 
 
 def _rows_of(flags):
