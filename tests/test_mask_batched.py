@@ -119,6 +119,8 @@ def test_in_place_formulas_equal_the_shared_ones():
     assert torch.equal(inside, geo.outline_distance(torch, frame, shape, u, v, w))
     assert torch.equal(batched._surface(frame, u, v), look.surface(torch, frame, u, v))
     assert torch.equal(batched._edge_band(frame, inside), look.edge_band(torch, frame, inside))
+    luma_l, luma_r = torch.rand((2, 16, 1, 1, 1), generator=g) * 200
+    assert torch.equal(batched._side_light(u, luma_l, luma_r), look.side_light(torch, u, luma_l, luma_r))
     loops = style["loops"].reshape(-1, 1, 1, 1)
     assert torch.equal(batched._strap_distance(frame, shape, loops, xs, ys),
                        geo.strap_distance(torch, frame, shape, loops, xs, ys))

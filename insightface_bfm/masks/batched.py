@@ -308,7 +308,7 @@ class MaskAugment(nn.Module):
         luma_r, nr = window_mean(right)
         cheek = torch.where(nl + nr > 0, (luma_l * nl + luma_r * nr) / (nl + nr).clamp(min=1.0), mean)
         gain = look.brightness_gain(torch, cheek)
-        light = look.side_light(torch, u, luma_l, luma_r) * gain
+        light = _side_light(u, luma_l, luma_r).mul_(gain)
 
         # prints: each is computed only when some sample of the batch wears it
         base = style["base"][:, :, None, None]
@@ -340,7 +340,7 @@ class MaskAugment(nn.Module):
                     pat[rows] = look.print_dots(torch, r1, r2, scale_k * depth_k)
                 else:
                     pat[rows] = look.print_noise(torch, self._noise([n[rows] for n in noise], u_k, v_k))
-        color = base if pat is None else base + (accent - base) * pat
+        color = base if pat is None else ((accent - base) * pat).add_(base)  # base + (accent - base) * pat
         if PHOTO in used:  # photographed masks: the photo over the outline, sampled for their rows only
             rows = torch.nonzero(pattern == PHOTO).squeeze(1)
             tx, ty = textures.texture_coords(torch, _take_frame(frame, rows), _take_shape(shape, rows),
@@ -373,7 +373,7 @@ class MaskAugment(nn.Module):
             grain_scale = grain_scale * (1.0 - (1.0 - SKIN_GRAIN) * hand)
         if scarf is not None:
             shade = shade * (1.0 + scarf * (look.knit_ribs(torch, frame, u, wmap) - 1.0))
-        layer = color * (shade * light)
+        layer = color * shade.mul_(light)  # color * (shade * light)
         # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
         # (in place from here on: every B x H x W temporary costs a fresh allocation, and on a CPU
         # its page faults cost as much as the arithmetic)
@@ -413,7 +413,7 @@ class MaskAugment(nn.Module):
         if not every:
             a_mask = a_mask * keep
             a_strap = a_strap * keep
-        f = (straps - pix).mul_(a_strap).add_(pix)  # pix + (straps - pix) * a_strap
+        f = straps.sub_(pix).mul_(a_strap).add_(pix)  # pix + (straps - pix) * a_strap
         if "shadow" in style:
             f *= look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
         f += layer.sub_(f).mul_(a_mask)  # f + (layer - f) * a_mask
@@ -450,6 +450,12 @@ def _outline_distance(frame, shape, u, v, w):
     below = (v - 1.0).clamp_min_(0.0)
     side = (shape.jaw * below).mul_(below).neg_().add_(1.0).mul_(shape.width)
     return torch.minimum(d, side.sub_(au).mul_(w), out=d)
+
+
+def _side_light(u, left_luma, right_luma):
+    """``appearance.side_light``."""
+    slope = 1.4 * (right_luma - left_luma) / (right_luma + left_luma + 1.0)
+    return u.clamp(-1.0, 1.0).mul_(slope).add_(1.0).clamp_(0.5, 1.5)
 
 
 def _surface(frame, u, v):
