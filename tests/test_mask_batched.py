@@ -124,3 +124,17 @@ def test_in_place_formulas_equal_the_shared_ones():
     loops = style["loops"].reshape(-1, 1, 1, 1)
     assert torch.equal(batched._strap_distance(frame, shape, loops, xs, ys),
                        geo.strap_distance(torch, frame, shape, loops, xs, ys))
+
+
+@pytest.mark.parametrize("kw", [{}, {"types": list(ALL_TYPES), "lighting": True, "p": 0.6}])
+def test_cpu_chunks_draw_the_same_pixels(monkeypatch, kw):
+    """On a CPU the batch is drawn a few samples at a time: the same floats as all at once."""
+    from insightface_bfm.masks import batched
+
+    x = torch.rand(23, 3, 112, 112) * 2 - 1
+    outs = []
+    for chunk in (64, 5):
+        monkeypatch.setattr(batched, "CPU_CHUNK", chunk)
+        with torch.no_grad():
+            outs.append(MaskAugment(**kw)(x, generator=torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))

@@ -43,6 +43,9 @@ from .styles import (
 )
 
 PHOTO = PATTERNS.index("photo")
+# Samples rendered at a time on a CPU: every sample is drawn on its own (the same floats in any
+# batch), and a few samples' temporaries stay in the caches, where the batch's would not.
+CPU_CHUNK = 32
 
 
 def _table(groups):
@@ -244,7 +247,14 @@ class MaskAugment(nn.Module):
             return images, torch.zeros_like(images[:, :1])
         part = images[:, :, y0:]
         kps = kps - kps.new_tensor([0.0, float(y0)])
-        masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
+        step = b if images.device.type != "cpu" else CPU_CHUNK
+        if step >= b:
+            masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
+        else:  # on a CPU, a few samples at a time: their temporaries stay in the caches
+            pieces = [self._render_rows(part[i:i + step], kps[i:i + step], _slice(style, i, step),
+                                        apply[i:i + step], [n[i:i + step] for n in noise], seeds[i:i + step])
+                      for i in range(0, b, step)]
+            masked, region = (torch.cat(p, 0) for p in zip(*pieces))
         if y0 > 0:
             masked = torch.cat([images[:, :, :y0], masked], 2)
             region = torch.cat([torch.zeros_like(region[:, :, :1]).expand(-1, -1, y0, -1), region], 2)
@@ -484,6 +494,11 @@ def _strap_distance(frame, shape, loops, x, y):
         dd = ex.mul_(ex).add_(ey.mul_(ey))
         dist2 = dd if dist2 is None else torch.minimum(dist2, dd, out=dist2)
     return dist2.sqrt_()
+
+
+def _slice(style, start, length):
+    """Samples ``start`` to ``start + length`` of a dict of per-sample tensors."""
+    return {k: v[start:start + length] for k, v in style.items()}
 
 
 def _rows_of(flags):
