@@ -8,6 +8,7 @@ of points are cached, which makes aligned crops (all on the ArcFace template) ch
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections import OrderedDict
@@ -122,8 +123,12 @@ class _FaceMaps:
         # float64 twins of the maps that meet float64 terms (exact copies: mixed-type numpy
         # operations convert on the fly, at twice the cost)
         self.v64, self.surface64 = self.v.astype(np.float64), self.surface.astype(np.float64)
-        # each row's range of v: the rows an outline can reach (``_own_rows``)
-        self.v_lo, self.v_hi = self.v.min(1), self.v.max(1)
+        # each row's range of v: the rows an outline can reach (``_own_rows``); as lists, for bisect
+        # when both rise from row to row (upright faces)
+        self.v_lo, self.v_hi = self.v.min(1).tolist(), self.v.max(1).tolist()
+        self.upright = all(a < b for a, b in zip(self.v_lo, self.v_lo[1:])) and all(
+            a < b for a, b in zip(self.v_hi, self.v_hi[1:]))
+        self._rows = {}
         window = geo.cheek_window(np, self.u, self.v)
         self.left = (window & (self.u < 0)).astype(np.float32)
         self.right = (window & (self.u >= 0)).astype(np.float32)
@@ -138,8 +143,12 @@ class _FaceMaps:
             self.cheek_weights = np.stack(weights, 1)
 
     def rows(self, sy: slice) -> _Rows:
-        """The maps of a band of rows of this box (views, no copies)."""
-        return _Rows(self, sy)
+        """The maps of a band of rows of this box (views, no copies; cached)."""
+        key = (sy.start, sy.stop)
+        hit = self._rows.get(key)
+        if hit is None:
+            hit = self._rows[key] = _Rows(self, sy)
+        return hit
 
     def outline_distance(self, frame, shape):
         return _outline_distance(self, frame, shape)
@@ -438,10 +447,13 @@ def _own_rows(maps, frame, style) -> slice:
     if style.type == "hand" or min(curves) < 0:
         return full
     pad = 0.02 + 1.0 / frame.depth
-    rows = np.flatnonzero((maps.v_hi >= style.top * frame.nose_v - pad) & (maps.v_lo <= style.bottom + pad))
-    if not len(rows):
-        return full
-    return slice(int(rows[0]), int(rows[-1]) + 1)
+    lo, hi = style.top * frame.nose_v - pad, style.bottom + pad
+    if maps.upright:  # the rows whose v range meets [lo, hi] are one run: its ends by bisection
+        start, stop = bisect.bisect_left(maps.v_hi, lo), bisect.bisect_right(maps.v_lo, hi)
+    else:
+        rows = [i for i, (a, b) in enumerate(zip(maps.v_lo, maps.v_hi)) if b >= lo and a <= hi]
+        start, stop = (rows[0], rows[-1] + 1) if rows else (0, 0)
+    return slice(start, stop) if start < stop else full
 
 
 def _touches_edge(a_mask, sy, n_rows) -> bool:
