@@ -102,13 +102,30 @@ def _face(kps, image_shape) -> _Face:
     return face
 
 
-class _FaceMaps:
+# the per-pixel maps a render reads (``_FaceMaps``, ``_Band``, ``_Rows``)
+_PER_PIXEL = ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip", "v64", "surface64")
+# a band's columns are rounded out to multiples of this: a few bands serve every style
+_BAND_STEP = 8
+
+
+class _Grid:
+    """Per-pixel maps over a box, and their bands of rows (views; cached)."""
+
+    def rows(self, sy: slice) -> _Rows:
+        key = (sy.start, sy.stop)
+        hit = self._rows.get(key)
+        if hit is None:
+            hit = self._rows[key] = _Rows(self, sy)
+        return hit
+
+
+class _FaceMaps(_Grid):
     """Everything per-pixel that depends on the face and the box but not on the style.
 
     Cached per (points, box): aligned crops all share the template points and, thanks to the
     envelope box, one entry, so a render only computes the style's own terms. A render works on
-    whole rows of these maps (row slices of C-contiguous arrays are contiguous: numpy runs about
-    twice as fast on them as on sub-box views, and pixels the mask does not reach keep theirs).
+    the rows of a band of columns of these maps, held as C-contiguous copies: numpy runs about
+    twice as fast on contiguous rows as on sub-box views (pixels the mask does not reach keep theirs).
     """
 
     def __init__(self, frame, box):
@@ -127,12 +144,13 @@ class _FaceMaps:
         # float64 twins of the maps that meet float64 terms (exact copies: mixed-type numpy
         # operations convert on the fly, at twice the cost)
         self.v64, self.surface64 = self.v.astype(np.float64), self.surface.astype(np.float64)
-        # each row's range of v: the rows an outline can reach (``_own_rows``); as lists, for bisect
-        # when both rise from row to row (upright faces)
+        # each row's range of v and each column's range of u: the rows and columns an outline can
+        # reach (``_own_window``); as lists, for bisect where they rise (upright faces)
         self.v_lo, self.v_hi = self.v.min(1).tolist(), self.v.max(1).tolist()
-        self.upright = all(a < b for a, b in zip(self.v_lo, self.v_lo[1:])) and all(
-            a < b for a, b in zip(self.v_hi, self.v_hi[1:]))
-        self._rows = {}
+        self.u_lo, self.u_hi = self.u.min(0).tolist(), self.u.max(0).tolist()
+        self.upright = all(_rising(r) for r in (self.v_lo, self.v_hi, self.u_lo, self.u_hi))
+        self.sx = slice(0, len(self.u_lo))
+        self._rows, self._bands = {}, {}
         window = geo.cheek_window(np, self.u, self.v)
         self.left = (window & (self.u < 0)).astype(np.float32)
         self.right = (window & (self.u >= 0)).astype(np.float32)
@@ -146,28 +164,39 @@ class _FaceMaps:
             weights = [side[self.cheeks].ravel() for side in (self.left, self.right)]
             self.cheek_weights = np.stack(weights, 1)
 
-    def rows(self, sy: slice) -> _Rows:
-        """The maps of a band of rows of this box (views, no copies; cached)."""
-        key = (sy.start, sy.stop)
-        hit = self._rows.get(key)
+    def band(self, sx: slice) -> _Grid:
+        """The maps of columns ``sx`` (all of them: these maps; cached)."""
+        if sx == self.sx:
+            return self
+        key = (sx.start, sx.stop)
+        hit = self._bands.get(key)
         if hit is None:
-            hit = self._rows[key] = _Rows(self, sy)
+            hit = self._bands[key] = _Band(self, sx)
         return hit
 
-    def outline_distance(self, frame, shape):
-        return _outline_distance(self, frame, shape)
+
+def _rising(values) -> bool:
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
+class _Band(_Grid):
+    """Columns ``sx`` of a ``_FaceMaps``: the same per-pixel maps, as contiguous copies."""
+
+    def __init__(self, maps, sx):
+        self.sx = sx
+        self.xs, self.ys = maps.xs[:, sx], maps.ys
+        for name in _PER_PIXEL:
+            setattr(self, name, np.ascontiguousarray(getattr(maps, name)[:, sx]))
+        self._rows = {}
 
 
 class _Rows:
-    """A band of rows of a ``_FaceMaps``: the same per-pixel maps, sliced."""
+    """A band of rows of a ``_FaceMaps`` or ``_Band``: the same per-pixel maps, sliced (contiguous)."""
 
-    def __init__(self, maps, sy):
-        self.xs, self.ys = maps.xs, maps.ys[sy]
-        for name in ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip", "v64", "surface64"):
-            setattr(self, name, getattr(maps, name)[sy])
-
-    def outline_distance(self, frame, shape):
-        return _outline_distance(self, frame, shape)
+    def __init__(self, grid, sy):
+        self.xs, self.ys = grid.xs, grid.ys[sy]
+        for name in _PER_PIXEL:
+            setattr(self, name, getattr(grid, name)[sy])
 
 
 def _outline_distance(maps, frame, shape):
@@ -275,12 +304,12 @@ def render_mask(image, kps, style=None, rng=None):
     maps = _face_maps(pts, frame, box)
     # Only the pixels the mask covers change (elsewhere the blend below leaves every pixel as it
     # was), so the mask is drawn in the rows its outline can reach, inside the envelope's box.
-    sy = _own_rows(maps, frame, style)
-    win = maps.rows(sy)
+    sy, sx = _own_window(maps, frame, style)
+    win = maps.band(sx).rows(sy)
     inside = _inside(win, frame, shape, style)
     a_mask = _coverage(inside)
-    if _touches_edge(a_mask, sy, len(maps.v_lo)):  # never seen; the whole envelope box, to be safe
-        sy = slice(0, y1 - y0)
+    if _touches_edge(a_mask, sy, sx, y1 - y0, x1 - x0):  # never seen; the whole envelope box, to be safe
+        sy, sx = slice(0, y1 - y0), slice(0, x1 - x0)
         win = maps.rows(sy)
         inside = _inside(win, frame, shape, style)
         a_mask = _coverage(inside)
@@ -358,7 +387,7 @@ def render_mask(image, kps, style=None, rng=None):
         else:
             pat = look.print_noise(np, _noise_print(np.random.default_rng(style.seed), u, v))
     grain_scale = style.grain * (SKIN_GRAIN if style.type == "hand" else 1.0)
-    grain = _grain(style.seed, rh, rw)[sy] * grain_scale if grain_scale > 0 else None
+    grain = _grain(style.seed, rh, rw)[sy, sx] * grain_scale if grain_scale > 0 else None
     valve = None
     if style.valve:
         cx, cy = geo.valve_center(frame, shape, style.valve_side)
@@ -388,7 +417,7 @@ def render_mask(image, kps, style=None, rng=None):
         _blend_towards(layer, np.multiply(_channels(colors[2], valve[1].dtype), valve[1]), valve[0])
     if spec is not None:
         _blend_towards(layer, 250.0 * gain, spec)
-    dst = out[y0:y1, x0:x1][sy]
+    dst = out[y0:y1, x0:x1][sy, sx]
     f = dst.transpose(2, 0, 1).astype(np.float64)
     np.subtract(layer, f, out=layer)
     layer *= a_mask
@@ -399,7 +428,7 @@ def render_mask(image, kps, style=None, rng=None):
     # truncation as astype(np.uint8); cv2.merge interleaves the planes (numpy's strided copy
     # back into the BGR image is four times slower)
     dst[...] = cv2.merge(tuple(f.astype(np.uint8)))
-    region_u8[y0:y1, x0:x1][sy] |= (a_mask > 0.5).view(np.uint8)
+    region_u8[y0:y1, x0:x1][sy, sx] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
 
 
@@ -442,34 +471,39 @@ def _edge_band(frame, inside):
     return np.subtract(1.0, band, out=band)
 
 
-def _own_rows(maps, frame, style) -> slice:
-    """The rows of ``maps`` (over the envelope box) that an outline can reach: those whose v range
-    meets [top, bottom] of the style, one pixel more each way. The top and bottom edges only curve
-    away from the face's middle (a hand's may rise at its sides: all rows)."""
-    full = slice(0, len(maps.v_lo))
+def _own_window(maps, frame, style):
+    """The rows and columns of ``maps`` (over the envelope box) that an outline can reach: rows
+    whose v range meets [top, bottom] of the style and columns whose u range meets its reach, one
+    pixel more each way (columns rounded out to ``_BAND_STEP``). The top and bottom edges only
+    curve away from the face's middle (a hand's may rise at its sides: the whole box)."""
+    full = slice(0, len(maps.v_lo)), maps.sx
     curves = (style.top_curve, style.top_point, style.bottom_curve, style.bottom_point)
-    if style.type == "hand" or min(curves) < 0:
+    if style.type == "hand" or min(curves) < 0 or not maps.upright:
         return full
     pad = 0.02 + 1.0 / frame.depth
-    lo, hi = style.top * frame.nose_v - pad, style.bottom + pad
-    if maps.upright:  # the rows whose v range meets [lo, hi] are one run: its ends by bisection
-        start, stop = bisect.bisect_left(maps.v_hi, lo), bisect.bisect_right(maps.v_lo, hi)
-    else:
-        rows = [i for i, (a, b) in enumerate(zip(maps.v_lo, maps.v_hi)) if b >= lo and a <= hi]
-        start, stop = (rows[0], rows[-1] + 1) if rows else (0, 0)
-    return slice(start, stop) if start < stop else full
+    # the rows (and columns) meeting a range are one run where the ranges rise: its ends by bisection
+    start = bisect.bisect_left(maps.v_hi, style.top * frame.nose_v - pad)
+    stop = bisect.bisect_right(maps.v_lo, style.bottom + pad)
+    reach = style.width + 0.03 + 1.0 / min(frame.w_left, frame.w_right)
+    left = bisect.bisect_left(maps.u_hi, style.shift - reach) // _BAND_STEP * _BAND_STEP
+    right = min(-(-bisect.bisect_right(maps.u_lo, style.shift + reach) // _BAND_STEP) * _BAND_STEP,
+                maps.sx.stop)
+    if start >= stop or left >= right:
+        return full
+    return slice(start, stop), slice(left, right)
 
 
-def _touches_edge(a_mask, sy, n_rows) -> bool:
-    """Whether the coverage reaches a cut edge of its band of rows (of ``n_rows``)."""
-    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < n_rows and a_mask[-1].any()))
+def _touches_edge(a_mask, sy, sx, n_rows, n_cols) -> bool:
+    """Whether the coverage reaches a cut edge of its window (in a box of ``n_rows`` x ``n_cols``)."""
+    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < n_rows and a_mask[-1].any())
+                or (sx.start > 0 and a_mask[:, 0].any()) or (sx.stop < n_cols and a_mask[:, -1].any()))
 
 
 def _inside(maps, frame, shape, style):
     """Signed distance to the outline in pixels (positive inside), from a box's cached maps."""
     if style.type == "hand":
         return geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
-    return maps.outline_distance(frame, shape)
+    return _outline_distance(maps, frame, shape)
 
 
 def _contact_shadow(out, pts, frame, shape, style, envelope):
