@@ -106,6 +106,7 @@ def _face(kps, image_shape) -> _Face:
 _PER_PIXEL = ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip", "v64", "surface64")
 # a band's columns are rounded out to multiples of this: a few bands serve every style
 _BAND_STEP = 8
+_BAND_MAX_PIXELS = 160 * 160
 
 
 class _Grid:
@@ -165,8 +166,9 @@ class _FaceMaps(_Grid):
             self.cheek_weights = np.stack(weights, 1)
 
     def band(self, sx: slice) -> _Grid:
-        """The maps of columns ``sx`` (all of them: these maps; cached)."""
-        if sx == self.sx:
+        """The maps of columns ``sx`` (cached; all of them, these maps, for faces larger than crops:
+        their bands would take much memory and rarely serve twice)."""
+        if sx == self.sx or self.u.size > _BAND_MAX_PIXELS:
             return self
         key = (sx.start, sx.stop)
         hit = self._bands.get(key)
