@@ -307,7 +307,9 @@ def render_mask(image, kps, style=None, rng=None):
     # Only the pixels the mask covers change (elsewhere the blend below leaves every pixel as it
     # was), so the mask is drawn in the rows its outline can reach, inside the envelope's box.
     sy, sx = _own_window(maps, frame, style)
-    win = maps.band(sx).rows(sy)
+    band = maps.band(sx)
+    sx = band.sx  # (all columns for big faces)
+    win = band.rows(sy)
     inside = _inside(win, frame, shape, style)
     a_mask = _coverage(inside)
     if _touches_edge(a_mask, sy, sx, y1 - y0, x1 - x0):  # never seen; the whole envelope box, to be safe
