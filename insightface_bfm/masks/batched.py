@@ -43,8 +43,9 @@ from .styles import (
 )
 
 PHOTO = PATTERNS.index("photo")
-# Samples rendered at a time on a CPU: every sample is drawn on its own (the same floats in any
-# batch), and a few samples' temporaries stay in the caches, where the batch's would not.
+# Samples rendered at a time on a CPU: a few samples' temporaries stay in the caches, where the
+# batch's would not. Every sample is drawn on its own; a multiple of 16 keeps each sample's
+# numbers on the same SIMD path (vector or scalar tail) as in one pass over the batch.
 CPU_CHUNK = 32
 
 
@@ -247,7 +248,9 @@ class MaskAugment(nn.Module):
             return images, torch.zeros_like(images[:, :1])
         part = images[:, :, y0:]
         kps = kps - kps.new_tensor([0.0, float(y0)])
-        step = b if images.device.type != "cpu" else CPU_CHUNK
+        # (chunks only where they align with any SIMD width: a transcendental function's vector path
+        # and its scalar tail can differ in the last bit, so a sample must not change paths)
+        step = CPU_CHUNK if images.device.type == "cpu" and w % 16 == 0 else b
         if step >= b:
             masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
         else:  # on a CPU, a few samples at a time: their temporaries stay in the caches
