@@ -251,16 +251,17 @@ class MaskAugment(nn.Module):
         # (chunks only where they align with any SIMD width: a transcendental function's vector path
         # and its scalar tail can differ in the last bit, so a sample must not change paths)
         step = CPU_CHUNK if images.device.type == "cpu" and w % 16 == 0 else b
-        if step >= b:
-            masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
-        else:  # on a CPU, a few samples at a time: their temporaries stay in the caches
-            pieces = [self._render_rows(part[i:i + step], kps[i:i + step], _slice(style, i, step),
-                                        apply[i:i + step], [n[i:i + step] for n in noise], seeds[i:i + step])
-                      for i in range(0, b, step)]
-            masked, region = (torch.cat(p, 0) for p in zip(*pieces))
-        if y0 > 0:
-            masked = torch.cat([images[:, :, :y0], masked], 2)
-            region = torch.cat([torch.zeros_like(region[:, :, :1]).expand(-1, -1, y0, -1), region], 2)
+        if step >= b and y0 == 0:
+            return self._render_rows(part, kps, style, apply, noise, seeds)
+        # the rows above pass through; the drawn rows are written into place, a few samples at a
+        # time on a CPU (their temporaries stay in the caches, where the batch's would not)
+        masked = torch.empty_like(images)
+        masked[:, :, :y0] = images[:, :, :y0]
+        region = images.new_zeros((b, 1, h, w))
+        for i in range(0, b, step):
+            masked[i:i + step, :, y0:], region[i:i + step, :, y0:] = self._render_rows(
+                part[i:i + step], kps[i:i + step], _slice(style, i, step), apply[i:i + step],
+                [n[i:i + step] for n in noise], seeds[i:i + step])
         return masked, region
 
     def _render_rows(self, images, kps, style, apply, noise, seeds):
