@@ -346,9 +346,10 @@ def render_mask(image, kps, style=None, rng=None):
         for side in (-1.0, 1.0):
             lit = min(max(1.0 + slope * side, 0.5), 1.5)
             lit_cols.append([min(max(c * gain * lit, 0.0), 255.0) for c in strap_color])
-        # the four segments in 1/16 pixels; polylines draws each as cv2.line would, in order
-        segs = np.array([[round(c * 16) for c in seg] for seg in geo.strap_segments(frame, shape, loops)],
-                        np.int32).reshape(4, 2, 2)
+        # the four segments in 1/16 pixels (np.rint rounds halves to even, as round() does);
+        # polylines draws each as cv2.line would, in order
+        segs = np.array(geo.strap_segments(frame, shape, loops)) * 16
+        segs = np.rint(segs).astype(np.int32).reshape(4, 2, 2)
         for pair, col in zip((segs[:2], segs[2:]), lit_cols):
             cv2.polylines(out, list(pair), False, col, thickness, cv2.LINE_AA, 4)
         cv2.polylines(region_u8, list(segs), False, 1, thickness, cv2.LINE_8, 4)
