@@ -6,12 +6,14 @@ the image (the floor of any renderer that returns a new image) and a naive mask 
 ``cv2.fillPoly`` of a fixed anti-aliased polygon, no shading or texture). The batched torch
 renderer (``MaskAugment``) runs on CPU (``--threads``) and on CUDA when there is one.
 
-``--against REF`` (default ``REFERENCE``, the renderers before their speed-up) also measures the
-package as it was at that git commit, extracted into a temporary folder and run in a subprocess
-alternately with the working tree's (two rounds each, best kept), and prints the ratio new/old:
-the machine is shared, so only a ratio measured in one run means anything. ``--against none``
+``--against REF`` (default ``REFERENCE``, main before the latest speed-up; ``FIRST_SPEED_UP``,
+the renderers before any, stays available) also measures the package as it was at that git commit,
+extracted into a temporary folder and run in a subprocess alternately with the working tree's (two
+rounds each, best kept), and prints the ratio new/old: the machine is shared, so only a ratio
+measured in one run means anything. ``--against none``
 measures the working tree alone. Rates are images per second of the process's CPU time (one
-thread), best of 3.
+thread), best of 3. The throughput targets (``TARGETS``) are printed with PASS or MISS next to the
+working tree's rates (MaskAugment's per thread: only with ``--threads 1``).
 
     python benchmarks/mask_throughput.py [--n 3000] [--batch 256] [--threads 1] [--against REF]
                                          [--json out.json]
@@ -38,9 +40,12 @@ from insightface_bfm.masks import random_style, render_mask
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 REPO = Path(__file__).resolve().parents[1]
-# the last commit before render_mask and MaskAugment were sped up (same pixels since then:
-# tests/test_mask_pixels.py)
-REFERENCE = "b3a6c39"
+# main before the latest speed-up, and the last commit before render_mask and MaskAugment were
+# first sped up (same pixels since then: tests/test_mask_pixels.py)
+REFERENCE = "3d4283f"
+FIRST_SPEED_UP = "b3a6c39"
+# images/s: render_mask on a 112x112 crop in one process; MaskAugment on CPU per thread
+TARGETS = {"render_mask": 5000.0, "MaskAugment cpu": 2000.0}
 
 
 def load_crops(n: int, root=LFW) -> np.ndarray:
@@ -116,6 +121,27 @@ def batched(crops: np.ndarray, batch: int, device: str, threads: int) -> float:
     return _rate(run, rounds * batch)
 
 
+def kernel_share(crops: np.ndarray, batch: int, threads: int) -> float:
+    """Share of MaskAugment's CPU time (one batch on CPU) spent in the kernel: page faults of fresh
+    batch-sized temporaries (glibc returns large blocks to the system when they are freed)."""
+    import torch
+
+    from insightface_bfm.masks.batched import MaskAugment
+
+    torch.set_num_threads(threads)
+    x = torch.from_numpy(to_network_input(crops[:batch]))
+    aug = MaskAugment()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        aug(x, generator=g)
+        t0 = os.times()
+        for _ in range(3):
+            aug(x, generator=g)
+        t1 = os.times()
+    user, system = t1.user - t0.user, t1.system - t0.system
+    return system / max(user + system, 1e-9)
+
+
 def run(n: int = 3000, batch: int = 256, threads: int = 1, cuda_batch: int = 4096) -> dict:
     crops = load_crops(n)
     res = {"n": n, "per_image": per_image(crops)}
@@ -124,7 +150,8 @@ def run(n: int = 3000, batch: int = 256, threads: int = 1, cuda_batch: int = 409
     except ImportError:  # the inference install has no torch: per-image numbers only
         return res
     res["batched_cpu"] = {"batch": batch, "threads": threads,
-                          "images_per_s": batched(crops, batch, "cpu", threads)}
+                          "images_per_s": batched(crops, batch, "cpu", threads),
+                          "kernel_share": kernel_share(crops, batch, threads)}
     if torch.cuda.is_available() and cuda_batch > 0:
         big = load_crops(cuda_batch)
         res["batched_cuda"] = {"batch": cuda_batch, "device": torch.cuda.get_device_name(0),
@@ -199,9 +226,34 @@ def report(res: dict) -> str:
             where = f"{b.get('device', 'CPU')}, threads {b.get('threads', '-')}"
             lines.append(f"MaskAugment {key.split('_')[1]} ({where}, batch {b['batch']}): "
                          f"{b['images_per_s']:.0f}/s = {b['images_per_s'] / p['render_mask']:.2f}x per-image")
+    if "batched_cpu" in res:
+        share = res["batched_cpu"]["kernel_share"]
+        lines.append(f"  (MaskAugment cpu: {100 * share:.0f}% of its CPU time in the kernel, page faults of "
+                     "fresh batch-sized temporaries)")
     if "batched_cuda" not in res:
         lines.append("MaskAugment cuda: no CUDA device here")
+    lines.extend(targets_report(res))
     return "\n".join(lines)
+
+
+def targets_report(res: dict) -> list:
+    """The throughput targets, PASS or MISS against this tree's rates."""
+    lines = ["targets (this tree):"]
+    rate = res["per_image"]["render_mask"]
+    goal = TARGETS["render_mask"]
+    lines.append(f"  render_mask, 112x112 crop, 1 process    {rate:7.0f}/s  >= {goal:.0f}/s  "
+                 f"{'PASS' if rate >= goal else 'MISS'}")
+    goal = TARGETS["MaskAugment cpu"]
+    if "batched_cpu" not in res:
+        lines.append("  MaskAugment cpu: no torch here")
+    elif res["batched_cpu"]["threads"] != 1:
+        threads = res["batched_cpu"]["threads"]
+        lines.append(f"  MaskAugment cpu, per thread: measured with --threads {threads}; run --threads 1")
+    else:
+        rate = res["batched_cpu"]["images_per_s"]
+        lines.append(f"  MaskAugment cpu, 1 thread, batch {res['batched_cpu']['batch']:<4d}  {rate:7.0f}/s  "
+                     f">= {goal:.0f}/s  {'PASS' if rate >= goal else 'MISS'}")
+    return lines
 
 
 def main():
@@ -211,7 +263,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cuda-batch", type=int, default=4096)
     ap.add_argument("--against", default=REFERENCE,
-                    help=f"git commit to compare with (default {REFERENCE}); 'none': this tree alone")
+                    help=f"git commit to compare with (default {REFERENCE}, main before the latest speed-up; "
+                         f"{FIRST_SPEED_UP}: before any); 'none': this tree alone")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()

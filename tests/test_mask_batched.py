@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from insightface_bfm.imaging import ARCFACE_KPS  # noqa: E402
-from insightface_bfm.masks import MASK_TYPES  # noqa: E402
+from insightface_bfm.masks import ALL_TYPES, MASK_TYPES  # noqa: E402
 from insightface_bfm.masks.batched import MaskAugment  # noqa: E402
 
 
@@ -94,4 +94,47 @@ def test_throughput_benchmark_runs_tiny():
     spec.loader.exec_module(mod)
     res = mod.run(n=12, batch=4, threads=1)
     assert res["per_image"]["render_mask"] > 0 and res["batched_cpu"]["images_per_s"] > 0
-    assert "render_mask" in mod.report(res)
+    text = mod.report(res)
+    assert "render_mask" in text
+    assert text.count("PASS") + text.count("MISS") == 2  # both targets, against this tree's rates
+
+
+def test_in_place_formulas_equal_the_shared_ones():
+    """batched.py's in-place twins give geometry's and appearance's floats bit for bit."""
+    from insightface_bfm.masks import appearance as look
+    from insightface_bfm.masks import batched
+    from insightface_bfm.masks import geometry as geo
+
+    aug = MaskAugment(types=list(ALL_TYPES))
+    g = torch.Generator().manual_seed(3)
+    kps = aug.default_kps(16, g)
+    style = aug.sample_styles(16, g)
+    frame = geo.face_frame(torch, kps)
+    shape = geo.MaskShape(*[c.reshape(-1, 1, 1, 1) for c in style["shape"].unbind(1)],
+                          style["shift"].reshape(-1, 1, 1, 1))
+    xs = torch.arange(112, dtype=torch.float32).view(1, 1, 1, 112)
+    ys = torch.arange(112, dtype=torch.float32).view(1, 1, 112, 1)
+    u, v, w = geo.face_coords(torch, frame, xs, ys)
+    inside = batched._outline_distance(frame, shape, u, v, w)
+    assert torch.equal(inside, geo.outline_distance(torch, frame, shape, u, v, w))
+    assert torch.equal(batched._surface(frame, u, v), look.surface(torch, frame, u, v))
+    assert torch.equal(batched._edge_band(frame, inside), look.edge_band(torch, frame, inside))
+    luma_l, luma_r = torch.rand((2, 16, 1, 1, 1), generator=g) * 200
+    assert torch.equal(batched._side_light(u, luma_l, luma_r), look.side_light(torch, u, luma_l, luma_r))
+    loops = style["loops"].reshape(-1, 1, 1, 1)
+    assert torch.equal(batched._strap_distance(frame, shape, loops, xs, ys),
+                       geo.strap_distance(torch, frame, shape, loops, xs, ys))
+
+
+@pytest.mark.parametrize("kw", [{}, {"types": list(ALL_TYPES), "lighting": True, "p": 0.6}])
+def test_cpu_chunks_draw_the_same_pixels(monkeypatch, kw):
+    """On a CPU the batch is drawn a few samples at a time: the same floats as all at once."""
+    from insightface_bfm.masks import batched
+
+    x = torch.rand(37, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    outs = []
+    for chunk in (64, 16):  # (a multiple of 16: see CPU_CHUNK)
+        monkeypatch.setattr(batched, "CPU_CHUNK", chunk)
+        with torch.no_grad():
+            outs.append(MaskAugment(**kw)(x, generator=torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))

@@ -205,3 +205,49 @@ def test_lfw112_sample_coverage(shared):
     result = _coverage_module().check_coverage(root, limit=200, seed=0)
     assert result["images"] == 200
     assert result["failures"] == [], result["failures"][:5]
+
+
+def _plain_outline_distance(maps, frame, shape):
+    """The renderer's outline distance from cached maps (u*u, |u|, below**2), written plainly: the
+    formula its pinned pixels were made with (the same as geometry's up to float rounding)."""
+    uu, au = maps.uu, maps.au
+    if shape.shift:
+        u = maps.u - np.float32(shape.shift)
+        uu, au = u * u, np.abs(u)
+    top = shape.top_centre(np, frame) + shape.top_curve * uu + shape.top_point * au
+    bottom = shape.bottom - shape.bottom_curve * uu - shape.bottom_point * au
+    side = shape.width - (shape.width * shape.jaw) * maps.below2
+    d = np.minimum((maps.v - top) * frame.depth, (bottom - maps.v) * frame.depth)
+    return np.minimum(d, (side - au) * maps.w)
+
+
+def test_fast_formulas_equal_the_plain_ones():
+    """render.py's in-place specialisations give the plain formulas' floats bit for bit (and
+    geometry's and appearance's up to rounding)."""
+    from insightface_bfm.masks import appearance as look
+    from insightface_bfm.masks import geometry as geo
+    from insightface_bfm.masks import render
+
+    rng = np.random.default_rng(5)
+    kps = ARCFACE_KPS + rng.normal(0, 2.0, (5, 2))
+    face = render._face(kps, (112, 112, 3))
+    frame = face.frame
+    maps = render._face_maps(face.pts, frame, (2, 50, 111, 112))
+    rows = maps.rows(slice(3, 55))
+    for i in range(60):
+        style = random_style(rng, types=[("object", "kn95", "dark", "n95")[i % 4]])
+        shape = render._shape(style)
+        fast = render._outline_distance(rows, frame, shape)
+        plain = _plain_outline_distance(rows, frame, shape)
+        assert fast.dtype == plain.dtype and np.array_equal(fast, plain)
+        general = geo.outline_distance(np, frame, shape, rows.u, rows.v, rows.w)
+        assert np.allclose(fast, general, atol=1e-3)
+        assert np.array_equal(render._coverage(fast), geo.coverage(np, plain))
+        shade = render._edge_band(frame, fast)
+        shade *= rows.surface64
+        assert np.array_equal(shade, rows.surface * look.edge_band(np, frame, plain))
+        luma_l, luma_r, gain = rng.uniform(40, 200), rng.uniform(40, 200), rng.uniform(0.25, 1.2)
+        slope = 1.4 * (luma_r - luma_l) / (luma_r + luma_l + 1.0)  # as render_mask measures it
+        light = render._side_light(rows.u_clip, slope, gain)
+        assert np.array_equal(light, np.clip(1.0 + slope * rows.u_clip, 0.5, 1.5) * gain)
+        assert np.allclose(light, look.side_light(np, rows.u, luma_l, luma_r) * gain, atol=1e-5)

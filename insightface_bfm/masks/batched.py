@@ -43,6 +43,10 @@ from .styles import (
 )
 
 PHOTO = PATTERNS.index("photo")
+# Samples rendered at a time on a CPU: a few samples' temporaries stay in the caches, where the
+# batch's would not. Every sample is drawn on its own; a multiple of 16 keeps each sample's
+# numbers on the same SIMD path (vector or scalar tail) as in one pass over the batch.
+CPU_CHUNK = 32
 
 
 def _table(groups):
@@ -244,10 +248,20 @@ class MaskAugment(nn.Module):
             return images, torch.zeros_like(images[:, :1])
         part = images[:, :, y0:]
         kps = kps - kps.new_tensor([0.0, float(y0)])
-        masked, region = self._render_rows(part, kps, style, apply, noise, seeds)
-        if y0 > 0:
-            masked = torch.cat([images[:, :, :y0], masked], 2)
-            region = torch.cat([torch.zeros_like(region[:, :, :1]).expand(-1, -1, y0, -1), region], 2)
+        # (chunks only where they align with any SIMD width: a transcendental function's vector path
+        # and its scalar tail can differ in the last bit, so a sample must not change paths)
+        step = CPU_CHUNK if images.device.type == "cpu" and w % 16 == 0 else b
+        if step >= b and y0 == 0:
+            return self._render_rows(part, kps, style, apply, noise, seeds)
+        # the rows above pass through; the drawn rows are written into place, a few samples at a
+        # time on a CPU (their temporaries stay in the caches, where the batch's would not)
+        masked = torch.empty_like(images)
+        masked[:, :, :y0] = images[:, :, :y0]
+        region = images.new_zeros((b, 1, h, w))
+        for i in range(0, b, step):
+            masked[i:i + step, :, y0:], region[i:i + step, :, y0:] = self._render_rows(
+                part[i:i + step], kps[i:i + step], _slice(style, i, step), apply[i:i + step],
+                [n[i:i + step] for n in noise], seeds[i:i + step])
         return masked, region
 
     def _render_rows(self, images, kps, style, apply, noise, seeds):
@@ -265,7 +279,7 @@ class MaskAugment(nn.Module):
         if "shift" in style:
             hand, scarf, thing = (_flag(style["type"], kind) for kind in OCCLUDER_TYPES)
 
-        inside = geo.outline_distance(torch, frame, shape, u, v, wmap)
+        inside = _outline_distance(frame, shape, u, v, wmap)
         if hand is not None:
             hand_d = geo.hand_distance(torch, frame, shape, _bcast(style["valve_side"]), u, v, wmap)
             inside = torch.where(hand > 0, hand_d, inside)
@@ -279,20 +293,25 @@ class MaskAugment(nn.Module):
         if visible.device.type != "cpu" or bool((visible > 0).any()):
             rows = _rows_of(visible)
             frame_s, shape_s, loops_s = _take_frame(frame, rows), _take_shape(shape, rows), _take(loops, rows)
-            strap = geo.strap_distance(torch, frame_s, shape_s, loops_s, xs, ys)
-            a_s = torch.clamp(geo.strap_thickness(frame_s, loops_s) * 0.5 - strap + 0.5, 0.0, 1.0)
-            a_s = a_s * (1.0 - _take(a_mask, rows)) * _bcast(_take(visible, rows))
+            a_s = _strap_distance(frame_s, shape_s, loops_s, xs, ys)
+            # clamp(thickness / 2 - distance + 0.5, 0, 1) * (1 - a_mask) * visible
+            a_s.neg_().add_(geo.strap_thickness(frame_s, loops_s) * 0.5).add_(0.5).clamp_(0.0, 1.0)
+            a_s.mul_(1.0 - _take(a_mask, rows)).mul_(_bcast(_take(visible, rows)))
             if rows is None:
                 a_strap = a_s
             else:
                 a_strap[rows] = a_s
 
         # the face's exposure and side light, measured on the cheeks the mask will cover
-        pix = images.float() * 127.5 + 127.5
-        gray = 0.299 * pix[:, 0:1] + 0.587 * pix[:, 1:2] + 0.114 * pix[:, 2:3]
-        window = geo.cheek_window(torch, u, v).float()
-        left = window * (u < 0).float()
-        right = window - left
+        pix = images.float() * 127.5
+        pix += 127.5
+        gray = 0.299 * pix[:, 0:1]
+        gray += 0.587 * pix[:, 1:2]
+        gray += 0.114 * pix[:, 2:3]
+        window = geo.cheek_window(torch, u, v)
+        left = (window & (u < 0)).float()  # window * (u < 0) and window - left, as 0/1 floats
+        right = (window & (u >= 0)).float()
+        window = window.float()
         mean = gray.mean((2, 3), keepdim=True)
 
         def window_mean(m):
@@ -303,7 +322,7 @@ class MaskAugment(nn.Module):
         luma_r, nr = window_mean(right)
         cheek = torch.where(nl + nr > 0, (luma_l * nl + luma_r * nr) / (nl + nr).clamp(min=1.0), mean)
         gain = look.brightness_gain(torch, cheek)
-        light = look.side_light(torch, u, luma_l, luma_r) * gain
+        light = _side_light(u, luma_l, luma_r).mul_(gain)
 
         # prints: each is computed only when some sample of the batch wears it
         base = style["base"][:, :, None, None]
@@ -335,7 +354,7 @@ class MaskAugment(nn.Module):
                     pat[rows] = look.print_dots(torch, r1, r2, scale_k * depth_k)
                 else:
                     pat[rows] = look.print_noise(torch, self._noise([n[rows] for n in noise], u_k, v_k))
-        color = base if pat is None else base + (accent - base) * pat
+        color = base if pat is None else ((accent - base) * pat).add_(base)  # base + (accent - base) * pat
         if PHOTO in used:  # photographed masks: the photo over the outline, sampled for their rows only
             rows = torch.nonzero(pattern == PHOTO).squeeze(1)
             tx, ty = textures.texture_coords(torch, _take_frame(frame, rows), _take_shape(shape, rows),
@@ -346,7 +365,7 @@ class MaskAugment(nn.Module):
             color = color.expand(-1, -1, *photo.shape[2:]).clone()
             color[rows] = photo
 
-        shade = look.surface(torch, frame, u, v) * look.edge_band(torch, frame, inside)
+        shade = _surface(frame, u, v).mul_(_edge_band(frame, inside))
         for key in ("pleats", "seam"):
             flags = style[key]
             if not bool(flags.any()):
@@ -368,11 +387,14 @@ class MaskAugment(nn.Module):
             grain_scale = grain_scale * (1.0 - (1.0 - SKIN_GRAIN) * hand)
         if scarf is not None:
             shade = shade * (1.0 + scarf * (look.knit_ribs(torch, frame, u, wmap) - 1.0))
-        layer = color * (shade * light)
+        layer = color * shade.mul_(light)  # color * (shade * light)
         # per-pixel fabric grain from a coordinate hash: device-side, no generator state needed
-        hsh = torch.sin(xs * 12.9898 + ys * 78.233 + _bcast(seeds)) * 43758.5453
-        grain = (hsh - torch.floor(hsh) - 0.5) * 3.46
-        layer = layer + grain * grain_scale
+        # (in place from here on: every B x H x W temporary costs a fresh allocation, and on a CPU
+        # its page faults cost as much as the arithmetic)
+        grain = (xs * 12.9898 + ys * 78.233) + _bcast(seeds)
+        grain.sin_().mul_(43758.5453)
+        grain.sub_(torch.floor(grain)).sub_(0.5).mul_(3.46).mul_(grain_scale)
+        layer += grain
         if "sheen" in style:  # styles drawn with lighting
             sheen = _bcast(style["sheen"]) * look.sheen_lobe(torch, u, v, luma_l, luma_r)
             layer = layer + (250.0 * gain - layer) * sheen
@@ -405,12 +427,13 @@ class MaskAugment(nn.Module):
         if not every:
             a_mask = a_mask * keep
             a_strap = a_strap * keep
-        f = pix + (straps - pix) * a_strap
+        f = straps.sub_(pix).mul_(a_strap).add_(pix)  # pix + (straps - pix) * a_strap
         if "shadow" in style:
-            f = f * look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
-        f = f + (layer - f) * a_mask
+            f *= look.contact_shadow(torch, frame, inside, v, _bcast(style["shadow"]) * keep)
+        f += layer.sub_(f).mul_(a_mask)  # f + (layer - f) * a_mask
         # add the change rather than re-normalise: untouched pixels stay bit-identical
-        masked = (images.float() + (f.clamp(0, 255) - pix) / 127.5).clamp(-1, 1).to(images.dtype)
+        change = f.clamp_(0, 255).sub_(pix).div_(127.5)
+        masked = change.add_(images.float()).clamp_(-1, 1).to(images.dtype)
         if not every:
             masked = torch.where(keep > 0, masked, images)
         region = torch.maximum(a_mask, a_strap)
@@ -422,6 +445,64 @@ class MaskAugment(nn.Module):
         grid = torch.cat([u / 1.4, (v - 0.1) / 0.9 - 1.0], 1).permute(0, 2, 3, 1)
         return sum(F.grid_sample(n, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
                    for n in noise)
+
+
+# In-place twins of geometry's and appearance's formulas for the batch-sized maps: the same
+# operations in the same order (so the same floats: tests/test_mask_batched.py checks them bit for
+# bit), without a fresh B x H x W tensor per operation; on a CPU, the page faults of those fresh
+# tensors cost about as much as the arithmetic.
+
+def _outline_distance(frame, shape, u, v, w):
+    """``geometry.outline_distance``."""
+    u = shape.centred(u)
+    au = u.abs()
+    top = (shape.top_curve * u).mul_(u).add_(shape.top_centre(torch, frame)).add_(shape.top_point * au)
+    d = top.neg_().add_(v).mul_(frame.depth)  # (v - top) * depth
+    bottom = (shape.bottom_curve * u).mul_(u).neg_().add_(shape.bottom).sub_(shape.bottom_point * au)
+    torch.minimum(d, bottom.sub_(v).mul_(frame.depth), out=d)
+    # side edge: width * (1 - jaw * below * below), below = max(v - 1, 0)
+    below = (v - 1.0).clamp_min_(0.0)
+    side = (shape.jaw * below).mul_(below).neg_().add_(1.0).mul_(shape.width)
+    return torch.minimum(d, side.sub_(au).mul_(w), out=d)
+
+
+def _side_light(u, left_luma, right_luma):
+    """``appearance.side_light``."""
+    slope = 1.4 * (right_luma - left_luma) / (right_luma + left_luma + 1.0)
+    return u.clamp(-1.0, 1.0).mul_(slope).add_(1.0).clamp_(0.5, 1.5)
+
+
+def _surface(frame, u, v):
+    """``appearance.surface``."""
+    s = (0.28 * u).mul_(u).neg_().add_(1.0).sub_((v - 1.25).clamp_min_(0.0).mul_(0.35))
+    ridge = (u.abs().mul_(3.0)).neg_().add_(1.0).clamp_(0.0, 1.0)
+    ridge.mul_((v - frame.nose_v * 0.9).abs_().mul_(4.0).neg_().add_(1.0).clamp_(0.0, 1.0))
+    return s.mul_(ridge.mul_(0.06).add_(1.0))
+
+
+def _edge_band(frame, inside):
+    """``appearance.edge_band``."""
+    band = (inside / (0.06 * frame.depth + 1.0)).neg_().add_(1.0).clamp_(0.0, 1.0)
+    return band.mul_(0.1).neg_().add_(1.0)
+
+
+def _strap_distance(frame, shape, loops, x, y):
+    """``geometry.strap_distance`` (``segment_distance2`` per segment)."""
+    dist2 = None
+    for ax, ay, bx, by in geo.strap_segments(frame, shape, loops):
+        dx, dy = bx - ax, by - ay
+        px, py = x - ax, y - ay
+        t = (px * dx + py * dy).mul_(1.0 / (dx * dx + dy * dy + 1e-6)).clamp_(0.0, 1.0)
+        ex = (t * dx).neg_().add_(px)
+        ey = t.mul_(dy).neg_().add_(py)
+        dd = ex.mul_(ex).add_(ey.mul_(ey))
+        dist2 = dd if dist2 is None else torch.minimum(dist2, dd, out=dist2)
+    return dist2.sqrt_()
+
+
+def _slice(style, start, length):
+    """Samples ``start`` to ``start + length`` of a dict of per-sample tensors."""
+    return {k: v[start:start + length] for k, v in style.items()}
 
 
 def _rows_of(flags):

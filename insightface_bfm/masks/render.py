@@ -8,6 +8,7 @@ of points are cached, which makes aligned crops (all on the ArcFace template) ch
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections import OrderedDict
@@ -21,6 +22,10 @@ from . import appearance as look
 from . import geometry as geo
 from . import textures
 from .styles import ALL_TYPES, SKIN_GRAIN, MaskStyle, random_style
+
+# numpy's clip ufunc itself: np.clip wraps it in a few microseconds of Python-level checks per
+# call, a tenth of a render here (the same floats; np.clip where numpy does not expose it)
+_clip = getattr(getattr(getattr(np, "_core", None), "umath", None), "clip", np.clip)
 
 _COORD_CACHE: OrderedDict = OrderedDict()
 _COORD_CACHE_SIZE = 16
@@ -97,11 +102,31 @@ def _face(kps, image_shape) -> _Face:
     return face
 
 
-class _FaceMaps:
+# the per-pixel maps a render reads (``_FaceMaps``, ``_Band``, ``_Rows``)
+_PER_PIXEL = ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip", "v64", "surface64")
+# a band's columns are rounded out to multiples of this: a few bands serve every style
+_BAND_STEP = 8
+_BAND_MAX_PIXELS = 160 * 160
+
+
+class _Grid:
+    """Per-pixel maps over a box, and their bands of rows (views; cached)."""
+
+    def rows(self, sy: slice) -> _Rows:
+        key = (sy.start, sy.stop)
+        hit = self._rows.get(key)
+        if hit is None:
+            hit = self._rows[key] = _Rows(self, sy)
+        return hit
+
+
+class _FaceMaps(_Grid):
     """Everything per-pixel that depends on the face and the box but not on the style.
 
     Cached per (points, box): aligned crops all share the template points and, thanks to the
-    envelope box, one entry, so a render only computes the style's own terms.
+    envelope box, one entry, so a render only computes the style's own terms. A render works on
+    the rows of a band of columns of these maps, held as C-contiguous copies: numpy runs about
+    twice as fast on contiguous rows as on sub-box views (pixels the mask does not reach keep theirs).
     """
 
     def __init__(self, frame, box):
@@ -117,46 +142,93 @@ class _FaceMaps:
         self.surface = look.surface(np, frame, self.u, self.v).astype(np.float32)
         self.seam = look.centre_seam(np, frame, self.u, self.w).astype(np.float32)
         self.u_clip = np.clip(self.u, -1.0, 1.0)
+        # float64 twins of the maps that meet float64 terms (exact copies: mixed-type numpy
+        # operations convert on the fly, at twice the cost)
+        self.v64, self.surface64 = self.v.astype(np.float64), self.surface.astype(np.float64)
+        # each row's range of v and each column's range of u: the rows and columns an outline can
+        # reach (``_own_window``); as lists, for bisect where they rise (upright faces)
+        self.v_lo, self.v_hi = self.v.min(1).tolist(), self.v.max(1).tolist()
+        self.u_lo, self.u_hi = self.u.min(0).tolist(), self.u.max(0).tolist()
+        self.upright = all(_rising(r) for r in (self.v_lo, self.v_hi, self.u_lo, self.u_hi))
+        self.sx = slice(0, len(self.u_lo))
+        self._rows, self._bands = {}, {}
         window = geo.cheek_window(np, self.u, self.v)
         self.left = (window & (self.u < 0)).astype(np.float32)
         self.right = (window & (self.u >= 0)).astype(np.float32)
         self.n_left, self.n_right = float(self.left.sum()), float(self.right.sum())
+        # the cheeks' box and (left, right) weights: both sums of grey levels in one matrix product,
+        # exact (so equal to numpy's sums) while they stay below 2**24; else None (the sums)
+        self.cheeks = self.cheek_weights = None
+        if 0 < min(self.n_left, self.n_right) and 255 * max(self.n_left, self.n_right) < 2**24:
+            rows, cols = np.nonzero(window)
+            self.cheeks = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            weights = [side[self.cheeks].ravel() for side in (self.left, self.right)]
+            self.cheek_weights = np.stack(weights, 1)
 
-    def window(self, sy: slice, sx: slice) -> _Window:
-        """The maps of a box inside this one (views, no copies)."""
-        return _Window(self, sy, sx)
+    def band(self, sx: slice) -> _Grid:
+        """The maps of columns ``sx`` (cached; all of them, these maps, for faces larger than crops:
+        their bands would take much memory and rarely serve twice)."""
+        if sx == self.sx or self.u.size > _BAND_MAX_PIXELS:
+            return self
+        key = (sx.start, sx.stop)
+        hit = self._bands.get(key)
+        if hit is None:
+            hit = self._bands[key] = _Band(self, sx)
+        return hit
 
-    def outline_distance(self, frame, shape):
-        return _outline_distance(self, frame, shape)
+
+def _rising(values) -> bool:
+    return all(a < b for a, b in zip(values, values[1:]))
 
 
-class _Window:
-    """A sub-box of a ``_FaceMaps``: the same per-pixel maps, sliced."""
+class _Band(_Grid):
+    """Columns ``sx`` of a ``_FaceMaps``: the same per-pixel maps, as contiguous copies."""
 
-    def __init__(self, maps, sy, sx):
-        self.xs, self.ys = maps.xs[:, sx], maps.ys[sy]
-        for name in ("u", "v", "w", "au", "uu", "below2", "surface", "seam", "u_clip"):
-            setattr(self, name, getattr(maps, name)[sy, sx])
+    def __init__(self, maps, sx):
+        self.sx = sx
+        self.xs, self.ys = maps.xs[:, sx], maps.ys
+        for name in _PER_PIXEL:
+            setattr(self, name, np.ascontiguousarray(getattr(maps, name)[:, sx]))
+        self._rows = {}
 
-    def outline_distance(self, frame, shape):
-        return _outline_distance(self, frame, shape)
+
+class _Rows:
+    """A band of rows of a ``_FaceMaps`` or ``_Band``: the same per-pixel maps, sliced (contiguous)."""
+
+    def __init__(self, grid, sy):
+        self.xs, self.ys = grid.xs, grid.ys[sy]
+        for name in _PER_PIXEL:
+            setattr(self, name, getattr(grid, name)[sy])
 
 
 def _outline_distance(maps, frame, shape):
-    """``geometry.outline_distance`` from cached maps (same formula, fewer operations)."""
+    """``geometry.outline_distance`` from cached maps: the same operations in the same float
+    types (the top edge is float64: ``top_centre`` is a float64 scalar), in place.
+    tests/test_masks.py checks it equals the general formula bit for bit."""
+    f32 = np.float32
     uu, au = maps.uu, maps.au
     if shape.shift:  # an off-centre occluder: its own u, not the cached one
-        u = maps.u - np.float32(shape.shift)
+        u = maps.u - f32(shape.shift)
         uu, au = u * u, np.abs(u)
-    top = shape.top_centre(np, frame) + shape.top_curve * uu
+    top = np.multiply(uu, f32(shape.top_curve)).astype(np.float64)
+    top += shape.top_centre(np, frame)
     if shape.top_point:
-        top = top + shape.top_point * au
-    bottom = shape.bottom - shape.bottom_curve * uu
+        top += np.multiply(au, f32(shape.top_point))
+    d = np.subtract(maps.v64, top, out=top)
+    d *= frame.depth
+    bottom = np.multiply(uu, f32(shape.bottom_curve))
+    np.subtract(f32(shape.bottom), bottom, out=bottom)
     if shape.bottom_point:
-        bottom = bottom - shape.bottom_point * au
-    side = shape.width - (shape.width * shape.jaw) * maps.below2
-    d = np.minimum((maps.v - top) * frame.depth, (bottom - maps.v) * frame.depth)
-    return np.minimum(d, (side - au) * maps.w)
+        bottom -= np.multiply(au, f32(shape.bottom_point))
+    d_bottom = np.subtract(bottom, maps.v, out=bottom)
+    d_bottom *= f32(frame.depth)
+    side = np.multiply(maps.below2, f32(shape.width * shape.jaw))
+    np.subtract(f32(shape.width), side, out=side)
+    side -= au
+    side *= maps.w
+    # min(top, bottom, side): the two float32 ones first (exact either way)
+    np.minimum(d_bottom, side, out=side)
+    return np.minimum(d, side, out=d)
 
 
 def _face_maps(pts, frame, box) -> _FaceMaps:
@@ -233,24 +305,33 @@ def render_mask(image, kps, style=None, rng=None):
     x0, y0, x1, y1 = box
     maps = _face_maps(pts, frame, box)
     # Only the pixels the mask covers change (elsewhere the blend below leaves every pixel as it
-    # was), so the mask is drawn in the box of its own outline, inside the envelope's box.
-    win, (sy, sx) = _own_window(maps, frame, style, box, w, h)
+    # was), so the mask is drawn in the rows its outline can reach, inside the envelope's box.
+    sy, sx = _own_window(maps, frame, style)
+    band = maps.band(sx)
+    sx = band.sx  # (all columns for big faces)
+    win = band.rows(sy)
     inside = _inside(win, frame, shape, style)
-    a_mask = np.clip(inside + 0.5, 0.0, 1.0)
-    if _touches_edge(a_mask, sy, sx, box):  # never seen; the whole envelope box, to be safe
+    a_mask = _coverage(inside)
+    if _touches_edge(a_mask, sy, sx, y1 - y0, x1 - x0):  # never seen; the whole envelope box, to be safe
         sy, sx = slice(0, y1 - y0), slice(0, x1 - x0)
-        win = maps.window(sy, sx)
+        win = maps.rows(sy)
         inside = _inside(win, frame, shape, style)
-        a_mask = np.clip(inside + 0.5, 0.0, 1.0)
+        a_mask = _coverage(inside)
 
     # the face's exposure and side light, measured on the cheeks the mask will cover
     roi = img[y0:y1, x0:x1]
-    gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    rh, rw = gray.shape
+    rh, rw = roi.shape[:2]
     nl, nr = maps.n_left, maps.n_right
-    luma_l = float((gray * maps.left).sum()) / nl if nl else float(gray.mean())
-    luma_r = float((gray * maps.right).sum()) / nr if nr else float(gray.mean())
-    cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else float(gray.mean())
+    if maps.cheeks is not None:
+        gray = cv2.cvtColor(roi[maps.cheeks], cv2.COLOR_BGR2GRAY).astype(np.float32)
+        sum_l, sum_r = gray.reshape(-1) @ maps.cheek_weights
+        luma_l, luma_r = float(sum_l) / nl, float(sum_r) / nr
+        cheek = (luma_l * nl + luma_r * nr) / (nl + nr)
+    else:
+        gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        luma_l = float((gray * maps.left).sum()) / nl if nl else float(gray.mean())
+        luma_r = float((gray * maps.right).sum()) / nr if nr else float(gray.mean())
+        cheek = (luma_l * nl + luma_r * nr) / (nl + nr) if nl + nr else float(gray.mean())
     # look.brightness_gain and look.side_light on plain floats (the same arithmetic, no numpy calls)
     gain = min(max((cheek / look.REFERENCE_LUMA) ** 0.85, 0.25), 1.2)
     slope = 1.4 * (luma_r - luma_l) / (luma_r + luma_l + 1.0)
@@ -261,21 +342,26 @@ def render_mask(image, kps, style=None, rng=None):
         base = style.colors[0]
         strap_color = (225.0,) * 3 if style.type == "surgical" else [c * 0.85 + 30.0 for c in base]
         thickness = max(1, int(geo.strap_thickness(frame, loops)))
-        for i, (ax, ay, bx, by) in enumerate(geo.strap_segments(frame, shape, loops)):
-            lit = min(max(1.0 + slope * (-1.0 if i < 2 else 1.0), 0.5), 1.5)
-            col = [min(max(c * gain * lit, 0.0), 255.0) for c in strap_color]
-            p0 = (int(round(ax * 16)), int(round(ay * 16)))
-            p1 = (int(round(bx * 16)), int(round(by * 16)))
-            cv2.line(out, p0, p1, col, thickness, cv2.LINE_AA, 4)
-            cv2.line(region_u8, p0, p1, 1, thickness, cv2.LINE_8, 4)
+        lit_cols = []  # the left segments' colour (0, 1), then the right ones' (2, 3)
+        for side in (-1.0, 1.0):
+            lit = min(max(1.0 + slope * side, 0.5), 1.5)
+            lit_cols.append([min(max(c * gain * lit, 0.0), 255.0) for c in strap_color])
+        # the four segments in 1/16 pixels (np.rint rounds halves to even, as round() does);
+        # polylines draws each as cv2.line would, in order
+        segs = np.array(geo.strap_segments(frame, shape, loops)) * 16
+        segs = np.rint(segs).astype(np.int32).reshape(4, 2, 2)
+        for pair, col in zip((segs[:2], segs[2:]), lit_cols):
+            cv2.polylines(out, list(pair), False, col, thickness, cv2.LINE_AA, 4)
+        cv2.polylines(region_u8, list(segs), False, 1, thickness, cv2.LINE_8, 4)
 
     if style.shadow:  # on the skin (and straps) under the mask, before the mask goes on
         _contact_shadow(out, pts, frame, shape, style, envelope)
     u, v, wmap = win.u, win.v, win.w
-    light = np.clip(1.0 + slope * win.u_clip, 0.5, 1.5) * gain
+    light = _side_light(win.u_clip, slope, gain)
 
     # the mask surface: base colour (or a two-colour print) x shading, plus fabric grain
-    shade = win.surface * look.edge_band(np, frame, inside)
+    shade = _edge_band(frame, inside)
+    shade *= win.surface64
     if style.pleats:
         shade *= look.pleat_folds(np, frame, shape, v)
     if style.seam:
@@ -317,64 +403,112 @@ def render_mask(image, kps, style=None, rng=None):
 
     spec = look.specular_band(np, shape.centred(u), shape.width) if style.type == "object" else None
     sheen = style.sheen * look.sheen_lobe(np, u, v, luma_l, luma_r) if style.sheen else None
-    # composite channel by channel (planar float maps are much faster than HxWx3 broadcasting),
-    # in place: f += (layer - f) * a_mask, then clip(f + 0.5, 0, 255) as uint8
+    # composite all three channels at once on planar (3, rows, columns) float64 maps, with the
+    # per-channel arithmetic of one channel at a time (the same floats): layer = colour x shade
+    # (+ grain, sheen, valve, highlight); f += (layer - f) * a_mask; clip(f + 0.5, 0, 255) as uint8
+    if tex is not None:
+        layer = np.multiply(tex.transpose(2, 0, 1), shade)
+    elif pat is None:
+        layer = np.multiply(_channels(colors[0], np.float64), shade)
+    else:  # cb + (ca - cb) * pat in the print's float type, as with Python numbers
+        layer = np.multiply(_channels([ca - cb for cb, ca in zip(*colors[:2])], pat.dtype), pat)
+        layer += _channels(colors[0], pat.dtype)
+        layer = np.multiply(layer, shade)
+    if grain is not None:
+        layer += grain.astype(np.float64)
+    if sheen is not None:
+        _blend_towards(layer, 250.0 * gain, sheen)
+    if valve is not None:
+        _blend_towards(layer, np.multiply(_channels(colors[2], valve[1].dtype), valve[1]), valve[0])
+    if spec is not None:
+        _blend_towards(layer, 250.0 * gain, spec)
     dst = out[y0:y1, x0:x1][sy, sx]
-    for c, (cb, ca, cv_) in enumerate(zip(*colors)):
-        if tex is not None:
-            layer = tex[:, :, c] * shade
-        else:
-            layer = cb * shade if pat is None else (cb + (ca - cb) * pat) * shade
-        if grain is not None:
-            layer += grain
-        if sheen is not None:
-            layer += (250.0 * gain - layer) * sheen
-        if valve is not None:
-            layer += (cv_ * valve[1] - layer) * valve[0]
-        if spec is not None:
-            layer += (250.0 * gain - layer) * spec
-        f = dst[:, :, c].astype(np.float32)
-        np.subtract(layer, f, out=layer)
-        layer *= a_mask
-        f += layer
-        f += 0.5
-        np.maximum(f, 0, out=f)  # np.clip(f, 0, 255), without its Python-level overhead
-        np.minimum(f, 255, out=f)
-        dst[:, :, c] = f  # truncation, as astype(np.uint8)
+    f = dst.transpose(2, 0, 1).astype(np.float64)
+    np.subtract(layer, f, out=layer)
+    layer *= a_mask
+    layer += f  # f + (layer - f) * a_mask in float64, then rounded to float32 as ``f +=`` does
+    f = layer.astype(np.float32)
+    f += 0.5
+    _clip(f, np.float32(0), np.float32(255), out=f)
+    # truncation as astype(np.uint8); cv2.merge interleaves the planes (numpy's strided copy
+    # back into the BGR image is four times slower)
+    dst[...] = cv2.merge(tuple(f.astype(np.uint8)))
     region_u8[y0:y1, x0:x1][sy, sx] |= (a_mask > 0.5).view(np.uint8)
     return out, region_u8.view(bool)
 
 
-def _own_window(maps, frame, style, box, w, h):
-    """The window of ``maps`` (over the envelope ``box``) that holds this style's outline: the box
-    of its own top, bottom and reach (a hand's top edge may rise at its sides: the whole box)."""
-    x0, y0, x1, y1 = box
-    full = (slice(0, y1 - y0), slice(0, x1 - x0))
-    if style.type == "hand":
-        return maps.window(*full), full
-    reach = style.width + abs(style.shift)
-    own = _mask_box(frame, geo.MaskShape(style.top, 0, 0, style.bottom, 0, 0, reach, 0), w, h)
-    if own is None:
-        return maps.window(*full), full
-    sy = slice(max(own[1], y0) - y0, min(own[3], y1) - y0)
-    sx = slice(max(own[0], x0) - x0, min(own[2], x1) - x0)
-    if sy.stop <= sy.start or sx.stop <= sx.start:
-        return maps.window(*full), full
-    return maps.window(sy, sx), (sy, sx)
+def _channels(values, dtype) -> np.ndarray:
+    """Three per-channel numbers as a (3, 1, 1) array of ``dtype`` (a Python number meets a numpy
+    array in the array's float type)."""
+    return np.asarray(values, dtype=dtype).reshape(3, 1, 1)
 
 
-def _touches_edge(a_mask, sy, sx, box) -> bool:
-    """Whether the coverage reaches an edge of its window that lies inside the envelope's box."""
-    x0, y0, x1, y1 = box
-    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < y1 - y0 and a_mask[-1].any())
-                or (sx.start > 0 and a_mask[:, 0].any()) or (sx.stop < x1 - x0 and a_mask[:, -1].any()))
+def _blend_towards(layer, target, alpha):
+    """``layer += (target - layer) * alpha`` in place."""
+    step = np.subtract(target, layer)
+    step *= alpha
+    layer += step
+
+
+def _coverage(inside):
+    """``geometry.coverage`` in place of a fresh array: clip(inside + 0.5, 0, 1)."""
+    a = np.add(inside, 0.5)
+    return _clip(a, 0.0, 1.0, out=a)
+
+
+def _side_light(u_clip, slope, gain):
+    """``appearance.side_light(np, u, ...) * gain`` from the cached clip(u, -1, 1), on plain floats
+    (Python numbers meet the float32 maps as float32)."""
+    f32 = np.float32
+    light = np.multiply(u_clip, f32(slope))
+    light += f32(1.0)
+    _clip(light, f32(0.5), f32(1.5), out=light)
+    light *= f32(gain)
+    return light
+
+
+def _edge_band(frame, inside):
+    """``appearance.edge_band`` in place of fresh arrays (the same float64 operations)."""
+    band = np.divide(inside, 0.06 * frame.depth + 1.0)
+    np.subtract(1.0, band, out=band)
+    _clip(band, 0.0, 1.0, out=band)
+    band *= 0.1
+    return np.subtract(1.0, band, out=band)
+
+
+def _own_window(maps, frame, style):
+    """The rows and columns of ``maps`` (over the envelope box) that an outline can reach: rows
+    whose v range meets [top, bottom] of the style and columns whose u range meets its reach, one
+    pixel more each way (columns rounded out to ``_BAND_STEP``). The top and bottom edges only
+    curve away from the face's middle (a hand's may rise at its sides: the whole box)."""
+    full = slice(0, len(maps.v_lo)), maps.sx
+    curves = (style.top_curve, style.top_point, style.bottom_curve, style.bottom_point)
+    if style.type == "hand" or min(curves) < 0 or not maps.upright:
+        return full
+    pad = 0.02 + 1.0 / frame.depth
+    # the rows (and columns) meeting a range are one run where the ranges rise: its ends by bisection
+    start = bisect.bisect_left(maps.v_hi, style.top * frame.nose_v - pad)
+    stop = bisect.bisect_right(maps.v_lo, style.bottom + pad)
+    reach = style.width + 0.03 + 1.0 / min(frame.w_left, frame.w_right)
+    left = bisect.bisect_left(maps.u_hi, style.shift - reach) // _BAND_STEP * _BAND_STEP
+    right = min(-(-bisect.bisect_right(maps.u_lo, style.shift + reach) // _BAND_STEP) * _BAND_STEP,
+                maps.sx.stop)
+    if start >= stop or left >= right:
+        return full
+    return slice(start, stop), slice(left, right)
+
+
+def _touches_edge(a_mask, sy, sx, n_rows, n_cols) -> bool:
+    """Whether the coverage reaches a cut edge of its window (in a box of ``n_rows`` x ``n_cols``)."""
+    return bool((sy.start > 0 and a_mask[0].any()) or (sy.stop < n_rows and a_mask[-1].any())
+                or (sx.start > 0 and a_mask[:, 0].any()) or (sx.stop < n_cols and a_mask[:, -1].any()))
 
 
 def _inside(maps, frame, shape, style):
     """Signed distance to the outline in pixels (positive inside), from a box's cached maps."""
     if style.type == "hand":
         return geo.hand_distance(np, frame, shape, style.valve_side, maps.u, maps.v, maps.w)
-    return maps.outline_distance(frame, shape)
+    return _outline_distance(maps, frame, shape)
 
 
 def _contact_shadow(out, pts, frame, shape, style, envelope):
