@@ -1,7 +1,10 @@
 """Shared fixtures. Real data and models come from ../shared, used in place, read-only."""
 
 import http.server
+import importlib.util
+import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -26,6 +29,23 @@ def shared_path(*parts) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+def run_benchmark(script: Path, args: list[str]) -> None:
+    """``python SCRIPT ARGS`` in this process: SCRIPT's ``main(ARGS)`` must return 0. A fresh interpreter
+    would import torch and insightface again (seconds of each smoke run); the ``sys.path`` entries
+    and environment variables that the script sets are taken back afterwards."""
+    path, environ = list(sys.path), dict(os.environ)
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        assert module.main(args) == 0, f"{script.name} {' '.join(args)} returned non-zero"
+    finally:
+        sys.path[:] = path
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
 
 
 # -- a local HTTP server on 127.0.0.1 (Range requests, cut transfers, errors) for download tests --
