@@ -31,6 +31,15 @@ def shared():
     return shared_path
 
 
+def pytest_configure(config):
+    # Two workers on two cores: a subprocess (a doc block's bfm-train, torchrun, a CLI run) that
+    # ran torch on two OpenMP threads would fight the other worker, and its spinning threads cost
+    # CPU time (two training doc pages: 62 s -> 50 s CPU here). The workers' own torch runs on one
+    # thread already (the test modules' torch.set_num_threads(1)).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def run_benchmark(script: Path, args: list[str]) -> None:
     """``python SCRIPT ARGS`` in this process: SCRIPT's ``main(ARGS)`` must return 0. A fresh interpreter
     would import torch and insightface again (seconds of each smoke run); the ``sys.path`` entries
