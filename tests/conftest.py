@@ -1,11 +1,19 @@
 """Shared fixtures. Real data and models come from ../shared, used in place, read-only."""
 
 import http.server
+import importlib.util
+import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # pytest-xdist absent: the suite runs in one process
+    LoadFileScheduling = None
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -21,6 +29,32 @@ def shared_path(*parts) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+def pytest_configure(config):
+    # Two workers on two cores: a subprocess (a doc block's bfm-train, torchrun, a CLI run) that
+    # ran torch on two OpenMP threads would fight the other worker, and its spinning threads cost
+    # CPU time (two training doc pages: 62 s -> 50 s CPU here). The workers' own torch runs on one
+    # thread already (the test modules' torch.set_num_threads(1)).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def run_benchmark(script: Path, args: list[str]) -> None:
+    """``python SCRIPT ARGS`` in this process: SCRIPT's ``main(ARGS)`` must return 0. A fresh interpreter
+    would import torch and insightface again (seconds of each smoke run); the ``sys.path`` entries
+    and environment variables that the script sets are taken back afterwards."""
+    path, environ = list(sys.path), dict(os.environ)
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        assert module.main(args) == 0, f"{script.name} {' '.join(args)} returned non-zero"
+    finally:
+        sys.path[:] = path
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
 
 
 # -- a local HTTP server on 127.0.0.1 (Range requests, cut transfers, errors) for download tests --
@@ -93,3 +127,64 @@ def server():
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+# -- two workers (pytest-xdist, pyproject's `--dist loadfile`) ------------------------------------
+# A file goes whole to one worker (its module fixtures are built once, its order kept), except that
+# each page of tests/test_docs.py is a unit of its own. The costliest units go out first and a worker
+# takes its next unit only on its last test, so that one worker does not end long after the other.
+# Rough serial seconds of the costliest units on the 2-core box, for that order only (an unlisted
+# unit counts 0; a stale figure costs some balance, never a test).
+UNIT_SECONDS = {
+    "tests/test_mxnet_fixture.py": 55,
+    "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/app.md]": 37,
+    "tests/test_mask_families.py": 32,
+    "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/training.md]": 30,
+    "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/packs.md]": 26,
+    "tests/test_eval_cli.py": 26,
+    "tests/test_recognition.py": 25,
+    "tests/test_serve.py": 25,
+    "tests/test_classifier_training.py": 20,
+    "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/evaluation.md]": 20,
+    "tests/test_app.py": 18,
+    "tests/test_real_faces.py": 17,
+    "tests/test_runlock.py": 16,
+    "tests/test_trainer.py": 16,
+    "tests/test_distributed.py": 15,
+    "tests/test_build.py": 15,
+    "tests/test_pack_lifecycle.py": 14,
+    "tests/test_docs.py::test_page_blocks_run_as_written[README.md]": 14,
+    "tests/test_import_onnx.py": 11,
+    "tests/test_partial_fc.py": 10,
+    "tests/test_verification.py": 10,
+    "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/open-set.md]": 10,
+}
+
+if LoadFileScheduling is not None:
+    class CostFirstScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/test_docs.py::test_page_blocks_run_as_written["):
+                return nodeid  # a doc page: its own unit (each sets up its own sandbox)
+            return super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            costliest = max(self.workqueue, key=lambda unit: UNIT_SECONDS.get(unit, 0))  # ties: file order
+            self.workqueue.move_to_end(costliest, last=False)
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node) -> None:
+            # as xdist's, but a worker asks for more when one test is left (xdist: two): a worker
+            # holds back its last test until it knows the next one, so it never waits idle
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") == "loadfile":
+            return CostFirstScheduling(config, log)
+        return None

@@ -13,11 +13,13 @@ holds a link to every top-level entry of the repository and ``../shared`` points
 data; ``$INSIGHTFACE_BFM_ROOT`` holds a pack named ``bfm`` (the shared SCRFD, the shared
 MobileFaceNet as E_F and, negated, as E_P, and a classifier calling a dark lower face masked:
 ``bfm_inference_helpers``); ``$HOME`` is a temporary folder; insightface's ``t1.jpg`` is in the
-working folder. The blocks of one page run in order in one sandbox.
+working folder. The blocks of one page run in order in one sandbox; consecutive python blocks
+run in one interpreter (``run_blocks``), each in a namespace of its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -154,3 +156,38 @@ def run_block(block: Block, cwd: Path, env: dict, timeout: float | None = 120) -
     else:
         args = ["python", "-c", block.code]  # the python first on PATH: the sandbox's
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# Runs python blocks given as JSON [[where, code], ...] in order, each in a fresh namespace, marking
+# where each begins on stdout and stderr; a failing block's traceback names it (its code's filename).
+_PYTHON_RUNNER = """
+import json, sys
+for where, code in json.loads(sys.argv[1]):
+    print(f"--- {where}", flush=True)
+    print(f"--- {where}", file=sys.stderr, flush=True)
+    exec(compile(code, where, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    sys.stdout.flush()
+"""
+
+
+def block_runs(blocks: list[Block]) -> list[list[Block]]:
+    """A page's blocks in order, consecutive python blocks together: one interpreter runs them
+    (each imports what it uses; a fresh interpreter per block cost seconds of imports each)."""
+    runs: list[list[Block]] = []
+    for block in blocks:
+        if runs and block.language == "python" and runs[-1][-1].language == "python":
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    return runs
+
+
+def run_blocks(blocks: list[Block], cwd: Path, env: dict,
+               timeout: float | None = 120) -> subprocess.CompletedProcess:
+    """One block as ``run_block`` runs it, or several python blocks in one interpreter."""
+    if len(blocks) == 1:
+        return run_block(blocks[0], cwd, env, timeout)
+    assert all(b.language == "python" for b in blocks), [b.where for b in blocks]
+    payload = json.dumps([[b.where, b.code] for b in blocks])
+    return subprocess.run(["python", "-c", _PYTHON_RUNNER, payload], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=None if timeout is None else timeout * len(blocks))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,21 +108,33 @@ def test_random_streams_of_every_rank_are_seeded_apart():
         assert len(set(drawn.values())) == len(drawn), world_size
 
 
-def run_two_processes(out, classifier_steps=1):
+SCENARIOS = (1, 3)  # optim.classifier_steps of the two runs that one torchrun launch makes
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """One torchrun launch of two gloo processes (three interpreters importing torch: seconds each)
+    for both tests: the worker runs each of SCENARIOS in turn in the same process group, each
+    with its own Trainer, into OUT/steps{N}. Returns OUT."""
+    out = tmp_path_factory.mktemp("torchrun")
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(out), str(classifier_steps)]
+           __file__, str(out)]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def ranks_of(out):
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
-def test_two_process_gloo_step_equals_single_process_step(tmp_path):
+def test_two_process_gloo_step_equals_single_process_step(tmp_path, two_processes):
     torch.set_num_threads(1)
-    ranks = run_two_processes(tmp_path)
+    ranks = ranks_of(two_processes / "steps1")
     before, trainer = one_step(tmp_path / "single", "bfm")
     single = trainer.model.state_dict()
     # the step moved every trainable parameter (C, E_F, E_P and both heads) and nothing else
@@ -136,33 +149,34 @@ def test_two_process_gloo_step_equals_single_process_step(tmp_path):
                                        msg=lambda m, r=rank, k=name: f"rank {r}, {k}: {m}")
 
 
-def test_further_classifier_steps_keep_the_replicas_equal(tmp_path):
+def test_further_classifier_steps_keep_the_replicas_equal(two_processes):
     # optim.classifier_steps: the further steps of C run outside DDP on each rank's own half and
     # own masks; the trainer averages C's gradients over the ranks, so C stays one model. Two
     # batches: the second joint step is a DDP forward after the further steps' backward passes.
-    torch.set_num_threads(1)
-    rank0, rank1 = run_two_processes(tmp_path, classifier_steps=3)
+    out = two_processes / "steps3"
+    rank0, rank1 = ranks_of(out)
     for rank in (0, 1):  # the second batch's 2 further steps, counted as they run
-        assert (tmp_path / f"further{rank}.txt").read_text() == "2"
+        assert (out / f"further{rank}.txt").read_text() == "2"
     for k in rank0:
         torch.testing.assert_close(rank1[k], rank0[k], atol=1e-6, rtol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
-if __name__ == "__main__":  # the torchrun worker
+if __name__ == "__main__":  # the torchrun worker: each scenario in turn, in one process group
     torch.set_num_threads(1)
-    out = Path(sys.argv[1])
-    steps = int(sys.argv[2])
-    _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm", classifier_steps=steps)
-    if steps > 1:
-        further, step = [], trainer.classifier_step
-        trainer.classifier_step = lambda x: further.append(1) or step(x)
-        x, x_masked, labels = global_batch()
-        size = trainer.sampler.local_batch
-        part = slice(trainer.world.rank * size, (trainer.world.rank + 1) * size)
-        trainer.optimize(x[part], x_masked[part], labels[part])
-        (out / f"further{trainer.world.rank}.txt").write_text(str(len(further)))
-    assert trainer.world.world_size == 2
-    torch.save(trainer.model.state_dict(), out / f"rank{trainer.world.rank}.pt")
+    for steps in SCENARIOS:
+        out = Path(sys.argv[1]) / f"steps{steps}"
+        out.mkdir(exist_ok=True)  # by both ranks
+        _, trainer = one_step(out / f"rank{os.environ['RANK']}", "bfm", classifier_steps=steps)
+        if steps > 1:
+            further, step = [], trainer.classifier_step
+            trainer.classifier_step = lambda x, further=further, step=step: further.append(1) or step(x)
+            x, x_masked, labels = global_batch()
+            size = trainer.sampler.local_batch
+            part = slice(trainer.world.rank * size, (trainer.world.rank + 1) * size)
+            trainer.optimize(x[part], x_masked[part], labels[part])
+            (out / f"further{trainer.world.rank}.txt").write_text(str(len(further)))
+        assert trainer.world.world_size == 2
+        torch.save(trainer.model.state_dict(), out / f"rank{trainer.world.rank}.pt")
     from insightface_bfm.train.distributed import shutdown
 
     shutdown(trainer.world)

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import click
 import pytest
-from doc_blocks import REPO, all_blocks, make_pack_root, make_sandbox, ran_by_file, run_block
+from doc_blocks import REPO, all_blocks, block_runs, make_pack_root, make_sandbox, ran_by_file, run_blocks
 
 BLOCKS = all_blocks()
 RUN_PAGES = defaultdict(list)
@@ -29,10 +29,11 @@ def test_page_blocks_run_as_written(page, pack_root, tmp_path):
     from conftest import shared_path
 
     cwd, env = make_sandbox(tmp_path, shared_path(), pack_root)
-    for block in RUN_PAGES[page]:
-        res = run_block(block, cwd, env)
+    for blocks in block_runs(RUN_PAGES[page]):  # consecutive python blocks in one interpreter
+        res = run_blocks(blocks, cwd, env)
+        where, code = ", ".join(b.where for b in blocks), "".join(b.code for b in blocks)
         assert res.returncode == 0, (
-            f"{block.where} failed ({res.returncode}):\n{block.code}\n--- stdout\n{res.stdout[-2000:]}"
+            f"{where} failed ({res.returncode}):\n{code}\n--- stdout\n{res.stdout[-2000:]}"
             f"\n--- stderr\n{res.stderr[-3000:]}")
 
 

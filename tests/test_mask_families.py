@@ -1,7 +1,6 @@
 """Mask families, where the trainer puts its masks, and the leave-one-family-out proxy."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import shared_path
+from conftest import run_benchmark, shared_path
 
 from insightface_bfm.errors import BFMError
 from insightface_bfm.masks import ALL_TYPES, MASK_FAMILIES, MASK_TYPES, check_types, family_of, types_without
@@ -188,15 +187,15 @@ def test_contact_sheet_shows_every_kind():
         assert np.abs(row[40:50] - bare[40:50]).mean() < 3, r
 
 
-def test_leave_one_family_out_smoke(tmp_path):
+def test_leave_one_family_out_smoke(tmp_path, capsys):
     shared_path("data", "rmfd_dev")
     shared_path("models", "mobilefacenet_128.onnx")
     out = tmp_path / "lofo"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "mask_families.py"), "--out", str(out), "--threads", "1",
-           "--max-ids", "8", "--val-ids", "6", "--pairs", "16", "--max-rmfd", "3", "--families", "medical",
-           "--set", "train.max_steps=1", "--set", "optim.batch_size=4"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    script = ROOT / "benchmarks" / "mask_families.py"  # its main() in this process (conftest.run_benchmark)
+    args = ["--out", str(out), "--threads", "1",
+            "--max-ids", "8", "--val-ids", "6", "--pairs", "16", "--max-rmfd", "3", "--families", "medical",
+            "--set", "train.max_steps=1", "--set", "optim.batch_size=4"]
+    run_benchmark(script, args)
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"all", "medical"}
@@ -207,12 +206,12 @@ def test_leave_one_family_out_smoke(tmp_path):
     assert results["data"]["people_overlap_with_devtest"] == 0
     assert "| medical |" in (out / "results.md").read_text()
     # a second run reuses what it measured
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("measured before, reused") == 2
+    capsys.readouterr()
+    run_benchmark(script, args)
+    assert capsys.readouterr().out.count("measured before, reused") == 2
     # occluders added to every training (never to the measured masks), each mask type weighted twice
-    added = subprocess.run(cmd + ["--add-types", "hand", "--mask-repeat", "2"], capture_output=True,
-                           text=True, timeout=300)
-    assert added.returncode == 0 and "reused" not in added.stdout, added.stderr[-2000:]
+    run_benchmark(script, args + ["--add-types", "hand", "--mask-repeat", "2"])
+    assert "reused" not in capsys.readouterr().out
     for name, types in (("all", MASK_TYPES), ("medical", types_without("medical"))):
         recipe = yaml.safe_load((out / "runs" / name / "recipe.yaml").read_text())
         assert recipe["data"]["mask_types"] == [*types, *types, "hand"]

@@ -1,14 +1,12 @@
 """Fine-tuning from a generic ONNX recogniser (train/model.py), and the real-face benchmark's smoke run."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import run_benchmark, shared_path
 from torch import nn
 
 from insightface_bfm.data import open_dataset
@@ -96,11 +94,10 @@ def test_real_faces_benchmark_smoke(tmp_path):
     shared_path("data", "rmfd_dev")
     shared_path("models", "mobilefacenet_128.onnx")
     out = tmp_path / "rf"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_faces" / "run.py"), "--out", str(out),
-           "--threads", "1", "--max-ids", "4", "--max-steps", "1", "--batch-size", "4",
-           "--max-pairs", "5", "--max-rmfd", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # run.py's main() in this process (conftest.run_benchmark)
+    run_benchmark(ROOT / "benchmarks" / "real_faces" / "run.py", [
+        "--out", str(out), "--threads", "1", "--max-ids", "4", "--max-steps", "1", "--batch-size", "4",
+        "--max-pairs", "5", "--max-rmfd", "2"])
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["train_people"] == 4 and results["data"]["people_overlap_with_devtest"] == 0
     n_pairs = 10  # --max-pairs 5: 5 same + 5 different
