@@ -447,7 +447,7 @@ def heldout_table(pairs_csv, images, pack, cache_dir, progress: bool = True, thr
 
     pack_embedder = BFMPackEmbedder(pack)
     table: dict = {"base": {}, "bfm": {}}
-    last = []
+    pack_runs = []
     for model_name, embedder in (("bfm", pack_embedder), ("base", PackFullExtractor(pack_embedder))):
         for case, mask in CASES:
             res, ver, _ = evaluate(pairs_csv, pack, images=images, mask_pairs=mask, seed=MASK_SEED,
@@ -455,24 +455,24 @@ def heldout_table(pairs_csv, images, pack, cache_dir, progress: bool = True, thr
                                    thresholds=thresholds)
             table[model_name][f"case{case}"] = {"accuracy": res["accuracy"], "std": res["std"]}
             if model_name == "bfm":
-                last.append(ver)
-    same = np.concatenate([v.pairs[1] for v in last])
-    if all(v.routes is not None for v in last):
-        routes = RoutedDistances(*(np.concatenate([getattr(v.routes, k) for v in last])
+                pack_runs.append(ver)
+    same = np.concatenate([v.pairs[1] for v in pack_runs])
+    if all(v.routes is not None for v in pack_runs):
+        routes = RoutedDistances(*(np.concatenate([getattr(v.routes, k) for v in pack_runs])
                                    for k in ("full", "partial", "routed")))
         distance, distance_partial = routes.thresholds(same, lambda d, s: best_threshold(d, s)[0])
     else:
         distance_partial = None
-        distance = best_threshold(np.concatenate([v.pairs[0] for v in last]), same)[0]
+        distance = best_threshold(np.concatenate([v.pairs[0] for v in pack_runs]), same)[0]
     # each pair judged once, by its extractor's threshold: per case, then pooled
     correct = [(v.pairs[0] < (distance if v.routes is None else v.routes.limits(distance, distance_partial)))
-               == v.pairs[1] for v in last]
+               == v.pairs[1] for v in pack_runs]
     per_case = {f"case{c}": float(np.mean(ok)) for (c, _), ok in zip(CASES, correct)}
     threshold = {"rule": thresholds, "distance": distance, "similarity": 1.0 - distance / 2.0,
                  "distance_partial": distance_partial,
                  "similarity_partial": None if distance_partial is None else 1.0 - distance_partial / 2.0,
                  "pooled_accuracy": float(np.mean(np.concatenate(correct))),
-                 "accuracy_at_threshold": per_case, "pairs_per_case": int(len(last[0].pairs[0]))}
+                 "accuracy_at_threshold": per_case, "pairs_per_case": int(len(pack_runs[0].pairs[0]))}
     return table, threshold
 
 
