@@ -227,6 +227,9 @@ class OnnxGraphModule(nn.Module):
             self._tensor_keys[name] = key
         self._nodes = nodes
         self._release = _last_uses(nodes, self.output_name)
+        # train.onnxruntime_frozen_layers: the frozen first nodes through ONNX Runtime while training
+        # on a CPU (train/frozen_prefix.py; set by the trainer, never saved)
+        self.frozen_prefix = None
         # the graph travels in the state dict, so a checkpoint alone rebuilds the module
         skeleton = bytearray(_skeleton(model))
         self.register_buffer(SKELETON_KEY, torch.frombuffer(skeleton, dtype=torch.uint8).clone())
@@ -264,9 +267,13 @@ class OnnxGraphModule(nn.Module):
             x = x * 127.5 + 127.5  # our convention is normalised input; this graph wants pixels
         weights = {name: getattr(self, key) for name, key in self._tensor_keys.items()}
         live: dict[str, torch.Tensor | None] = {self.input_name: x}  # the activations still to be read
+        start = 0
+        prefix = self.frozen_prefix
+        if prefix is not None and self.training and prefix.usable(x):
+            live, start = prefix(x), prefix.cut
         # memory never written in place: the caller's input and the weights (a view of one may flow on)
         kept = {t.untyped_storage().data_ptr() for t in (x, *weights.values())}
-        for node, release in zip(self._nodes, self._release):
+        for node, release in zip(self._nodes[start:], self._release[start:]):
             args = [live[i] if i in live else weights.get(i) for i in node.inputs]  # "" (absent) -> None
             # an activation whose input is used by no later node and needs no gradient (a frozen
             # layer, or inference) runs in place: the same values without a new full-size tensor

@@ -205,6 +205,10 @@ class Trainer:
             self.loaded += start_heads_at_centres(self.model, self.dataset, recipe.init, self.device,
                                                   channels_last=self.channels_last,
                                                   progress=recipe.train.progress)
+        if recipe.train.onnxruntime_frozen_layers and self.device.type == "cpu":
+            from .frozen_prefix import attach
+
+            self.loaded += attach(self.model, torch.get_num_threads())
         if recipe.train.sync_bn and self.world.distributed:
             if self.device.type != "cuda":
                 raise BFMError("train.sync_bn needs CUDA (torch has no CPU SyncBatchNorm)")
