@@ -1,7 +1,7 @@
 """The README's `bfm models build` run: a BFM pack from LFW's DevTrain people and ../shared's models,
 then the pack used as an app would, in a new process.
 
-    python benchmarks/build_lfw.py --root R            # build (about 10 min on 2 idle cores), then check
+    python benchmarks/build_lfw.py --root R            # build (about 15 min on 2 idle cores), then check
     python benchmarks/build_lfw.py --root R --check    # only the check of an installed bfm-lfw
 
 The build is the exact command of the README (run as a subprocess: the user's command, with its
