@@ -156,7 +156,7 @@ UNIT_SECONDS = {
     "tests/test_docs.py::test_page_blocks_run_as_written[README.md]": 14,
     "tests/test_import_onnx.py": 11,
     "tests/test_partial_fc.py": 10,
-    "tests/test_verification.py": 10,
+    "tests/test_verification.py": 25,
     "tests/test_docs.py::test_page_blocks_run_as_written[docs/guides/open-set.md]": 10,
 }
 
