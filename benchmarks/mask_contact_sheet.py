@@ -28,7 +28,7 @@ from insightface_bfm.imaging import encode_image, to_network_input
 from insightface_bfm.masks import ALL_TYPES, OCCLUDER_TYPES, family_of, random_style, render_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mask_coverage import crop_points  # noqa: E402
+from mask_coverage import crop_points, landmark_names  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 LABEL_W = 150
@@ -36,9 +36,9 @@ LABEL_W = 150
 
 def pick_faces(root: Path, n: int) -> tuple[list[np.ndarray], np.ndarray]:
     """``n`` crops spread over the set (different people, lighting, poses) and their points."""
-    table = crop_points(root)
-    names = sorted(table)
+    names = landmark_names(root)
     chosen = names[:: max(1, len(names) // n)][:n]
+    table = crop_points(root, chosen)
     return [cv2.imread(str(root / name)) for name in chosen], np.stack([table[name] for name in chosen])
 
 

@@ -23,21 +23,32 @@ from insightface_bfm.imaging import ARCFACE_KPS
 from insightface_bfm.masks import MASK_TYPES, random_style, render_mask
 
 
-def crop_points(root: Path) -> dict[str, np.ndarray]:
-    """Per-crop 5 points in crop pixels: landmarks.tsv points through norm_crop's transform."""
+def crop_points(root: Path, names=None) -> dict[str, np.ndarray]:
+    """Per-crop 5 points in crop pixels: landmarks.tsv points through norm_crop's transform, for
+    ``names`` only when given (an estimate per face: all 13,233 of LFW take 7 s here)."""
     from insightface.utils.face_align import estimate_norm
 
+    wanted = None if names is None else set(names)
     out = {}
     with open(root / "landmarks.tsv") as f:
         next(f)
         for line in f:
             name, _source, vals = line.rstrip("\n").split("\t")
+            if wanted is not None and name not in wanted:
+                continue
             lmk = np.asarray(vals.split(), dtype=np.float64).reshape(5, 2)
             with warnings.catch_warnings():  # skimage's deprecation notice inside insightface
                 warnings.simplefilter("ignore", FutureWarning)
                 m = estimate_norm(lmk, 112)
             out[name] = lmk @ m[:, :2].T + m[:, 2]
     return out
+
+
+def landmark_names(root: Path) -> list[str]:
+    """The crops listed in landmarks.tsv, sorted."""
+    with open(root / "landmarks.tsv") as f:
+        next(f)
+        return sorted(line.split("\t", 1)[0] for line in f if line.strip())
 
 
 def above_eye_line(kps, shape):
@@ -51,7 +62,7 @@ def check_coverage(root, limit=None, seed=0, points="landmarks", progress=False)
     files = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.jpg"))
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
-    table = crop_points(root) if points == "landmarks" else {}
+    table = crop_points(root, files) if points == "landmarks" else {}
     rng = np.random.default_rng(seed)
     failures, per_type = [], {t: 0 for t in MASK_TYPES}
     coverage = []

@@ -178,9 +178,9 @@ def run(n_train=3000, n_test=1000, epochs=4, det_size=320, seed=0, threads=2, lo
     rng = np.random.default_rng(seed)
     lfw = SHARED / "data" / "lfw112"
     t0 = time.perf_counter()
-    table = crop_points(lfw)
     train_names = lfw_split(lfw, n_train, "peopleDevTrain.txt", rng)
     test_names = lfw_split(lfw, n_test, "peopleDevTest.txt", rng)
+    table = crop_points(lfw, train_names + test_names)
     load = lambda names: [cv2.imread(str(lfw / n)) for n in names]  # noqa: E731
     train, test = load(train_names), load(test_names)
     train_pts = [table.get(n, ARCFACE_KPS) for n in train_names]

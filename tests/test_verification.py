@@ -351,18 +351,20 @@ def _pairs_subset(lfw, tmp_path, n_folds: int, per: int) -> Path:
 
 @pytest.mark.shared
 def test_lfw_first_folds_accuracy_equals_reference(shared, tmp_path):
-    """Half of each of LFW's first 2 folds (2 x (150 same + 150 different) pairs) written as a
-    pairs file with a 2-fold header: bfm == reference (cold: ~800 faces to embed)."""
+    """LFW's first 2 folds, 30 same + 30 different pairs of each, written as a pairs file with a
+    2-fold header: bfm == reference (~220 faces, all among the next test's, which then reads them
+    from the embedding cache)."""
     lfw = shared("data", "lfw112")
     model = shared("models", "mobilefacenet_128.onnx")
-    results = _evaluate_against_reference(lfw, model, _pairs_subset(lfw, tmp_path, 2, 150), 2)
-    assert results["accuracy"] >= 0.985
+    results = _evaluate_against_reference(lfw, model, _pairs_subset(lfw, tmp_path, 2, 30), 2)
+    # 60 pairs per fold set each threshold coarsely (95.8% here); the next test holds LFW's bar
+    assert results["accuracy"] >= 0.95
 
 
 @pytest.mark.shared
 def test_lfw_ten_folds_accuracy_equals_reference(shared, tmp_path):
     """LFW's ten official folds, 30 same + 30 different pairs of each (600 pairs, ~1,100 faces to
-    embed; the first 30 of folds 1-2 are the test above's, embedded once): bfm == reference, and
+    embed; folds 1-2 are the test above's, embedded once): bfm == reference, and
     the shared MobileFaceNet's accuracy. The whole pairs.txt (7,701 faces, 99.30%) is a slow block
     of docs/guides/evaluation.md, run by benchmarks/doc_commands.py."""
     lfw = shared("data", "lfw112")
