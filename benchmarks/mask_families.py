@@ -8,7 +8,7 @@ For each family of ``insightface_bfm.masks.MASK_FAMILIES`` (and once with every 
 product's trainer (``bfm-train``'s ``Trainer``) trains BFM with ``recipes/real_faces_bfm.yaml``
 (C + E_P from the pretrained MobileFaceNet, as run.py does) on the training people, with
 ``data.mask_types`` = every type but that family's. Each model is then measured on the held-out
-people with masks of every family (``train.holdout.evaluate_holdout``, masks from a fixed
+people with masks of every family (``train.holdout.evaluate_holdout_per_mask_set``, masks from a fixed
 generator, 600 pairs):
 
 * C's recall on held-out faces masked with the left-out family (and its specificity on the same
@@ -67,7 +67,7 @@ def mask_recall(model, crops: np.ndarray, batch: int = 256) -> float:
 
 
 def train_and_measure(name: str, types, args, train_dir: Path, val_dir: Path, rmfd, out: Path, log) -> dict:
-    from insightface_bfm.train.holdout import evaluate_holdout
+    from insightface_bfm.train.holdout import evaluate_holdout_per_mask_set
     from insightface_bfm.train.recipe import load_recipe
     from insightface_bfm.train.trainer import Trainer
 
@@ -92,9 +92,9 @@ def train_and_measure(name: str, types, args, train_dir: Path, val_dir: Path, rm
     row = {"trained_on": list(types) if types else "every family", "added": list(args.add_types),
            "train_seconds": round(seconds, 1),
            "rmfd_recall": mask_recall(model, rmfd), "families": {}, "c_specificity": None}
-    for family, family_types in MASK_FAMILIES.items():
-        r = evaluate_holdout(model, str(val_dir), pairs=args.pairs, mask_types=family_types,
-                             seed=args.eval_seed, route="truth")
+    per_family = evaluate_holdout_per_mask_set(model, str(val_dir), MASK_FAMILIES, pairs=args.pairs,
+                                               seed=args.eval_seed, route="truth")
+    for family, r in per_family.items():
         row["c_specificity"] = r["classifier_specificity"]  # the same bare faces for every family
         row["families"][family] = {
             "c_recall": r["classifier_recall"],

@@ -171,6 +171,26 @@ def test_holdout_routes(tmp_path):
         evaluate_holdout(trainer.model, "synthetic:4:3:5", thresholds="two", **settings)
 
 
+def test_holdout_per_mask_set_embeds_the_bare_faces_once(tmp_path):
+    from insightface_bfm.train.holdout import evaluate_holdout, evaluate_holdout_per_mask_set
+
+    model = Trainer(_recipe(tmp_path)).model
+    settings = {"pairs": 20, "folds": 2, "batch_size": 8, "route": "truth"}
+    sets = {"medical": MASK_FAMILIES["medical"], "fabric": MASK_FAMILIES["fabric"], "all": None}
+    expected = {name: evaluate_holdout(model, "synthetic:4:3:5", mask_types=types, **settings)
+                for name, types in sets.items()}
+    runs = []
+    embed = model.embed
+    model.embed = lambda x, which: runs.append((which, len(x))) or embed(x, which)
+    assert evaluate_holdout_per_mask_set(model, "synthetic:4:3:5", sets, **settings) == expected
+    # E_F and E_P once on the bare faces (case 1; a bare face meets a masked one in case 2), E_P on
+    # each set's masked faces (the true mask state routes cases 2 and 3 to E_P); never E_F on a
+    # masked face, which no case reads
+    full = sum(n for which, n in runs if which == "full")
+    partial = sum(n for which, n in runs if which == "partial")
+    assert full > 0 and partial == (1 + len(sets)) * full and full + partial == sum(n for _, n in runs)
+
+
 def test_contact_sheet_shows_every_kind():
     lfw = shared_path("data", "lfw112", "landmarks.tsv").parent
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -24,6 +24,7 @@ _EXPORTS = {
     "load_checkpoint": ".model",
     "Trainer": ".trainer",
     "evaluate_holdout": ".holdout",
+    "evaluate_holdout_per_mask_set": ".holdout",
     "run_comparison": ".quickstart",
 }
 

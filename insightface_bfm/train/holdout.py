@@ -55,17 +55,26 @@ def make_pairs(labels: np.ndarray, n_pairs: int, seed: int):
     return a.astype(np.int64), b.astype(np.int64), same.astype(bool)
 
 
-@torch.no_grad()
-def _embed_all(model: BFMModel, images: torch.Tensor, batch_size: int, device) -> dict:
-    out = {"full": [], "partial": [], "p_masked": []}
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        out["full"].append(model.embed(x, "full").cpu())
-        if model.partial is not None:
-            out["partial"].append(model.embed(x, "partial").cpu())
-        if model.classifier is not None:
-            out["p_masked"].append(model.mask_probability(x).cpu())
-    return {k: torch.cat(v).numpy() if v else None for k, v in out.items()}
+class _Embeddings:
+    """One image set under each of a model's networks ("full", "partial", "p_masked"), each
+    computed on first use: a case that never reads an extractor does not pay for running it
+    (a route that sends every masked pair to E_P never runs E_F on the masked faces)."""
+
+    def __init__(self, model: BFMModel, images: torch.Tensor, batch_size: int, device):
+        self.model, self.images, self.batch_size, self.device = model, images, batch_size, device
+        self._done = {}
+
+    @torch.no_grad()
+    def __getitem__(self, key: str):
+        if key not in self._done:
+            m = self.model
+            run = {"full": lambda x: m.embed(x, "full"),
+                   "partial": None if m.partial is None else lambda x: m.embed(x, "partial"),
+                   "p_masked": None if m.classifier is None else m.mask_probability}[key]
+            self._done[key] = None if run is None else torch.cat([
+                run(self.images[i:i + self.batch_size].to(self.device)).cpu()
+                for i in range(0, len(self.images), self.batch_size)]).numpy()
+        return self._done[key]
 
 
 def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10, batch_size: int = 128,
@@ -79,6 +88,18 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
     (the true mask state decides: what a perfect C would do) or "partial" (E_P for every pair).
     ``thresholds``: "one" for every pair, or "per_extractor" (recipe key ``eval.thresholds``).
     """
+    return evaluate_holdout_per_mask_set(model, dataset, {"masks": mask_types}, pairs=pairs, folds=folds,
+                                         batch_size=batch_size, seed=seed, device=device, route=route,
+                                         thresholds=thresholds)["masks"]
+
+
+def evaluate_holdout_per_mask_set(model: BFMModel, dataset, mask_sets: dict, pairs: int = 600,
+                                  folds: int = 10, batch_size: int = 128, seed: int = 1234, device="cpu",
+                                  route: str = "classifier", thresholds: str = "one") -> dict:
+    """``evaluate_holdout`` once per set of mask types (``mask_sets``: name -> types, None for all)
+    on the same pairs: ``{name: result}``, each result what ``evaluate_holdout`` gives for those
+    types. The bare faces are embedded once for all sets (benchmarks/mask_families.py measures
+    every mask family on one model)."""
     if route not in ("classifier", "truth", "partial"):
         raise ValueError(f"route must be classifier, truth or partial, got {route!r}")
     if thresholds not in THRESHOLD_RULES:
@@ -99,27 +120,35 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
         used = np.setdiff1d(used, bad)
     row = {int(i): r for r, i in enumerate(used)}
     images = to_network_tensor(torch.from_numpy(np.stack([samples[int(i)][0] for i in used])))
-
-    # one fixed mask per image, identical for every model evaluated with the same seed; placed at
-    # the default jitter whatever the training recipe used, so runs with different placements are
-    # measured on the same masks
-    masker = MaskAugment(types=mask_types, p=1.0)
-    generator = torch.Generator().manual_seed(seed)
-    masked = torch.cat([masker(images[i:i + batch_size], generator=generator)[0]
-                        for i in range(0, len(images), batch_size)])
-
-    was_training = model.training
-    model.eval()
-    plain = _embed_all(model, images, batch_size, device)
-    cover = _embed_all(model, masked, batch_size, device)
-    model.train(was_training)
-
     a = np.array([row[int(i)] for i in first])
     b = np.array([row[int(i)] for i in second])
-    result = {"pairs": int(len(same))}
     # make_pairs shuffles, so contiguous folds already mix same and different pairs; they are kept
     # (rather than the balanced folds of a pair file) so every held-out number stays comparable
     fold_ids = contiguous_folds(len(same), folds)
+
+    was_training = model.training
+    model.eval()
+    try:
+        plain = _Embeddings(model, images, batch_size, device)
+        results = {}
+        for name, mask_types in mask_sets.items():
+            # one fixed mask per image, identical for every model evaluated with the same seed;
+            # placed at the default jitter whatever the training recipe used, so runs with
+            # different placements are measured on the same masks
+            masker = MaskAugment(types=mask_types, p=1.0)
+            generator = torch.Generator().manual_seed(seed)
+            masked = torch.cat([masker(images[i:i + batch_size], generator=generator)[0]
+                                for i in range(0, len(images), batch_size)])
+            cover = _Embeddings(model, masked, batch_size, device)
+            results[name] = _score(model, plain, cover, a, b, same, fold_ids, route, thresholds)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _score(model, plain, cover, a, b, same, fold_ids, route, thresholds) -> dict:
+    """The three cases' accuracies and C's scores from the bare and masked faces' embeddings."""
+    result = {"pairs": int(len(same))}
     if plain["p_masked"] is not None:
         said = np.concatenate([plain["p_masked"] < 0.5, cover["p_masked"] >= 0.5])
         result["classifier_accuracy"] = float(said.mean())
@@ -132,21 +161,29 @@ def evaluate_holdout(model: BFMModel, dataset, pairs: int = 600, folds: int = 10
         2: (plain, cover, False, True),
         3: (cover, cover, True, True),
     }.items():
+        def distances(key, emb_a=emb_a, emb_b=emb_b):
+            return pair_distances(emb_a[key][a], emb_b[key][b])
+
         if model.partial is None:
             partial = np.zeros(len(a), dtype=bool)
-            acc = kfold_accuracy(pair_distances(emb_a["full"][a], emb_b["full"][b]), same, fold_ids)
+            acc = kfold_accuracy(distances("full"), same, fold_ids)
         else:
             if route == "partial":
                 partial = np.ones(len(a), dtype=bool)
-            elif emb_a["p_masked"] is not None and route == "classifier":
+            elif model.classifier is not None and route == "classifier":
                 # the paper's rule: either face classified masked -> both through E_P
                 partial = (emb_a["p_masked"][a] >= 0.5) | (emb_b["p_masked"][b] >= 0.5)
             else:  # asked for, or no classifier in this model: the true mask state routes
                 partial = np.full(len(a), truth_a or truth_b)
-            routes = RoutedDistances(pair_distances(emb_a["full"][a], emb_b["full"][b]),
-                                     pair_distances(emb_a["partial"][a], emb_b["partial"][b]), partial)
-            acc = (kfold_accuracy_per_extractor(routes, same, fold_ids) if thresholds == "per_extractor"
-                   else kfold_accuracy(routes.chosen, same, fold_ids))
+            if thresholds == "per_extractor":  # each extractor's threshold may use all pairs
+                routes = RoutedDistances(distances("full"), distances("partial"), partial)
+                acc = kfold_accuracy_per_extractor(routes, same, fold_ids)
+            else:  # one threshold on the chosen distances: an extractor no pair took is not run
+                chosen = np.zeros(len(a))
+                for key, where in (("full", ~partial), ("partial", partial)):
+                    if where.any():
+                        chosen = np.where(where, distances(key), chosen)
+                acc = kfold_accuracy(chosen, same, fold_ids)
         result[f"case{case}"] = {"accuracy": acc.mean, "std": acc.std,
                                  "routed_partial": float(partial.mean())}
     return result
